@@ -1,0 +1,74 @@
+//! The one error type of `ferry-drivers`, sorted into the categories a router acts on.
+
+/// What kind of failure an [`Error`] is; the router decides by this alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ErrorKind {
+    /// The source does not have it: try the next source.
+    NotFound,
+    /// The source refused our credentials (or wants some).
+    Unauthorized,
+    /// The source is down or overloaded: retry later or fall back.
+    Unavailable,
+    /// The source served bytes that do not match their digest or size: never keep them.
+    Corrupt,
+    /// The source cannot do this at all.
+    Unsupported,
+    /// The request or the response is invalid (bad input, bad configuration, local failure).
+    Invalid,
+}
+
+/// A driver failure: its category, the source it happened at, and what happened.
+#[derive(Debug, thiserror::Error)]
+#[error("source {source_name:?}: {message}")]
+pub struct Error {
+    /// The category.
+    pub kind: ErrorKind,
+    /// The source (driver instance) that failed.
+    pub source_name: String,
+    /// One line saying what failed and where.
+    pub message: String,
+}
+
+impl Error {
+    /// A new error of `kind` at `source_name`.
+    pub fn new(kind: ErrorKind, source_name: &str, message: impl Into<String>) -> Self {
+        Error {
+            kind,
+            source_name: source_name.to_string(),
+            message: message.into(),
+        }
+    }
+
+    /// `NotFound` at a source.
+    pub fn not_found(source_name: &str, what: impl std::fmt::Display) -> Self {
+        Self::new(ErrorKind::NotFound, source_name, format!("not found: {what}"))
+    }
+
+    /// `Unsupported` at a source.
+    pub fn unsupported(source_name: &str, what: impl std::fmt::Display) -> Self {
+        Self::new(ErrorKind::Unsupported, source_name, format!("does not support {what}"))
+    }
+
+    /// `Corrupt` at a source.
+    pub fn corrupt(source_name: &str, what: impl std::fmt::Display) -> Self {
+        Self::new(ErrorKind::Corrupt, source_name, what.to_string())
+    }
+
+    /// `Unavailable` at a source.
+    pub fn unavailable(source_name: &str, what: impl std::fmt::Display) -> Self {
+        Self::new(ErrorKind::Unavailable, source_name, what.to_string())
+    }
+
+    /// A core error (bad manifest, store failure) at a source, categorized.
+    pub fn from_core(source_name: &str, e: ferry_core::Error) -> Self {
+        use ferry_core::Error as C;
+        let kind = match &e {
+            C::DigestMismatch { .. } | C::SizeMismatch { .. } => ErrorKind::Corrupt,
+            C::BlobNotFound(_) | C::ImageNotFound(_) => ErrorKind::NotFound,
+            C::Schema1 | C::UnsupportedMediaType { .. } => ErrorKind::Unsupported,
+            _ => ErrorKind::Invalid,
+        };
+        Self::new(kind, source_name, e.to_string())
+    }
+}

@@ -1,0 +1,11 @@
+//! ferry's runtime: unpack layers safely into root filesystems and snapshots, turn an
+//! image config into an OCI runtime spec, and run it.
+
+#![warn(missing_docs)]
+
+mod error;
+
+pub use error::Error;
+
+/// Result alias for this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
