@@ -1,1 +1,93 @@
-fn main() {}
+//! `ferry`: a content-addressed store for container images with pluggable transports.
+//!
+//! This binary parses arguments and prints; all behaviour lives in the library crates.
+
+mod commands;
+mod output;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// ferry: images are names plus digests; transports are configuration.
+#[derive(Parser, Debug)]
+#[command(name = "ferry", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Store root directory (default: /var/lib/ferry as root, else $XDG_DATA_HOME/ferry).
+    #[arg(long, global = true, env = "FERRY_ROOT")]
+    root: Option<PathBuf>,
+    /// Print machine-readable JSON instead of tables and progress bars.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Log details to stderr (repeat for more).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Pull an image into the store and print NAME@DIGEST.
+    Pull(commands::pull::Args),
+    /// List the images in the store.
+    Images(commands::images::Args),
+    /// Show an image's manifest and config.
+    Inspect(commands::inspect::Args),
+    /// Remove an image's name from the store (its blobs go at the next gc).
+    Rm(commands::rm::Args),
+    /// Remove blobs and snapshots no named image needs.
+    Gc(commands::gc::Args),
+    /// Store registry credentials in the docker config file (password from stdin).
+    Login(commands::login::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ferry: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(commands::dispatch(&cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            // One line: the whole context chain, outermost first.
+            let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+            eprintln!("ferry: {}", dedup_chain(&chain).join(": "));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Drops chain entries already contained in the previous one (thiserror messages often embed their source).
+fn dedup_chain(chain: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for c in chain {
+        if out.last().is_some_and(|prev| prev.contains(c.as_str())) {
+            continue;
+        }
+        out.push(c.clone());
+    }
+    out
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info,ferry=debug",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .without_time()
+        .init();
+}

@@ -18,9 +18,8 @@ pub enum ErrorKind {
     Invalid,
 }
 
-/// A driver failure: its category, the source it happened at, and what happened.
+/// A driver failure: its category, the source it happened at (if any), and what happened.
 #[derive(Debug, thiserror::Error)]
-#[error("source {source_name:?}: {message}")]
 pub struct Error {
     /// The category.
     pub kind: ErrorKind,
@@ -28,6 +27,16 @@ pub struct Error {
     pub source_name: String,
     /// One line saying what failed and where.
     pub message: String,
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.source_name.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "source {:?}: {}", self.source_name, self.message)
+        }
+    }
 }
 
 impl Error {
@@ -58,6 +67,11 @@ impl Error {
     /// `Unavailable` at a source.
     pub fn unavailable(source_name: &str, what: impl std::fmt::Display) -> Self {
         Self::new(ErrorKind::Unavailable, source_name, what.to_string())
+    }
+
+    /// A core error that no source caused (the image model or the local store), categorized.
+    pub fn local(e: ferry_core::Error) -> Self {
+        Self::from_core("", e)
     }
 
     /// A core error (bad manifest, store failure) at a source, categorized.

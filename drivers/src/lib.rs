@@ -4,6 +4,8 @@
 #![warn(missing_docs)]
 
 mod error;
+pub mod progress;
+pub mod pull;
 pub mod registry;
 
 use std::pin::Pin;

@@ -1,1 +1,83 @@
-//! testkit
+//! ferry's test kit: real servers (registry, S3) on 127.0.0.1, fixture images built with
+//! umoci from busybox-static, and helpers to run the `ferry` binary.
+//!
+//! Everything here starts real programs; nothing is mocked.
+
+pub mod fixtures;
+pub mod registry;
+pub mod token;
+pub mod proxy;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The workspace root (the directory holding the top `Cargo.toml`).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .nth(2)
+        .expect("testkit lives two levels below the workspace root")
+        .to_path_buf()
+}
+
+/// The cargo target directory tests were built into.
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
+}
+
+/// Path of the built `ferry` binary (`cargo build` puts it there before tests run).
+pub fn ferry_bin() -> PathBuf {
+    let bin = target_dir().join("debug").join("ferry");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build --workspace` before the tests (scripts/test does)",
+        bin.display()
+    );
+    bin
+}
+
+/// Whether the tests run as root (namespaces, overlayfs, chown need it).
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released; good enough for tests).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind 127.0.0.1:0")
+}
+
+/// Runs a command and returns its stdout; panics with its stderr if it fails.
+pub fn run_ok(cmd: &mut Command) -> String {
+    let out = output(cmd);
+    assert!(
+        out.status.success(),
+        "{:?} failed ({}):\nstdout: {}\nstderr: {}",
+        cmd,
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs a command and returns its output, panicking only if it cannot be started.
+pub fn output(cmd: &mut Command) -> Output {
+    cmd.output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e} (is it installed? see .ci/run)"))
+}
+
+/// A `ferry` command with its own store root and no inherited configuration.
+pub fn ferry(root: &Path) -> Command {
+    let mut cmd = Command::new(ferry_bin());
+    cmd.env("FERRY_ROOT", root)
+        .env_remove("FERRY_CONFIG")
+        .env_remove("FERRY_POLICY")
+        .env("NO_COLOR", "1");
+    cmd
+}

@@ -1,0 +1,37 @@
+//! `ferry gc`.
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+
+use crate::commands::open_store;
+use crate::output::human_size;
+use crate::Cli;
+
+/// Arguments of `ferry gc`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Fail at once instead of waiting when a pull holds the store.
+    #[arg(long)]
+    no_wait: bool,
+}
+
+/// Removes unreferenced blobs and stale ingests, and prints what it freed.
+pub fn run(cli: &Cli, args: &Args) -> Result<ExitCode> {
+    let store = open_store(cli)?;
+    let report = if args.no_wait { store.try_gc()? } else { store.gc()? };
+    if cli.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        for d in &report.removed_blobs {
+            println!("removed {d}");
+        }
+        println!(
+            "freed {} ({} blobs, {} partial downloads)",
+            human_size(report.freed_bytes),
+            report.removed_blobs.len(),
+            report.removed_ingests
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,40 @@
+//! One module per subcommand; each has an `Args` struct and a `run` function.
+
+pub mod gc;
+pub mod images;
+pub mod inspect;
+pub mod login;
+pub mod pull;
+pub mod rm;
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use ferry_core::Store;
+
+use crate::{Cli, Command};
+
+/// Runs the chosen subcommand.
+pub async fn dispatch(cli: &Cli) -> Result<ExitCode> {
+    match &cli.command {
+        Command::Pull(args) => pull::run(cli, args).await,
+        Command::Images(args) => images::run(cli, args),
+        Command::Inspect(args) => inspect::run(cli, args),
+        Command::Rm(args) => rm::run(cli, args),
+        Command::Gc(args) => gc::run(cli, args),
+        Command::Login(args) => login::run(args).await,
+    }
+}
+
+/// Opens the store at `--root`, `FERRY_ROOT` or the default root.
+pub fn open_store(cli: &Cli) -> Result<Arc<Store>> {
+    let root = cli.root.clone().unwrap_or_else(Store::default_root);
+    let store = Store::open(&root).with_context(|| format!("opening store {}", root.display()))?;
+    Ok(Arc::new(store))
+}
+
+/// Parses a reference given on the command line.
+pub fn parse_reference(s: &str) -> Result<ferry_core::Reference> {
+    Ok(ferry_core::Reference::parse(s)?)
+}

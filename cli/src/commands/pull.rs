@@ -1,0 +1,50 @@
+//! `ferry pull REF [--platform P]`.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use ferry_core::Platform;
+use ferry_drivers::pull::{pull, PullOptions, Sources};
+use ferry_drivers::registry::RegistryDriver;
+
+use crate::commands::{open_store, parse_reference};
+use crate::output::ProgressPrinter;
+use crate::Cli;
+
+/// Arguments of `ferry pull`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Image reference, e.g. `registry.example.com/team/app:1.2` or `name@sha256:…`.
+    reference: String,
+    /// Platform to pick from a multi-platform image, `os/arch[/variant]` (default: this host's).
+    #[arg(long)]
+    platform: Option<String>,
+    /// How many blobs to transfer at once.
+    #[arg(long, default_value_t = 4)]
+    concurrency: usize,
+}
+
+/// Pulls the image and prints `NAME@DIGEST` (or a `done` JSON event).
+pub async fn run(cli: &Cli, args: &Args) -> Result<ExitCode> {
+    let reference = parse_reference(&args.reference)?;
+    let store = open_store(cli)?;
+    let options = PullOptions {
+        platform: match &args.platform {
+            Some(p) => Platform::parse(p)?,
+            None => Platform::host(),
+        },
+        concurrency: args.concurrency,
+    };
+    let driver = RegistryDriver::for_host(reference.registry())
+        .with_context(|| format!("registry for {reference}"))?;
+    let sources = Sources::single(Arc::new(driver));
+    let printer = ProgressPrinter::new(cli.json);
+    let pulled = pull(&store, &sources, &reference, &options, &printer).await;
+    printer.finish();
+    let pulled = pulled?;
+    if !cli.json {
+        println!("{}@{}", pulled.record.name, pulled.record.digest);
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,252 @@
+//! What ferry prints: progress (bars on a terminal, plain lines when piped, JSON events
+//! with `--json`) and human sizes.
+
+use std::collections::HashMap;
+use std::io::{IsTerminal, Write};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use ferry_drivers::progress::{BlobKind, Event, Progress};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+/// How often a blob's progress is reported when not drawing bars.
+const PLAIN_INTERVAL: Duration = Duration::from_secs(1);
+const JSON_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Renders pull progress in the mode the output calls for.
+pub struct ProgressPrinter {
+    mode: Mode,
+    state: Mutex<HashMap<String, BlobState>>,
+}
+
+enum Mode {
+    Bars(MultiProgress),
+    Plain,
+    Json,
+}
+
+struct BlobState {
+    kind: BlobKind,
+    started: Instant,
+    last_report: Instant,
+    bar: Option<ProgressBar>,
+}
+
+impl ProgressPrinter {
+    /// JSON events on stdout with `json`; otherwise bars if stderr is a terminal, else plain lines on stderr.
+    pub fn new(json: bool) -> Self {
+        let mode = if json {
+            Mode::Json
+        } else if std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none() {
+            Mode::Bars(MultiProgress::with_draw_target(ProgressDrawTarget::stderr()))
+        } else {
+            Mode::Plain
+        };
+        ProgressPrinter {
+            mode,
+            state: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Clears any bars still drawn.
+    pub fn finish(&self) {
+        if let Mode::Bars(multi) = &self.mode {
+            let _ = multi.clear();
+        }
+    }
+
+    fn line(&self, text: String) {
+        match &self.mode {
+            Mode::Bars(multi) => {
+                let _ = multi.println(text);
+            }
+            _ => eprintln!("{text}"),
+        }
+    }
+
+    fn json(&self, event: &Event) {
+        if let Ok(line) = serde_json::to_string(event) {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{line}");
+        }
+    }
+}
+
+fn kind_name(kind: BlobKind) -> &'static str {
+    match kind {
+        BlobKind::Manifest => "manifest",
+        BlobKind::Config => "config",
+        BlobKind::Layer => "layer",
+    }
+}
+
+fn short(digest: &str) -> &str {
+    let hex = digest.split_once(':').map_or(digest, |(_, h)| h);
+    &hex[..hex.len().min(12)]
+}
+
+/// A byte count in human units (decimal, like registries and containerd).
+pub fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1000.0 && unit < UNITS.len() - 1 {
+        value /= 1000.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+impl Progress for ProgressPrinter {
+    fn event(&self, event: &Event) {
+        if let Mode::Json = self.mode {
+            if let Event::BlobProgress { digest, done, size } = event {
+                let mut state = self.state.lock().expect("progress state");
+                if let Some(s) = state.get_mut(digest) {
+                    if done < size && s.last_report.elapsed() < JSON_INTERVAL {
+                        return;
+                    }
+                    s.last_report = Instant::now();
+                }
+            } else if let Event::BlobStart { digest, kind, .. } = event {
+                self.state.lock().expect("progress state").insert(
+                    digest.clone(),
+                    BlobState {
+                        kind: *kind,
+                        started: Instant::now(),
+                        last_report: Instant::now(),
+                        bar: None,
+                    },
+                );
+            }
+            self.json(event);
+            return;
+        }
+        match event {
+            Event::Resolving { reference } => self.line(format!("resolving {reference}")),
+            Event::Resolved { digest, media_type, .. } => {
+                self.line(format!("resolved  {digest} ({media_type})"))
+            }
+            Event::BlobStart {
+                digest,
+                kind,
+                size,
+                resumed_from,
+            } => {
+                let bar = match &self.mode {
+                    Mode::Bars(multi) => {
+                        let bar = multi.add(ProgressBar::new(*size));
+                        bar.set_style(
+                            ProgressStyle::with_template(
+                                "{prefix:<22} {bar:30} {bytes:>10}/{total_bytes:<10} {bytes_per_sec:>12} {msg}",
+                            )
+                            .expect("valid template")
+                            .progress_chars("=> "),
+                        );
+                        bar.set_prefix(format!("{} {}", kind_name(*kind), short(digest)));
+                        bar.set_position(*resumed_from);
+                        Some(bar)
+                    }
+                    _ => {
+                        let resumed = if *resumed_from > 0 {
+                            format!(", resuming at {}", human_size(*resumed_from))
+                        } else {
+                            String::new()
+                        };
+                        self.line(format!(
+                            "{:<9} {} downloading ({}{resumed})",
+                            kind_name(*kind),
+                            short(digest),
+                            human_size(*size)
+                        ));
+                        None
+                    }
+                };
+                self.state.lock().expect("progress state").insert(
+                    digest.clone(),
+                    BlobState {
+                        kind: *kind,
+                        started: Instant::now(),
+                        last_report: Instant::now(),
+                        bar,
+                    },
+                );
+            }
+            Event::BlobProgress { digest, done, size } => {
+                let mut state = self.state.lock().expect("progress state");
+                let Some(s) = state.get_mut(digest) else { return };
+                if let Some(bar) = &s.bar {
+                    bar.set_position(*done);
+                } else if s.last_report.elapsed() >= PLAIN_INTERVAL {
+                    s.last_report = Instant::now();
+                    let rate = *done as f64 / s.started.elapsed().as_secs_f64().max(0.001);
+                    let line = format!(
+                        "{:<9} {} downloading {}/{} {}/s",
+                        kind_name(s.kind),
+                        short(digest),
+                        human_size(*done),
+                        human_size(*size),
+                        human_size(rate as u64)
+                    );
+                    drop(state);
+                    self.line(line);
+                }
+            }
+            Event::BlobDone {
+                digest,
+                kind,
+                size,
+                present,
+                source,
+            } => {
+                let state = self.state.lock().expect("progress state").remove(digest);
+                let what = if *present {
+                    "already present".to_string()
+                } else {
+                    let took = state.as_ref().map(|s| s.started.elapsed());
+                    let from = source.as_deref().map(|s| format!(" from {s:?}")).unwrap_or_default();
+                    match took {
+                        Some(t) => format!("done ({} in {:.1}s{from})", human_size(*size), t.as_secs_f64()),
+                        None => format!("done ({}{from})", human_size(*size)),
+                    }
+                };
+                if let Some(bar) = state.and_then(|s| s.bar) {
+                    bar.finish_and_clear();
+                }
+                self.line(format!("{:<9} {} {what}", kind_name(*kind), short(digest)));
+            }
+            Event::Done {
+                size,
+                transferred,
+                elapsed_ms,
+                ..
+            } => self.line(format!(
+                "elapsed: {:.1}s  total: {}  transferred: {}",
+                *elapsed_ms as f64 / 1000.0,
+                human_size(*size),
+                human_size(*transferred)
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn human_sizes_use_decimal_units() {
+        assert_eq!(human_size(999), "999 B");
+        assert_eq!(human_size(1_500), "1.5 kB");
+        assert_eq!(human_size(52_400_000), "52.4 MB");
+    }
+
+    #[test]
+    fn short_digest_is_twelve_hex() {
+        assert_eq!(short("sha256:0123456789abcdef"), "0123456789ab");
+    }
+}

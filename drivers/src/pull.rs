@@ -1,0 +1,468 @@
+//! The pull engine: resolve a reference, then stream manifests, config and layers from
+//! the sources into the store, verified, in parallel, resuming partial blobs.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use ferry_core::manifest::{descriptor_digest, parse_config, MAX_CONFIG_SIZE};
+use ferry_core::oci_spec::image::{Descriptor, ImageConfiguration, ImageManifest};
+use ferry_core::store::ImageRecord;
+use ferry_core::media::{self, Compression};
+use ferry_core::{Digest, Manifest, ManifestBlob, Platform, Reference, Store};
+use futures::{StreamExt, TryStreamExt};
+
+use crate::progress::{BlobKind, Event, Progress};
+use crate::{ByteRange, Driver, Error, ErrorKind, Result};
+
+/// How many times a blob transfer that broke off is resumed from the same source.
+const RESUME_ATTEMPTS: usize = 3;
+
+/// The sources a pull may use, in order of preference.
+#[derive(Clone, Debug)]
+pub struct Sources {
+    /// Sources asked for content by digest, in order.
+    pub content: Vec<Arc<dyn Driver>>,
+    /// Sources allowed to answer tag → digest, in order.
+    pub resolve: Vec<Arc<dyn Driver>>,
+}
+
+impl Sources {
+    /// One driver for everything (no site config).
+    pub fn single(driver: Arc<dyn Driver>) -> Self {
+        Sources {
+            content: vec![driver.clone()],
+            resolve: vec![driver],
+        }
+    }
+}
+
+/// Options of a pull.
+#[derive(Debug, Clone)]
+pub struct PullOptions {
+    /// The platform to pick from an index (default: the host's).
+    pub platform: Platform,
+    /// How many blobs transfer at once.
+    pub concurrency: usize,
+}
+
+impl Default for PullOptions {
+    fn default() -> Self {
+        PullOptions {
+            platform: Platform::host(),
+            concurrency: 4,
+        }
+    }
+}
+
+/// An image now in the store: its record and its resolved image manifest and config.
+#[derive(Debug, Clone)]
+pub struct Pulled {
+    /// What the store records under the image's name.
+    pub record: ImageRecord,
+    /// The platform image manifest (the index's child, or the top manifest).
+    pub manifest: ImageManifest,
+    /// The image config.
+    pub config: ImageConfiguration,
+}
+
+/// Pulls `reference` from `sources` into `store` and names it there.
+///
+/// Blobs already present are not transferred; partial blobs resume from their offset. The
+/// name is set only after every blob is verified and committed.
+pub async fn pull(
+    store: &Arc<Store>,
+    sources: &Sources,
+    reference: &Reference,
+    options: &PullOptions,
+    progress: &dyn Progress,
+) -> Result<Pulled> {
+    let started = Instant::now();
+    let local = Error::local;
+    let _lease = store.lease().map_err(local)?;
+    let name = reference.name();
+
+    let top = match reference.digest() {
+        Some(d) => d.clone(),
+        None => {
+            let tag = reference.tag().unwrap_or(ferry_core::reference::DEFAULT_TAG);
+            progress.event(&Event::Resolving {
+                reference: reference.to_string(),
+            });
+            let desc = resolve(&sources.resolve, &name, tag).await?;
+            descriptor_digest(&desc).map_err(Error::local)?
+        }
+    };
+    let mut transfer = Transfer {
+        store,
+        sources,
+        name: &name,
+        progress,
+        transferred: 0,
+    };
+    let top_blob = transfer.manifest(&top).await?;
+    progress.event(&Event::Resolved {
+        reference: reference.to_string(),
+        digest: top.to_string(),
+        media_type: top_blob.media_type.clone(),
+    });
+    let mut size = top_blob.bytes.len() as u64;
+    let (image_blob, platform) = match &top_blob.manifest {
+        Manifest::Index(index) => {
+            let child = options.platform.select(index).map_err(Error::local)?;
+            let child_digest = descriptor_digest(child).map_err(Error::local)?;
+            let blob = transfer.manifest(&child_digest).await?;
+            size += blob.bytes.len() as u64;
+            (blob, Some(options.platform.to_string()))
+        }
+        Manifest::Image(_) => (top_blob.clone(), None),
+    };
+    let Manifest::Image(manifest) = image_blob.manifest.clone() else {
+        return Err(Error::new(
+            ErrorKind::Invalid,
+            "resolve",
+            format!("index {} lists another index for {}", top, options.platform),
+        ));
+    };
+
+    let config_desc = manifest.config();
+    let config_digest = descriptor_digest(config_desc).map_err(local)?;
+    check_media_types(&manifest).map_err(local)?;
+    if config_desc.size() > MAX_CONFIG_SIZE {
+        return Err(Error::from_core(
+            "resolve",
+            ferry_core::Error::TooLarge {
+                what: format!("config {config_digest}"),
+                size: config_desc.size(),
+                limit: MAX_CONFIG_SIZE,
+            },
+        ));
+    }
+    let blobs: Vec<(Descriptor, BlobKind)> = std::iter::once((config_desc.clone(), BlobKind::Config))
+        .chain(manifest.layers().iter().map(|l| (l.clone(), BlobKind::Layer)))
+        .collect();
+    size += blobs.iter().map(|(d, _)| d.size()).sum::<u64>();
+    let transferred: Vec<u64> = futures::stream::iter(blobs.iter().map(|(desc, kind)| transfer.blob(desc, *kind)))
+        .buffer_unordered(options.concurrency.max(1))
+        .try_collect()
+        .await?;
+    transfer.transferred += transferred.iter().sum::<u64>();
+
+    let config_bytes = store.read_blob(&config_digest, MAX_CONFIG_SIZE).map_err(local)?;
+    let config = parse_config(&config_bytes, &config_digest).map_err(local)?;
+    let platform = platform.or_else(|| {
+        let mut p = format!("{}/{}", config.os(), config.architecture());
+        if let Some(v) = config.variant() {
+            p.push('/');
+            p.push_str(v);
+        }
+        Some(p)
+    });
+    let record = ImageRecord {
+        name: name.clone(),
+        tag: reference.tag().map(str::to_string),
+        digest: top.clone(),
+        media_type: top_blob.media_type.clone(),
+        size,
+        created: config.created().clone(),
+        platform,
+        updated: unix_now(),
+    };
+    store.set_image(&record).map_err(local)?;
+    progress.event(&Event::Done {
+        reference: match reference.tag() {
+            Some(t) => format!("{name}:{t}"),
+            None => format!("{name}@{top}"),
+        },
+        digest: top.to_string(),
+        size,
+        transferred: transfer.transferred,
+        elapsed_ms: started.elapsed().as_millis() as u64,
+    });
+    Ok(Pulled {
+        record,
+        manifest,
+        config,
+    })
+}
+
+/// Refuses images whose config or layers ferry could not use, before transferring anything.
+fn check_media_types(manifest: &ImageManifest) -> ferry_core::Result<()> {
+    let config_type = manifest.config().media_type().to_string();
+    if config_type != media::OCI_CONFIG && config_type != media::DOCKER_CONFIG {
+        return Err(ferry_core::Error::UnsupportedMediaType {
+            media_type: config_type,
+            context: format!("config {}", manifest.config().digest()),
+        });
+    }
+    for layer in manifest.layers() {
+        Compression::of_layer(&layer.media_type().to_string()).map_err(|e| match e {
+            ferry_core::Error::UnsupportedMediaType { media_type, .. } => {
+                ferry_core::Error::UnsupportedMediaType {
+                    media_type,
+                    context: format!("layer {}", layer.digest()),
+                }
+            }
+            other => other,
+        })?;
+    }
+    Ok(())
+}
+
+/// Resolves `name:tag` with the first resolver that knows it.
+pub async fn resolve(resolvers: &[Arc<dyn Driver>], name: &str, tag: &str) -> Result<Descriptor> {
+    let mut failures = Vec::new();
+    for source in resolvers {
+        match source.resolve(name, tag).await {
+            Ok(desc) => return Ok(desc),
+            Err(e) if falls_back(&e) => {
+                tracing::warn!("{e}; trying the next source");
+                failures.push(e);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(exhausted(&format!("{name}:{tag}"), failures))
+}
+
+/// Whether the next source should be tried after this failure.
+fn falls_back(e: &Error) -> bool {
+    matches!(e.kind, ErrorKind::NotFound | ErrorKind::Unavailable | ErrorKind::Corrupt)
+}
+
+/// The error after every source failed: one line listing each source's failure.
+fn exhausted(what: &str, failures: Vec<Error>) -> Error {
+    match failures.len() {
+        0 => Error::new(ErrorKind::Invalid, "route", format!("no source configured for {what}")),
+        1 => failures.into_iter().next().expect("one failure"),
+        _ => {
+            let kind = if failures.iter().all(|f| f.kind == ErrorKind::NotFound) {
+                ErrorKind::NotFound
+            } else {
+                ErrorKind::Unavailable
+            };
+            let detail: Vec<String> = failures.iter().map(|f| f.to_string()).collect();
+            Error::new(kind, "route", format!("{what}: every source failed: {}", detail.join("; ")))
+        }
+    }
+}
+
+struct Transfer<'a> {
+    store: &'a Arc<Store>,
+    sources: &'a Sources,
+    name: &'a str,
+    progress: &'a dyn Progress,
+    transferred: u64,
+}
+
+impl Transfer<'_> {
+    /// A manifest from the store, or fetched from the first source that has it and stored.
+    async fn manifest(&mut self, digest: &Digest) -> Result<ManifestBlob> {
+        let local = Error::local;
+        if self.store.blob_size(digest).map_err(local)?.is_some() {
+            let bytes = self
+                .store
+                .read_blob(digest, ferry_core::manifest::MAX_MANIFEST_SIZE)
+                .map_err(local)?;
+            return ManifestBlob::parse(bytes, None, Some(digest)).map_err(local);
+        }
+        let mut failures = Vec::new();
+        for source in &self.sources.content {
+            let fetched = source.fetch_manifest(self.name, digest).await.and_then(|m| {
+                ManifestBlob::parse(m.bytes, m.content_type.as_deref(), Some(digest))
+                    .map_err(|e| Error::from_core(source.source_name(), e))
+            });
+            match fetched {
+                Ok(blob) => {
+                    let size = blob.bytes.len() as u64;
+                    self.store
+                        .put_blob(digest, &blob.bytes, &blob.media_type, Some(source.source_name()))
+                        .map_err(local)?;
+                    self.transferred += size;
+                    self.progress.event(&Event::BlobDone {
+                        digest: digest.to_string(),
+                        kind: BlobKind::Manifest,
+                        size,
+                        present: false,
+                        source: Some(source.source_name().to_string()),
+                    });
+                    return Ok(blob);
+                }
+                Err(e) if falls_back(&e) => {
+                    tracing::warn!("{e}; trying the next source");
+                    failures.push(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(exhausted(&format!("manifest {}@{digest}", self.name), failures))
+    }
+
+    /// Makes one blob present in the store; returns the bytes transferred.
+    async fn blob(&self, desc: &Descriptor, kind: BlobKind) -> Result<u64> {
+        let local = Error::local;
+        let digest = descriptor_digest(desc).map_err(local)?;
+        let size = desc.size();
+        let media_type = desc.media_type().to_string();
+        if let Some(have) = self.store.blob_size(&digest).map_err(local)? {
+            if have == size {
+                self.progress.event(&Event::BlobDone {
+                    digest: digest.to_string(),
+                    kind,
+                    size,
+                    present: true,
+                    source: None,
+                });
+                return Ok(0);
+            }
+        }
+        let store = self.store.clone();
+        let wanted = digest.clone();
+        let mut ingest = tokio::task::spawn_blocking(move || store.ingest(&wanted, Some(size)))
+            .await
+            .map_err(|e| Error::new(ErrorKind::Invalid, "store", format!("ingest task failed: {e}")))?
+            .map_err(local)?;
+        // Another process may have committed it while we waited for the ingest lock.
+        if self.store.blob_size(&digest).map_err(local)? == Some(size) {
+            return Ok(0);
+        }
+        self.progress.event(&Event::BlobStart {
+            digest: digest.to_string(),
+            kind,
+            size,
+            resumed_from: ingest.offset(),
+        });
+        let mut failures = Vec::new();
+        let mut transferred = 0;
+        for source in &self.sources.content {
+            match self.stream_into(source.as_ref(), &digest, size, &mut ingest, &mut transferred).await {
+                Ok(()) => {}
+                Err(e) if falls_back(&e) => {
+                    tracing::warn!("{e}; trying the next source");
+                    failures.push(e);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
+            // The bytes are all there: verify and make them visible.
+            let commit = {
+                let source_name = source.source_name().to_string();
+                let media_type = media_type.clone();
+                tokio::task::spawn_blocking(move || ingest.commit(&media_type, Some(&source_name)))
+                    .await
+                    .map_err(|e| Error::new(ErrorKind::Invalid, "store", format!("commit task failed: {e}")))?
+            };
+            return match commit {
+                Ok(_) => {
+                    self.progress.event(&Event::BlobDone {
+                        digest: digest.to_string(),
+                        kind,
+                        size,
+                        present: false,
+                        source: Some(source.source_name().to_string()),
+                    });
+                    Ok(transferred)
+                }
+                Err(e) => {
+                    let e = Error::from_core(source.source_name(), e);
+                    if e.kind != ErrorKind::Corrupt {
+                        return Err(e);
+                    }
+                    // The commit removed the bad bytes; start over with the next source.
+                    tracing::warn!("{e}; trying the next source");
+                    failures.push(e);
+                    let rest = Sources {
+                        content: self
+                            .sources
+                            .content
+                            .iter()
+                            .skip_while(|s| !Arc::ptr_eq(s, source))
+                            .skip(1)
+                            .cloned()
+                            .collect(),
+                        resolve: Vec::new(),
+                    };
+                    let retry = Transfer {
+                        store: self.store,
+                        sources: &rest,
+                        name: self.name,
+                        progress: self.progress,
+                        transferred: 0,
+                    };
+                    match Box::pin(retry.blob(desc, kind)).await {
+                        Ok(n) => Ok(transferred + n),
+                        Err(last) => {
+                            failures.push(last);
+                            Err(exhausted(&format!("blob {}@{digest}", self.name), failures))
+                        }
+                    }
+                }
+            };
+        }
+        Err(exhausted(&format!("blob {}@{digest}", self.name), failures))
+    }
+
+    /// Streams the rest of a blob from one source into the ingest, resuming on breaks.
+    async fn stream_into(
+        &self,
+        source: &dyn Driver,
+        digest: &Digest,
+        size: u64,
+        ingest: &mut ferry_core::store::Ingest,
+        transferred: &mut u64,
+    ) -> Result<()> {
+        let local = Error::local;
+        let mut attempts = 0;
+        loop {
+            let offset = ingest.offset();
+            if offset == size {
+                return Ok(());
+            }
+            let range = if source.capabilities().ranges {
+                ByteRange::from(offset)
+            } else {
+                ingest.reset().map_err(local)?;
+                ByteRange::WHOLE
+            };
+            let result: Result<()> = async {
+                let mut body = source.fetch_blob(self.name, digest, range).await?;
+                while let Some(chunk) = body.stream.next().await {
+                    let chunk = chunk?;
+                    ingest
+                        .write_all(&chunk)
+                        .map_err(|e| Error::from_core(source.source_name(), e))?;
+                    *transferred += chunk.len() as u64;
+                    self.progress.event(&Event::BlobProgress {
+                        digest: digest.to_string(),
+                        done: ingest.offset(),
+                        size,
+                    });
+                }
+                Ok(())
+            }
+            .await;
+            match result {
+                Ok(()) if ingest.offset() == size => return Ok(()),
+                Ok(()) => {
+                    return Err(Error::corrupt(
+                        source.source_name(),
+                        format!(
+                            "blob {digest}: body ended at {} of {size} bytes",
+                            ingest.offset()
+                        ),
+                    ))
+                }
+                Err(e) if e.kind == ErrorKind::Unavailable && attempts < RESUME_ATTEMPTS && ingest.offset() > offset => {
+                    attempts += 1;
+                    tracing::warn!("{e}; resuming at byte {}", ingest.offset());
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
