@@ -26,6 +26,10 @@ const VERSION: &str = "v1";
 pub const BUSYBOX: &str = "busybox";
 /// Tag of the two-layer image whose config sets Entrypoint, Cmd, Env, WorkingDir and User.
 pub const APP: &str = "app";
+/// Tag of busybox plus a 16 MiB incompressible layer (for interrupted transfers).
+pub const BIG: &str = "big";
+/// Size of the random file in [`BIG`].
+pub const BIG_FILE_SIZE: usize = 16 << 20;
 /// Tag of the multi-platform index (linux/amd64 = busybox, linux/arm64 = a config-only variant).
 pub const INDEX: &str = "multi";
 
@@ -150,6 +154,16 @@ fn build(dir: &Path) {
         "--config.env", "FOO=bar", "--config.workingdir", "/work", "--config.user", "app",
         "--history.created", CREATED, "--created", CREATED,
     ]);
+    fs::remove_dir_all(&bundle).expect("rm bundle");
+
+    // big: busybox plus one incompressible layer.
+    umoci(&["unpack", "--image", &image(BUSYBOX), b]);
+    let mut random = vec![0u8; BIG_FILE_SIZE];
+    fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut random))
+        .expect("read /dev/urandom");
+    fs::write(rootfs.join("random.bin"), &random).expect("write random.bin");
+    umoci(&["repack", "--image", &format!("{l}:{BIG}"), b]);
     fs::remove_dir_all(&bundle).expect("rm bundle");
 
     add_index(&layout);
