@@ -3,7 +3,9 @@
 
 #![warn(missing_docs)]
 
+pub mod config;
 mod error;
+pub mod mirror;
 pub mod progress;
 pub mod pull;
 pub mod registry;
