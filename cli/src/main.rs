@@ -17,6 +17,9 @@ pub struct Cli {
     /// Store root directory (default: /var/lib/ferry as root, else $XDG_DATA_HOME/ferry).
     #[arg(long, global = true, env = "FERRY_ROOT")]
     root: Option<PathBuf>,
+    /// Site config file (default: $FERRY_CONFIG, $XDG_CONFIG_HOME/ferry/sites.toml, /etc/ferry/sites.toml).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
     /// Print machine-readable JSON instead of tables and progress bars.
     #[arg(long, global = true)]
     json: bool,
@@ -39,6 +42,8 @@ enum Command {
     Rm(commands::rm::Args),
     /// Remove blobs and snapshots no named image needs.
     Gc(commands::gc::Args),
+    /// Check the site config, or explain how a name travels.
+    Config(commands::config::Args),
     /// Store registry credentials in the docker config file (password from stdin).
     Login(commands::login::Args),
 }

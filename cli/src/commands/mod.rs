@@ -1,5 +1,6 @@
 //! One module per subcommand; each has an `Args` struct and a `run` function.
 
+pub mod config;
 pub mod gc;
 pub mod images;
 pub mod inspect;
@@ -23,6 +24,7 @@ pub async fn dispatch(cli: &Cli) -> Result<ExitCode> {
         Command::Inspect(args) => inspect::run(cli, args),
         Command::Rm(args) => rm::run(cli, args),
         Command::Gc(args) => gc::run(cli, args),
+        Command::Config(args) => config::run(cli, args),
         Command::Login(args) => login::run(args).await,
     }
 }

@@ -1,0 +1,101 @@
+//! `ferry config check|explain`: validate the site config and show how a name travels.
+
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use ferry_drivers::config::SiteConfig;
+
+use crate::commands::parse_reference;
+use crate::Cli;
+
+/// Arguments of `ferry config`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(subcommand)]
+    command: Sub,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Sub {
+    /// Validate the site config (errors name file and line).
+    Check,
+    /// Show the route for NAME, each source's location, role and credentials source.
+    Explain {
+        /// An image name or reference.
+        name: String,
+    },
+}
+
+/// Runs `ferry config …`.
+pub fn run(cli: &Cli, args: &Args) -> Result<ExitCode> {
+    let config = SiteConfig::load(cli.config.as_deref())?;
+    let file = config
+        .path
+        .as_ref()
+        .map_or_else(|| "no site config file".to_string(), |p| p.display().to_string());
+    match &args.command {
+        Sub::Check => {
+            if cli.json {
+                println!(
+                    "{}",
+                    serde_json::json!({"file": config.path, "routes": config.routes.len(), "sources": config.sources.len()})
+                );
+            } else {
+                println!("{file}: ok ({} routes, {} sources)", config.routes.len(), config.sources.len());
+            }
+        }
+        Sub::Explain { name } => {
+            let reference = parse_reference(name)?;
+            let name = reference.name();
+            let Some(route) = config.route_for(&name) else {
+                let direct = format!("https://{}/v2/{} (loopback hosts: http)", reference.registry(), reference.repository());
+                if cli.json {
+                    println!("{}", serde_json::json!({"name": name, "route": null, "direct": direct}));
+                } else {
+                    println!("{name}: no route in {file}; straight to its registry {direct}");
+                }
+                return Ok(ExitCode::SUCCESS);
+            };
+            let mut rows = Vec::new();
+            let mut names: Vec<&String> = route.sources.iter().collect();
+            names.extend(route.resolve.iter().filter(|r| !route.sources.contains(r)));
+            for source_name in names {
+                let source = config
+                    .sources
+                    .get(source_name)
+                    .with_context(|| format!("route {:?} names unknown source {source_name:?}", route.prefix))?;
+                let mut roles = Vec::new();
+                if route.resolve.contains(source_name) {
+                    roles.push("resolve");
+                }
+                if route.sources.contains(source_name) {
+                    roles.push("content");
+                }
+                rows.push(serde_json::json!({
+                    "source": source_name,
+                    "driver": source.driver_name(),
+                    "roles": roles,
+                    "location": source.location(&name),
+                    "credentials": source.credentials(),
+                }));
+            }
+            if cli.json {
+                println!("{}", serde_json::json!({"name": name, "file": config.path, "route": route.prefix, "sources": rows}));
+            } else {
+                println!("{name}: route {:?} in {file}", route.prefix);
+                for (i, r) in rows.iter().enumerate() {
+                    println!(
+                        "  {}. {} ({}) [{}]\n     at {}\n     credentials: {}",
+                        i + 1,
+                        r["source"].as_str().unwrap_or_default(),
+                        r["driver"].as_str().unwrap_or_default(),
+                        r["roles"].as_array().map(|a| a.iter().filter_map(|v| v.as_str()).collect::<Vec<_>>().join(", ")).unwrap_or_default(),
+                        r["location"].as_str().unwrap_or_default(),
+                        r["credentials"].as_str().unwrap_or_default(),
+                    );
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
