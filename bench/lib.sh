@@ -1,0 +1,118 @@
+# Shared by the bench scripts: builds benchmark images once, starts a registry and a private
+# containerd on 127.0.0.1, and times commands (median of N runs, peak RSS).
+# Source it; needs root and `scripts/install-deps --bench`.
+
+set -euo pipefail
+BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(dirname "$BENCH_DIR")
+CACHE=${FERRY_BENCH_CACHE:-$REPO/target/bench-cache}
+RUNS=${RUNS:-3}
+FERRY=${FERRY:-$REPO/target/release/ferry}
+WORK=$(mktemp -d /tmp/ferry-bench.XXXXXX)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  umount -R "$WORK"/ctr-root* 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# build_images: OCI layout in $CACHE/layout with tags busybox, deb (debootstrap minbase in
+# 3 layers, ~50 MB compressed) and big (deb + 4 incompressible layers, ~1 GB).
+build_images() {
+  [ -f "$CACHE/layout/index.json" ] && grep -q '"big"' "$CACHE/layout/index.json" && return
+  rm -rf "$CACHE" && mkdir -p "$CACHE"
+  local L="$CACHE/layout" B="$CACHE/bundle"
+  umoci init --layout "$L"
+  umoci new --image "$L:busybox"
+  umoci unpack --image "$L:busybox" "$B" >/dev/null
+  mkdir -p "$B/rootfs/bin"; cp /bin/busybox "$B/rootfs/bin/"
+  for a in sh true echo; do ln -s busybox "$B/rootfs/bin/$a"; done
+  umoci repack --image "$L:busybox" "$B"; rm -rf "$B"
+  umoci config --image "$L:busybox" --config.cmd /bin/sh
+
+  echo "bench: debootstrap --variant=minbase (needs Debian's package mirror)" >&2
+  debootstrap --variant=minbase bookworm "$CACHE/deb-tree" >/dev/null
+  umoci new --image "$L:deb"
+  umoci unpack --image "$L:deb" "$B" >/dev/null
+  # Layer 1: /usr; layer 2: the rest; layer 3: a small change (as real images stack).
+  cp -a "$CACHE/deb-tree/usr" "$B/rootfs/"
+  umoci repack --image "$L:deb" "$B"
+  (cd "$CACHE/deb-tree" && for d in *; do [ "$d" = usr ] || cp -a "$d" "$B/rootfs/"; done)
+  umoci repack --image "$L:deb" "$B"
+  echo "bench" > "$B/rootfs/etc/bench-release"; rm -rf "$B/rootfs/var/cache/apt"/*
+  umoci repack --image "$L:deb" "$B"
+  umoci config --image "$L:deb" --config.cmd /bin/bash
+  rm -rf "$B"
+  umoci unpack --image "$L:deb" "$B" >/dev/null
+  for i in 1 2 3 4; do
+    mkdir -p "$B/rootfs/data$i"
+    head -c $((230 * 1024 * 1024)) /dev/urandom > "$B/rootfs/data$i/blob.bin"
+    umoci repack --image "$L:big" "$B"
+  done
+  rm -rf "$B" "$CACHE/deb-tree"
+}
+
+# start_registry: a plain-HTTP registry on 127.0.0.1; sets REGISTRY=127.0.0.1:PORT.
+start_registry() {
+  local port; port=$(free_port)
+  cat > "$WORK/registry.yml" <<YML
+version: 0.1
+log: { level: error, accesslog: { disabled: true } }
+storage: { filesystem: { rootdirectory: $WORK/registry }, delete: { enabled: true } }
+http: { addr: 127.0.0.1:$port }
+YML
+  docker-registry serve "$WORK/registry.yml" >"$WORK/registry.log" 2>&1 &
+  PIDS+=($!)
+  REGISTRY=127.0.0.1:$port
+  for _ in $(seq 100); do curl -fsS "http://$REGISTRY/v2/" >/dev/null 2>&1 && return; sleep 0.1; done
+  echo "registry did not start" >&2; exit 1
+}
+
+# push TAG: pushes a bench image to the registry as bench/TAG:latest, digests kept.
+push() {
+  skopeo copy --quiet --preserve-digests --dest-tls-verify=false \
+    "oci:$CACHE/layout:$1" "docker://$REGISTRY/bench/$1:latest"
+}
+
+# start_containerd: a private containerd with a fresh root, listening on $CTR_SOCK
+# ($WORK/ctr-root/sock); stops the previous one.
+CTR_SOCK=$WORK/ctr-root/sock
+start_containerd() {
+  [ -n "${CTR_PID:-}" ] && { kill "$CTR_PID"; wait "$CTR_PID" 2>/dev/null || true; }
+  local d="$WORK/ctr-root"
+  umount -R "$d" 2>/dev/null || true; rm -rf "$d"; mkdir -p "$d"
+  cat > "$d/config.toml" <<TOML
+version = 2
+root = "$d/root"
+state = "$d/state"
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+[grpc]
+  address = "$d/sock"
+TOML
+  CONTAINERD_DISABLE_PIGZ=1 containerd --config "$d/config.toml" >"$d/log" 2>&1 &
+  CTR_PID=$!; PIDS+=($CTR_PID)
+  for _ in $(seq 100); do ctr --address "$CTR_SOCK" version >/dev/null 2>&1 && return; sleep 0.1; done
+  echo "containerd did not start" >&2; exit 1
+}
+
+# measure NAME PREP CMD...: runs PREP then CMD $RUNS times; prints the median wall time (s)
+# and the peak RSS (MiB) of the median run; sets LAST_MEDIAN.
+measure() {
+  local name=$1 prep=$2; shift 2
+  local times=() rss=()
+  for i in $(seq "$RUNS"); do
+    eval "$prep"
+    /usr/bin/time -f "%e %M" -o "$WORK/time" "$@" >/dev/null 2>"$WORK/err" || { cat "$WORK/err" >&2; exit 1; }
+    read -r t m < "$WORK/time"
+    times+=("$t"); rss+=("$m")
+  done
+  LAST_MEDIAN=$(printf '%s\n' "${times[@]}" | sort -n | sed -n "$(( (RUNS + 1) / 2 ))p")
+  local peak; peak=$(printf '%s\n' "${rss[@]}" | sort -n | tail -1)
+  printf '%-28s median %7.3fs  (runs: %s)  peak RSS %6.1f MiB\n' "$name" "$LAST_MEDIAN" "${times[*]}" "$(echo "$peak/1024" | bc -l)"
+}
+
+ratio() { echo "scale=2; $1 / $2" | bc -l; }
