@@ -102,6 +102,26 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A store lock is held elsewhere, e.g. garbage collection while a pull holds a lease.
+    #[error("store {path}: {what}: {reason}")]
+    Busy {
+        /// The store root.
+        path: PathBuf,
+        /// What could not proceed, e.g. `gc`.
+        what: &'static str,
+        /// Who holds the lock and what to do.
+        reason: String,
+    },
+    /// The store database was written by a newer ferry.
+    #[error("store database {path} has schema version {found}, newer than this ferry supports ({supported}); upgrade ferry")]
+    StoreVersion {
+        /// The database file.
+        path: PathBuf,
+        /// The version found in the file.
+        found: i64,
+        /// The newest version this build knows.
+        supported: i64,
+    },
     /// The metadata database failed.
     #[error("store database {path}: {source}")]
     Database {

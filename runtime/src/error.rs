@@ -21,4 +21,48 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// Neither the image config nor the command line names a command to run.
+    #[error("no command to run: the image config has no Entrypoint or Cmd and none was given")]
+    NoCommand,
+    /// A user or group cannot be resolved in the image's root filesystem.
+    #[error("user {user:?}: {reason}")]
+    User {
+        /// The `user[:group]` asked for.
+        user: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The OCI runtime spec cannot be built or written.
+    #[error("runtime spec: {0}")]
+    Spec(String),
+    /// Running containers needs root.
+    #[error("ferry run needs root (rootless containers are not supported yet)")]
+    NotRoot,
+    /// Setting up a container failed before its command started.
+    #[error("container {id}: {step}: {source}")]
+    ContainerSetup {
+        /// The container id.
+        id: String,
+        /// The step that failed, with what it acted on.
+        step: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// An external OCI runtime (runc) could not be run or failed.
+    #[error("{program}: {reason}")]
+    ExternalRuntime {
+        /// The program, e.g. `runc`.
+        program: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// An image's manifest and config disagree on its layers.
+    #[error("image has {layers} layers but its config lists {diff_ids} diff_ids")]
+    LayerCount {
+        /// Layers in the manifest.
+        layers: usize,
+        /// diff_ids in the config.
+        diff_ids: usize,
+    },
 }

@@ -4,6 +4,7 @@
 #![warn(missing_docs)]
 
 mod error;
+pub mod spec;
 
 pub use error::Error;
 
