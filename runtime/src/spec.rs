@@ -12,9 +12,9 @@ use std::path::{Path, PathBuf};
 
 use ferry_core::oci_spec::image::ImageConfiguration;
 use ferry_core::oci_spec::runtime::{
-    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxDeviceCgroupBuilder, LinuxNamespaceBuilder,
-    LinuxNamespaceType, LinuxResourcesBuilder, Mount, MountBuilder, ProcessBuilder, RootBuilder, Spec, SpecBuilder,
-    UserBuilder,
+    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxDeviceCgroupBuilder,
+    LinuxNamespaceBuilder, LinuxNamespaceType, LinuxResourcesBuilder, Mount, MountBuilder,
+    ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
 };
 use nix::errno::Errno;
 use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
@@ -61,7 +61,13 @@ pub const MASKED_PATHS: [&str; 10] = [
 ];
 
 /// Paths made read-only in the container, as `runc spec` lists them (RUN-7).
-pub const READONLY_PATHS: [&str; 5] = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"];
+pub const READONLY_PATHS: [&str; 5] = [
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
 
 /// Largest `/etc/passwd` or `/etc/group` ferry reads from an image.
 const MAX_ACCOUNT_FILE: u64 = 16 * 1024 * 1024;
@@ -107,7 +113,11 @@ pub fn runtime_spec(config: &ImageConfiguration, rootfs: &Path, opts: &RunOption
         image.cmd().as_deref().unwrap_or_default(),
         &opts.args_override,
     )?;
-    let user_spec = opts.user.as_deref().or(image.user().as_deref()).unwrap_or("");
+    let user_spec = opts
+        .user
+        .as_deref()
+        .or(image.user().as_deref())
+        .unwrap_or("");
     let user = resolve_user(rootfs, user_spec)?;
     let hostname = opts.hostname.as_deref().unwrap_or(DEFAULT_HOSTNAME);
     let env = environment(
@@ -202,7 +212,11 @@ fn spec_error(e: impl std::fmt::Display) -> Error {
 
 /// Entrypoint + Cmd, with command-line arguments replacing Cmd (RUN-1).
 fn command(entrypoint: &[String], cmd: &[String], args_override: &[String]) -> Result<Vec<String>> {
-    let tail = if args_override.is_empty() { cmd } else { args_override };
+    let tail = if args_override.is_empty() {
+        cmd
+    } else {
+        args_override
+    };
     let args: Vec<String> = entrypoint.iter().chain(tail).cloned().collect();
     if args.is_empty() {
         return Err(Error::NoCommand);
@@ -211,15 +225,27 @@ fn command(entrypoint: &[String], cmd: &[String], args_override: &[String]) -> R
 }
 
 /// Defaults, then the image's `Env`, then the command line's; `HOME` last if unset (RUN-2).
-fn environment(image: &[String], overrides: &[(String, String)], hostname: &str, home: &str, terminal: bool) -> Vec<String> {
+fn environment(
+    image: &[String],
+    overrides: &[(String, String)],
+    hostname: &str,
+    home: &str,
+    terminal: bool,
+) -> Vec<String> {
     fn set(env: &mut Vec<String>, entry: String) {
         let key = entry.split_once('=').map_or(entry.as_str(), |(k, _)| k);
-        match env.iter().position(|e| e.split_once('=').map_or(e.as_str(), |(k, _)| k) == key) {
+        match env
+            .iter()
+            .position(|e| e.split_once('=').map_or(e.as_str(), |(k, _)| k) == key)
+        {
             Some(i) => env[i] = entry,
             None => env.push(entry),
         }
     }
-    let mut env = vec![format!("PATH={DEFAULT_PATH}"), format!("HOSTNAME={hostname}")];
+    let mut env = vec![
+        format!("PATH={DEFAULT_PATH}"),
+        format!("HOSTNAME={hostname}"),
+    ];
     if terminal {
         env.push("TERM=xterm".to_string());
     }
@@ -247,16 +273,43 @@ fn working_dir(dir: Option<&str>) -> PathBuf {
 fn default_mounts() -> Result<Vec<Mount>> {
     let table: [(&str, &str, &str, &[&str]); 6] = [
         ("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"]),
-        ("/dev", "tmpfs", "tmpfs", &["nosuid", "strictatime", "mode=755", "size=65536k"]),
+        (
+            "/dev",
+            "tmpfs",
+            "tmpfs",
+            &["nosuid", "strictatime", "mode=755", "size=65536k"],
+        ),
         (
             "/dev/pts",
             "devpts",
             "devpts",
-            &["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"],
+            &[
+                "nosuid",
+                "noexec",
+                "newinstance",
+                "ptmxmode=0666",
+                "mode=0620",
+                "gid=5",
+            ],
         ),
-        ("/dev/shm", "tmpfs", "shm", &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]),
-        ("/dev/mqueue", "mqueue", "mqueue", &["nosuid", "noexec", "nodev"]),
-        ("/sys", "sysfs", "sysfs", &["nosuid", "noexec", "nodev", "ro"]),
+        (
+            "/dev/shm",
+            "tmpfs",
+            "shm",
+            &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
+        ),
+        (
+            "/dev/mqueue",
+            "mqueue",
+            "mqueue",
+            &["nosuid", "noexec", "nodev"],
+        ),
+        (
+            "/sys",
+            "sysfs",
+            "sysfs",
+            &["nosuid", "noexec", "nodev", "ro"],
+        ),
     ];
     table
         .iter()
@@ -315,10 +368,15 @@ fn resolve_user(rootfs: &Path, spec: &str) -> Result<ResolvedUser> {
     let numeric_user = user_arg.parse::<u32>().ok();
 
     let passwd = read_account_file(rootfs, "etc/passwd")?;
-    let matched = passwd.as_deref().map(parse_passwd).unwrap_or_default().into_iter().find(|u| match numeric_user {
-        Some(uid) => u.uid == uid,
-        None => u.name == user_arg,
-    });
+    let matched = passwd
+        .as_deref()
+        .map(parse_passwd)
+        .unwrap_or_default()
+        .into_iter()
+        .find(|u| match numeric_user {
+            Some(uid) => u.uid == uid,
+            None => u.name == user_arg,
+        });
     let mut user = match (&matched, numeric_user) {
         (Some(u), _) => ResolvedUser {
             uid: u.uid,
@@ -351,7 +409,9 @@ fn resolve_user(rootfs: &Path, spec: &str) -> Result<ResolvedUser> {
             user.gid = match (found, numeric_group) {
                 (Some(e), _) => e.gid,
                 (None, Some(gid)) => gid,
-                (None, None) => return Err(bad(format!("no group {g:?} in the image's /etc/group"))),
+                (None, None) => {
+                    return Err(bad(format!("no group {g:?} in the image's /etc/group")))
+                }
             };
         }
         None => {
@@ -373,7 +433,11 @@ fn parse_passwd(text: &str) -> Vec<PasswdEntry> {
                 name: f.first()?.to_string(),
                 uid: f.get(2)?.parse().ok()?,
                 gid: f.get(3)?.parse().ok()?,
-                home: f.get(5).filter(|h| !h.is_empty()).unwrap_or(&"/").to_string(),
+                home: f
+                    .get(5)
+                    .filter(|h| !h.is_empty())
+                    .unwrap_or(&"/")
+                    .to_string(),
             })
         })
         .collect()
@@ -387,7 +451,12 @@ fn parse_group(text: &str) -> Vec<GroupEntry> {
                 gid: f.get(2)?.parse().ok()?,
                 members: f
                     .get(3)
-                    .map(|m| m.split(',').filter(|s| !s.is_empty()).map(str::to_string).collect())
+                    .map(|m| {
+                        m.split(',')
+                            .filter(|s| !s.is_empty())
+                            .map(str::to_string)
+                            .collect()
+                    })
                     .unwrap_or_default(),
             })
         })

@@ -57,7 +57,11 @@ fn env(spec: &Spec) -> Vec<String> {
 
 fn ids(spec: &Spec) -> (u32, u32, Vec<u32>) {
     let u = spec.process().as_ref().unwrap().user();
-    (u.uid(), u.gid(), u.additional_gids().clone().unwrap_or_default())
+    (
+        u.uid(),
+        u.gid(),
+        u.additional_gids().clone().unwrap_or_default(),
+    )
 }
 
 fn strings(v: &[&str]) -> Vec<String> {
@@ -70,19 +74,29 @@ fn entrypoint_and_cmd_combine_and_cli_args_replace_cmd_only() {
     let root = rootfs(None, None);
     let cfg = serde_json::json!({"Entrypoint": ["/bin/tini", "--"], "Cmd": ["nginx", "-g", "daemon off;"]});
     let s = spec_with(cfg.clone(), root.path(), &RunOptions::default());
-    assert_eq!(args(&s), strings(&["/bin/tini", "--", "nginx", "-g", "daemon off;"]));
+    assert_eq!(
+        args(&s),
+        strings(&["/bin/tini", "--", "nginx", "-g", "daemon off;"])
+    );
 
     let opts = RunOptions {
         args_override: strings(&["sh", "-c", "echo hi"]),
         ..Default::default()
     };
     let s = spec_with(cfg, root.path(), &opts);
-    assert_eq!(args(&s), strings(&["/bin/tini", "--", "sh", "-c", "echo hi"]));
+    assert_eq!(
+        args(&s),
+        strings(&["/bin/tini", "--", "sh", "-c", "echo hi"])
+    );
 
     let s = spec_with(serde_json::json!({"Cmd": ["/bin/sh"]}), root.path(), &opts);
     assert_eq!(args(&s), strings(&["sh", "-c", "echo hi"]));
 
-    let s = spec_with(serde_json::json!({"Entrypoint": ["/bin/echo"]}), root.path(), &RunOptions::default());
+    let s = spec_with(
+        serde_json::json!({"Entrypoint": ["/bin/echo"]}),
+        root.path(),
+        &RunOptions::default(),
+    );
     assert_eq!(args(&s), strings(&["/bin/echo"]));
 }
 
@@ -90,7 +104,10 @@ fn entrypoint_and_cmd_combine_and_cli_args_replace_cmd_only() {
 #[test]
 fn no_command_anywhere_is_a_clear_error() {
     let root = rootfs(None, None);
-    for cfg in [serde_json::json!({}), serde_json::json!({"Cmd": [], "Env": ["A=b"]})] {
+    for cfg in [
+        serde_json::json!({}),
+        serde_json::json!({"Cmd": [], "Env": ["A=b"]}),
+    ] {
         let err = runtime_spec(&config(cfg), root.path(), &RunOptions::default()).unwrap_err();
         assert!(matches!(err, Error::NoCommand), "{err}");
         assert!(err.to_string().contains("no Entrypoint or Cmd"), "{err}");
@@ -137,7 +154,12 @@ fn env_merges_image_then_cli_and_defaults_path_and_home() {
     let s = spec_with(cfg, root.path(), &opts);
     assert_eq!(
         env(&s),
-        strings(&["PATH=/opt/bin", "HOSTNAME=ferry", "TERM=xterm", "HOME=/data"])
+        strings(&[
+            "PATH=/opt/bin",
+            "HOSTNAME=ferry",
+            "TERM=xterm",
+            "HOME=/data"
+        ])
     );
     assert_eq!(s.process().as_ref().unwrap().terminal(), Some(true));
 
@@ -154,10 +176,23 @@ fn env_merges_image_then_cli_and_defaults_path_and_home() {
 #[test]
 fn working_dir_defaults_to_root_and_cli_wins() {
     let root = rootfs(None, None);
-    let cwd = |cfg, opts: &RunOptions| spec_with(cfg, root.path(), opts).process().as_ref().unwrap().cwd().clone();
-    assert_eq!(cwd(serde_json::json!({"Cmd": ["x"]}), &RunOptions::default()), Path::new("/"));
+    let cwd = |cfg, opts: &RunOptions| {
+        spec_with(cfg, root.path(), opts)
+            .process()
+            .as_ref()
+            .unwrap()
+            .cwd()
+            .clone()
+    };
     assert_eq!(
-        cwd(serde_json::json!({"Cmd": ["x"], "WorkingDir": "/srv/app"}), &RunOptions::default()),
+        cwd(serde_json::json!({"Cmd": ["x"]}), &RunOptions::default()),
+        Path::new("/")
+    );
+    assert_eq!(
+        cwd(
+            serde_json::json!({"Cmd": ["x"], "WorkingDir": "/srv/app"}),
+            &RunOptions::default()
+        ),
         Path::new("/srv/app")
     );
     let opts = RunOptions {
@@ -165,11 +200,17 @@ fn working_dir_defaults_to_root_and_cli_wins() {
         ..Default::default()
     };
     assert_eq!(
-        cwd(serde_json::json!({"Cmd": ["x"], "WorkingDir": "/srv/app"}), &opts),
+        cwd(
+            serde_json::json!({"Cmd": ["x"], "WorkingDir": "/srv/app"}),
+            &opts
+        ),
         Path::new("/tmp")
     );
     assert_eq!(
-        cwd(serde_json::json!({"Cmd": ["x"], "WorkingDir": "rel/dir"}), &RunOptions::default()),
+        cwd(
+            serde_json::json!({"Cmd": ["x"], "WorkingDir": "rel/dir"}),
+            &RunOptions::default()
+        ),
         Path::new("/rel/dir")
     );
 }
@@ -183,10 +224,19 @@ fn users_resolve_by_name_id_and_group_from_the_rootfs() {
             user: Some(user.into()),
             ..Default::default()
         };
-        runtime_spec(&config(serde_json::json!({"Cmd": ["x"]})), root.path(), &opts).map(|s| ids(&s))
+        runtime_spec(
+            &config(serde_json::json!({"Cmd": ["x"]})),
+            root.path(),
+            &opts,
+        )
+        .map(|s| ids(&s))
     };
     // Root by default, with the groups that list it.
-    let s = spec_with(serde_json::json!({"Cmd": ["x"]}), root.path(), &RunOptions::default());
+    let s = spec_with(
+        serde_json::json!({"Cmd": ["x"]}),
+        root.path(),
+        &RunOptions::default(),
+    );
     assert_eq!(ids(&s), (0, 0, vec![0]));
     // Names: primary gid from passwd, supplementary groups from group members.
     assert_eq!(resolve("app").unwrap(), (1000, 1001, vec![50, 63]));
@@ -200,7 +250,11 @@ fn users_resolve_by_name_id_and_group_from_the_rootfs() {
     assert_eq!(resolve("4242:4343").unwrap(), (4242, 4343, vec![]));
     assert_eq!(resolve("daemon:appgrp").unwrap(), (1, 1001, vec![]));
     // The image's User applies when the command line gives none.
-    let s = spec_with(serde_json::json!({"Cmd": ["x"], "User": "app:audio"}), root.path(), &RunOptions::default());
+    let s = spec_with(
+        serde_json::json!({"Cmd": ["x"], "User": "app:audio"}),
+        root.path(),
+        &RunOptions::default(),
+    );
     assert_eq!(ids(&s), (1000, 63, vec![]));
 }
 
@@ -208,14 +262,25 @@ fn users_resolve_by_name_id_and_group_from_the_rootfs() {
 #[test]
 fn unknown_users_and_groups_are_errors() {
     let root = rootfs(Some(PASSWD), Some(GROUP));
-    for (user, needle) in [("nobody", "no such user"), ("app:nogroup", "no group \"nogroup\"")] {
+    for (user, needle) in [
+        ("nobody", "no such user"),
+        ("app:nogroup", "no group \"nogroup\""),
+    ] {
         let opts = RunOptions {
             user: Some(user.into()),
             ..Default::default()
         };
-        let err = runtime_spec(&config(serde_json::json!({"Cmd": ["x"]})), root.path(), &opts).unwrap_err();
+        let err = runtime_spec(
+            &config(serde_json::json!({"Cmd": ["x"]})),
+            root.path(),
+            &opts,
+        )
+        .unwrap_err();
         assert!(matches!(err, Error::User { .. }), "{err}");
-        assert!(err.to_string().contains(needle) && err.to_string().contains(user), "{err}");
+        assert!(
+            err.to_string().contains(needle) && err.to_string().contains(user),
+            "{err}"
+        );
     }
     // No /etc/passwd at all: numeric ids still work, names do not.
     let empty = rootfs(None, None);
@@ -223,31 +288,55 @@ fn unknown_users_and_groups_are_errors() {
         user: Some(u.into()),
         ..Default::default()
     };
-    let s = runtime_spec(&config(serde_json::json!({"Cmd": ["x"]})), empty.path(), &opts("12:34")).unwrap();
+    let s = runtime_spec(
+        &config(serde_json::json!({"Cmd": ["x"]})),
+        empty.path(),
+        &opts("12:34"),
+    )
+    .unwrap();
     assert_eq!(ids(&s), (12, 34, vec![]));
-    assert!(runtime_spec(&config(serde_json::json!({"Cmd": ["x"]})), empty.path(), &opts("root")).is_err());
+    assert!(runtime_spec(
+        &config(serde_json::json!({"Cmd": ["x"]})),
+        empty.path(),
+        &opts("root")
+    )
+    .is_err());
 }
 
 /// RUN-4: symlinks in the image resolve inside the rootfs, never on the host.
 #[test]
 fn account_files_are_never_read_through_symlinks_to_the_host() {
     // The host's /etc/passwd knows `daemon` (uid 1 on Debian) and root; this rootfs does not.
-    assert!(fs::read_to_string("/etc/passwd").unwrap().contains("daemon:"));
+    assert!(fs::read_to_string("/etc/passwd")
+        .unwrap()
+        .contains("daemon:"));
     let opts = RunOptions {
         user: Some("daemon".into()),
         ..Default::default()
     };
     let cfg = config(serde_json::json!({"Cmd": ["x"]}));
-    for target in ["/etc/passwd", "../../../../../../../../etc/passwd", "/proc/1/root/etc/passwd"] {
+    for target in [
+        "/etc/passwd",
+        "../../../../../../../../etc/passwd",
+        "/proc/1/root/etc/passwd",
+    ] {
         let root = rootfs(None, None);
         symlink(target, root.path().join("etc/passwd")).unwrap();
         let result = runtime_spec(&cfg, root.path(), &opts);
-        assert!(result.is_err(), "{target}: read the host's passwd: {:?}", result.map(|s| ids(&s)));
+        assert!(
+            result.is_err(),
+            "{target}: read the host's passwd: {:?}",
+            result.map(|s| ids(&s))
+        );
     }
     // A directory symlink to the host's /etc resolves inside the rootfs too.
     let root = tempfile::tempdir().unwrap();
     fs::create_dir_all(root.path().join("real")).unwrap();
-    fs::write(root.path().join("real/passwd"), "daemon:x:4242:4343::/:/bin/sh\n").unwrap();
+    fs::write(
+        root.path().join("real/passwd"),
+        "daemon:x:4242:4343::/:/bin/sh\n",
+    )
+    .unwrap();
     symlink("/real", root.path().join("etc")).unwrap();
     let s = runtime_spec(&cfg, root.path(), &opts).unwrap();
     assert_eq!(ids(&s), (4242, 4343, vec![]));
@@ -257,11 +346,21 @@ fn account_files_are_never_read_through_symlinks_to_the_host() {
 #[test]
 fn spec_confines_the_container_like_docker_and_runc() {
     let root = rootfs(None, None);
-    let s = spec_with(serde_json::json!({"Cmd": ["x"]}), root.path(), &RunOptions::default());
+    let s = spec_with(
+        serde_json::json!({"Cmd": ["x"]}),
+        root.path(),
+        &RunOptions::default(),
+    );
     assert_eq!(s.root().as_ref().unwrap().path(), root.path());
     assert_eq!(s.hostname().as_deref(), Some("ferry"));
     let linux = s.linux().as_ref().unwrap();
-    let ns: Vec<LinuxNamespaceType> = linux.namespaces().as_ref().unwrap().iter().map(|n| n.typ()).collect();
+    let ns: Vec<LinuxNamespaceType> = linux
+        .namespaces()
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|n| n.typ())
+        .collect();
     assert_eq!(
         ns,
         [
@@ -272,15 +371,25 @@ fn spec_confines_the_container_like_docker_and_runc() {
             LinuxNamespaceType::Network
         ]
     );
-    assert!(linux.masked_paths().as_ref().unwrap().contains(&"/proc/kcore".to_string()));
-    assert!(linux.readonly_paths().as_ref().unwrap().contains(&"/proc/sys".to_string()));
+    assert!(linux
+        .masked_paths()
+        .as_ref()
+        .unwrap()
+        .contains(&"/proc/kcore".to_string()));
+    assert!(linux
+        .readonly_paths()
+        .as_ref()
+        .unwrap()
+        .contains(&"/proc/sys".to_string()));
 
     let process = s.process().as_ref().unwrap();
     assert_eq!(process.no_new_privileges(), Some(true));
     let caps = process.capabilities().as_ref().unwrap();
     let bounding = caps.bounding().as_ref().unwrap();
     assert_eq!(bounding.len(), 14);
-    assert!(bounding.contains(&Capability::NetBindService) && bounding.contains(&Capability::Chown));
+    assert!(
+        bounding.contains(&Capability::NetBindService) && bounding.contains(&Capability::Chown)
+    );
     assert!(!bounding.contains(&Capability::SysAdmin) && !bounding.contains(&Capability::NetAdmin));
     assert_eq!(caps.effective(), caps.bounding());
     assert_eq!(caps.permitted(), caps.bounding());
@@ -292,7 +401,12 @@ fn spec_confines_the_container_like_docker_and_runc() {
         .as_ref()
         .unwrap()
         .iter()
-        .map(|m| (m.destination().display().to_string(), m.typ().clone().unwrap()))
+        .map(|m| {
+            (
+                m.destination().display().to_string(),
+                m.typ().clone().unwrap(),
+            )
+        })
         .collect();
     let want = [
         ("/proc", "proc"),
@@ -314,6 +428,9 @@ fn spec_confines_the_container_like_docker_and_runc() {
     let s = spec_with(serde_json::json!({"Cmd": ["x"]}), root.path(), &host);
     assert_eq!(s.hostname().as_deref(), Some("h1"));
     let ns = s.linux().as_ref().unwrap().namespaces().clone().unwrap();
-    assert!(ns.iter().all(|n| n.typ() != LinuxNamespaceType::Network), "{ns:?}");
+    assert!(
+        ns.iter().all(|n| n.typ() != LinuxNamespaceType::Network),
+        "{ns:?}"
+    );
     assert_eq!(ns.len(), 4);
 }
