@@ -6,9 +6,11 @@
 pub mod config;
 mod error;
 pub mod mirror;
+pub mod oci_layout;
 pub mod progress;
 pub mod pull;
 pub mod registry;
+pub mod s3;
 
 use std::pin::Pin;
 
