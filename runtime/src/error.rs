@@ -21,6 +21,74 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A layer entry is malformed or hostile and was refused (specs/unpack.md).
+    #[error("layer {layer}: entry {entry:?} rejected: {reason}")]
+    UnpackRejected {
+        /// The layer (its expected diff_id when known).
+        layer: String,
+        /// The entry's name as stored in the tar, or where in the stream.
+        entry: String,
+        /// Why it was refused.
+        reason: String,
+    },
+    /// A file-system operation applying a layer entry failed.
+    #[error("layer {layer}: entry {entry:?}: {op}: {source}")]
+    UnpackIo {
+        /// The layer (its expected diff_id when known).
+        layer: String,
+        /// The entry's name as stored in the tar.
+        entry: String,
+        /// What was attempted.
+        op: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Reading or decompressing a layer stream failed.
+    #[error("layer {layer}: reading the {what} stream: {source}")]
+    LayerStream {
+        /// The layer (its expected diff_id when known).
+        layer: String,
+        /// Which stream: `gzip`, `zstd`, `tar`.
+        what: &'static str,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A layer's bytes do not match the compression its media type declares.
+    #[error("layer {layer}: media type declares {declared} compression but the stream starts like {found}")]
+    CompressionMismatch {
+        /// The layer (its expected diff_id when known).
+        layer: String,
+        /// Compression named by the media type.
+        declared: String,
+        /// Compression the magic bytes show.
+        found: String,
+    },
+    /// A layer's uncompressed digest differs from the diff_id the image config lists.
+    #[error(
+        "layer {layer}: diff_id mismatch: expected {expected}, the uncompressed stream is {actual}"
+    )]
+    DiffIdMismatch {
+        /// The layer (its expected diff_id when known).
+        layer: String,
+        /// The diff_id the config lists.
+        expected: ferry_core::Digest,
+        /// The digest of the uncompressed stream.
+        actual: ferry_core::Digest,
+    },
+    /// Unpacking an image went past a configured limit.
+    #[error("layer {layer}: image exceeds the limit of {limit} {what} (at entry {entry:?})")]
+    UnpackLimit {
+        /// The layer (its expected diff_id when known).
+        layer: String,
+        /// `uncompressed bytes` or `entries`.
+        what: &'static str,
+        /// The limit for the whole image.
+        limit: u64,
+        /// The entry being read when the limit was hit, if any.
+        entry: String,
+    },
     /// Neither the image config nor the command line names a command to run.
     #[error("no command to run: the image config has no Entrypoint or Cmd and none was given")]
     NoCommand,

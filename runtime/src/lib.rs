@@ -5,6 +5,7 @@
 
 mod error;
 pub mod spec;
+pub mod unpack;
 
 pub use error::Error;
 

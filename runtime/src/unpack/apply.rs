@@ -1,0 +1,631 @@
+//! Applies tar entries to a [`Root`]: creation, replacement, whiteouts, metadata.
+
+use std::collections::{HashMap, HashSet};
+use std::ffi::{CStr, CString};
+use std::fs::File;
+use std::hash::{BuildHasher, RandomState};
+use std::io::{self, BufRead, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+
+use super::path::{self, Target};
+use super::root::{cstring, cvt, file_type, is, list, lstat_at, open_at, remove_all, Root};
+use super::tar::{Entry, Kind, TarReader};
+use super::{Fail, Whiteouts};
+
+/// Largest uid or gid accepted: `2^32-1` is `(uid_t)-1`, "no change" to chown (UNPACK-15).
+const MAX_ID: u64 = u32::MAX as u64 - 1;
+
+/// Mode and time of a directory, applied once the layer's content is in (UNPACK-41).
+#[derive(Clone, Copy)]
+struct DirMeta {
+    mode: u32,
+    mtime: (i64, u32),
+}
+
+/// Paths this layer wrote, with their ancestors, as 128-bit keyed hashes: whiteouts and
+/// opaque markers must spare them (UNPACK-31).
+struct LayerPaths {
+    keys: (RandomState, RandomState),
+    set: HashSet<u128>,
+}
+
+impl LayerPaths {
+    fn new() -> Self {
+        LayerPaths {
+            keys: (RandomState::new(), RandomState::new()),
+            set: HashSet::new(),
+        }
+    }
+
+    fn key(&self, path: &[u8]) -> u128 {
+        u128::from(self.keys.0.hash_one(path)) << 64 | u128::from(self.keys.1.hash_one(path))
+    }
+
+    fn contains(&self, path: &[u8]) -> bool {
+        path.is_empty() || self.set.contains(&self.key(path))
+    }
+
+    /// Records `path` and its ancestors (stopping at the first ancestor already known).
+    fn insert(&mut self, mut path: &[u8]) {
+        while !path.is_empty() && self.set.insert(self.key(path)) {
+            path = path::split(path).0;
+        }
+    }
+}
+
+/// Applies the entries of one layer.
+pub(super) struct Applier {
+    root: Root,
+    whiteouts: Whiteouts,
+    privileged: bool,
+    umask: u32,
+    paths: LayerPaths,
+    dirs: HashMap<Vec<u8>, DirMeta>,
+}
+
+fn io_fail(op: impl Into<String>) -> impl FnOnce(io::Error) -> Fail {
+    let op = op.into();
+    move |source| Fail::Io { op, source }
+}
+
+fn reject<T>(why: impl Into<String>) -> Result<T, Fail> {
+    Err(Fail::Reject(why.into()))
+}
+
+impl Applier {
+    /// An applier writing into `root`.
+    pub fn new(root: Root, whiteouts: Whiteouts) -> Self {
+        Applier {
+            root,
+            whiteouts,
+            privileged: unsafe { libc::geteuid() } == 0,
+            umask: process_umask(),
+            paths: LayerPaths::new(),
+            dirs: HashMap::new(),
+        }
+    }
+
+    /// Applies one entry, reading its data from `tar`.
+    pub fn apply<R: BufRead>(&mut self, e: &Entry, tar: &mut TarReader<R>) -> Result<(), Fail> {
+        if e.kind == Kind::GlobalPax {
+            tracing::debug!("ignoring a PAX global header");
+            return Ok(());
+        }
+        for (what, id) in [("uid", e.uid), ("gid", e.gid)] {
+            if id > MAX_ID {
+                return reject(format!(
+                    "{what} {id} is out of range (largest accepted is {MAX_ID})"
+                ));
+            }
+        }
+        let full = path::normalize(&e.path).map_err(Fail::Reject)?;
+        match path::classify(&full).map_err(Fail::Reject)? {
+            Target::AufsMeta => {
+                tracing::debug!(entry = %String::from_utf8_lossy(&e.path), "ignoring aufs metadata");
+                Ok(())
+            }
+            Target::Whiteout { parent, name } => self.whiteout(parent, name),
+            Target::Opaque { parent } => self.opaque(parent),
+            Target::Path { parent, name } => {
+                if name == b"." && e.kind != Kind::Dir {
+                    return reject("only a directory can name the root");
+                }
+                if e.kind != Kind::Dir {
+                    self.dirs.remove(full.as_slice());
+                }
+                self.paths.insert(&full);
+                let c = cstring(name).map_err(io_fail("name"))?;
+                match e.kind {
+                    Kind::Dir => self.dir(&full, parent, &c, e),
+                    Kind::File => self.file(parent, &c, e, tar),
+                    Kind::Symlink => self.symlink(parent, &c, e),
+                    Kind::Hardlink => self.hardlink(&full, parent, &c, e),
+                    Kind::Char | Kind::Block | Kind::Fifo => self.node(parent, &c, e),
+                    Kind::GlobalPax => Ok(()),
+                }
+            }
+        }
+    }
+
+    /// Applies modes and times of this layer's directories; call after the last entry.
+    pub fn finish(mut self) -> Result<(), Fail> {
+        let mut dirs: Vec<_> = self.dirs.drain().collect();
+        // Deepest first, so a restrictive parent mode never blocks reaching a child.
+        dirs.sort_by_key(|(p, _)| {
+            std::cmp::Reverse(p.iter().filter(|&&b| b == b'/').count() + usize::from(!p.is_empty()))
+        });
+        for (full, meta) in dirs {
+            let (parent, name) = path::split(&full);
+            let fd = match self.root.resolve(parent, libc::O_PATH | libc::O_DIRECTORY) {
+                Ok(p) => open_at(
+                    p.as_fd(),
+                    &cstring(name).map_err(io_fail("name"))?,
+                    libc::O_RDONLY | libc::O_DIRECTORY,
+                    0,
+                ),
+                Err(e) => Err(e),
+            };
+            let fd = match fd {
+                Ok(fd) => fd,
+                // Removed or replaced by a later entry of the layer: nothing to do.
+                Err(e) if is(&e, libc::ENOENT) || is(&e, libc::ENOTDIR) || is(&e, libc::ELOOP) => {
+                    continue
+                }
+                Err(e) => {
+                    return Err(io_fail(format!(
+                        "open directory {:?}",
+                        String::from_utf8_lossy(&full)
+                    ))(e))
+                }
+            };
+            let what = || format!("directory {:?}", String::from_utf8_lossy(&full));
+            cvt(unsafe { libc::fchmod(fd.as_raw_fd(), meta.mode) })
+                .map_err(io_fail(format!("chmod {}", what())))?;
+            futimens(fd.as_fd(), meta.mtime)
+                .map_err(io_fail(format!("set times of {}", what())))?;
+        }
+        Ok(())
+    }
+
+    fn dir(&mut self, full: &[u8], parent: &[u8], name: &CStr, e: &Entry) -> Result<(), Fail> {
+        let parent_fd = self
+            .root
+            .dir(parent)
+            .map_err(io_fail("open parent directory"))?;
+        if name.to_bytes() != b"." {
+            loop {
+                match cvt(unsafe { libc::mkdirat(parent_fd.as_raw_fd(), name.as_ptr(), 0o700) }) {
+                    Ok(_) => break,
+                    Err(err) if is(&err, libc::EEXIST) => {
+                        let st = lstat_at(parent_fd.as_fd(), name).map_err(io_fail("stat"))?;
+                        if st.is_some_and(|st| file_type(&st) == libc::S_IFDIR) {
+                            break; // merge into the existing directory
+                        }
+                        self.replace(parent_fd.as_fd(), name)?;
+                    }
+                    Err(err) => return Err(io_fail("mkdir")(err)),
+                }
+            }
+        }
+        if self.privileged || !e.xattrs.is_empty() {
+            let fd = open_at(
+                parent_fd.as_fd(),
+                name,
+                libc::O_RDONLY | libc::O_DIRECTORY,
+                0,
+            )
+            .map_err(io_fail("open directory"))?;
+            if self.privileged {
+                cvt(unsafe { libc::fchown(fd.as_raw_fd(), e.uid as u32, e.gid as u32) })
+                    .map_err(io_fail("chown"))?;
+            }
+            self.xattrs(XattrTarget::Fd(fd.as_fd()), e)?;
+        }
+        self.dirs.insert(
+            full.to_vec(),
+            DirMeta {
+                mode: e.mode,
+                mtime: e.mtime,
+            },
+        );
+        Ok(())
+    }
+
+    fn file<R: BufRead>(
+        &mut self,
+        parent: &[u8],
+        name: &CStr,
+        e: &Entry,
+        tar: &mut TarReader<R>,
+    ) -> Result<(), Fail> {
+        let parent_fd = self
+            .root
+            .dir(parent)
+            .map_err(io_fail("open parent directory"))?;
+        // Create with the final mode when the umask and chown cannot change it.
+        let direct = e.mode & 0o7000 == 0 && e.mode & self.umask == 0;
+        let create_mode = if direct { e.mode } else { 0o600 };
+        let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL;
+        let fd = loop {
+            match open_at(parent_fd.as_fd(), name, flags, create_mode) {
+                Ok(fd) => break fd,
+                Err(err) if is(&err, libc::EEXIST) => self.replace(parent_fd.as_fd(), name)?,
+                Err(err) => return Err(io_fail("create file")(err)),
+            }
+        };
+        let mut file = File::from(fd);
+        loop {
+            let chunk = tar.data().map_err(Fail::Tar)?;
+            if chunk.is_empty() {
+                break;
+            }
+            let n = chunk.len();
+            file.write_all(chunk).map_err(io_fail("write"))?;
+            tar.consume(n);
+        }
+        if self.privileged {
+            cvt(unsafe { libc::fchown(file.as_raw_fd(), e.uid as u32, e.gid as u32) })
+                .map_err(io_fail("chown"))?;
+        }
+        // After chown, which clears setuid and setgid.
+        if !direct {
+            cvt(unsafe { libc::fchmod(file.as_raw_fd(), e.mode) }).map_err(io_fail("chmod"))?;
+        }
+        // After chown and writing, which clear security.capability.
+        self.xattrs(XattrTarget::Fd(file.as_fd()), e)?;
+        futimens(file.as_fd(), e.mtime).map_err(io_fail("set times"))
+    }
+
+    fn symlink(&mut self, parent: &[u8], name: &CStr, e: &Entry) -> Result<(), Fail> {
+        let parent_fd = self
+            .root
+            .dir(parent)
+            .map_err(io_fail("open parent directory"))?;
+        let target = cstring(&e.link)
+            .map_err(|_| Fail::Reject("symlink target contains a NUL byte".into()))?;
+        if e.link.is_empty() {
+            return reject("symlink with an empty target");
+        }
+        loop {
+            match cvt(unsafe {
+                libc::symlinkat(target.as_ptr(), parent_fd.as_raw_fd(), name.as_ptr())
+            }) {
+                Ok(_) => break,
+                Err(err) if is(&err, libc::EEXIST) => self.replace(parent_fd.as_fd(), name)?,
+                Err(err) => return Err(io_fail("symlink")(err)),
+            }
+        }
+        self.node_meta(parent_fd.as_fd(), name, e, false)
+    }
+
+    fn hardlink(&mut self, full: &[u8], parent: &[u8], name: &CStr, e: &Entry) -> Result<(), Fail> {
+        let target = path::normalize(&e.link)
+            .map_err(|why| Fail::Reject(format!("hard link target: {why}")))?;
+        if target.is_empty() {
+            return reject("hard link to the root directory");
+        }
+        if target == full {
+            return Ok(()); // a link to itself: nothing to change
+        }
+        let what = format!("hard link to {:?}", String::from_utf8_lossy(&target));
+        let (tparent, tname) = path::split(&target);
+        let tname = cstring(tname).map_err(io_fail(what.clone()))?;
+        let tparent_fd = self
+            .root
+            .resolve(tparent, libc::O_PATH | libc::O_DIRECTORY)
+            .map_err(io_fail(what.clone()))?;
+        let parent_fd = self
+            .root
+            .dir(parent)
+            .map_err(io_fail("open parent directory"))?;
+        loop {
+            let r = unsafe {
+                libc::linkat(
+                    tparent_fd.as_raw_fd(),
+                    tname.as_ptr(),
+                    parent_fd.as_raw_fd(),
+                    name.as_ptr(),
+                    0,
+                )
+            };
+            match cvt(r) {
+                Ok(_) => return Ok(()),
+                Err(err) if is(&err, libc::EEXIST) => {
+                    let existing = lstat_at(parent_fd.as_fd(), name).map_err(io_fail("stat"))?;
+                    let source =
+                        lstat_at(tparent_fd.as_fd(), &tname).map_err(io_fail(what.clone()))?;
+                    if let (Some(a), Some(b)) = (existing, source) {
+                        if (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino) {
+                            return Ok(()); // already this very file
+                        }
+                    }
+                    self.replace(parent_fd.as_fd(), name)?;
+                }
+                Err(err) => return Err(io_fail(what)(err)),
+            }
+        }
+    }
+
+    fn node(&mut self, parent: &[u8], name: &CStr, e: &Entry) -> Result<(), Fail> {
+        let kind = match e.kind {
+            Kind::Char => libc::S_IFCHR,
+            Kind::Block => libc::S_IFBLK,
+            _ => libc::S_IFIFO,
+        };
+        if kind != libc::S_IFIFO && !self.privileged {
+            tracing::warn!(entry = %String::from_utf8_lossy(&e.path), "skipping a device node: creating one needs root");
+            return Ok(());
+        }
+        let parent_fd = self
+            .root
+            .dir(parent)
+            .map_err(io_fail("open parent directory"))?;
+        let dev = libc::makedev(e.dev.0, e.dev.1);
+        loop {
+            match cvt(unsafe {
+                libc::mknodat(parent_fd.as_raw_fd(), name.as_ptr(), kind | 0o600, dev)
+            }) {
+                Ok(_) => break,
+                Err(err) if is(&err, libc::EEXIST) => self.replace(parent_fd.as_fd(), name)?,
+                Err(err) if is(&err, libc::EPERM) && kind != libc::S_IFIFO => {
+                    tracing::warn!(entry = %String::from_utf8_lossy(&e.path), "skipping a device node: mknod not permitted");
+                    return Ok(());
+                }
+                Err(err) => return Err(io_fail("mknod")(err)),
+            }
+        }
+        self.node_meta(parent_fd.as_fd(), name, e, true)
+    }
+
+    /// Owner, mode, xattrs and times of a symlink (`chmod == false`) or a node at
+    /// `dir/name`, none of them following a final symlink.
+    fn node_meta(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: &CStr,
+        e: &Entry,
+        chmod: bool,
+    ) -> Result<(), Fail> {
+        if self.privileged {
+            let r = unsafe {
+                libc::fchownat(
+                    dir.as_raw_fd(),
+                    name.as_ptr(),
+                    e.uid as u32,
+                    e.gid as u32,
+                    libc::AT_SYMLINK_NOFOLLOW,
+                )
+            };
+            cvt(r).map_err(io_fail("chown"))?;
+        }
+        if chmod {
+            // A fifo or device is never opened (that could block or touch hardware):
+            // chmod it through an O_PATH descriptor's /proc path.
+            let fd = open_at(dir, name, libc::O_PATH, 0).map_err(io_fail("open"))?;
+            let proc = proc_path(fd.as_fd(), None);
+            cvt(unsafe { libc::chmod(proc.as_ptr(), e.mode) }).map_err(io_fail("chmod"))?;
+        }
+        self.xattrs(XattrTarget::At(dir, name), e)?;
+        let times = [timespec(e.mtime), timespec(e.mtime)];
+        let r = unsafe {
+            libc::utimensat(
+                dir.as_raw_fd(),
+                name.as_ptr(),
+                times.as_ptr(),
+                libc::AT_SYMLINK_NOFOLLOW,
+            )
+        };
+        cvt(r).map(drop).map_err(io_fail("set times"))
+    }
+
+    /// Clears `dir/name` for a new entry: a directory goes with its content.
+    fn replace(&mut self, dir: BorrowedFd<'_>, name: &CStr) -> Result<(), Fail> {
+        let st = lstat_at(dir, name).map_err(io_fail("stat"))?;
+        let kind = st.map(|st| file_type(&st));
+        remove_all(dir, name).map_err(io_fail("remove the existing entry"))?;
+        if matches!(kind, Some(libc::S_IFDIR) | Some(libc::S_IFLNK)) {
+            self.root.forget();
+        }
+        Ok(())
+    }
+
+    fn whiteout(&mut self, parent: &[u8], name: &[u8]) -> Result<(), Fail> {
+        let c = cstring(name).map_err(io_fail("name"))?;
+        match self.whiteouts {
+            Whiteouts::Apply => {
+                let hidden = path::join(parent, name);
+                if self.paths.contains(&hidden) {
+                    return Ok(()); // whiteouts hide lower layers only
+                }
+                let parent_fd = match self.root.resolve(parent, libc::O_PATH | libc::O_DIRECTORY) {
+                    Ok(fd) => fd,
+                    Err(e) if is(&e, libc::ENOENT) || is(&e, libc::ENOTDIR) => return Ok(()),
+                    Err(e) => return Err(io_fail("open parent directory")(e)),
+                };
+                remove_all(parent_fd.as_fd(), &c).map_err(io_fail("remove whited-out file"))?;
+                self.root.forget();
+                self.forget_dirs_under(&hidden);
+                Ok(())
+            }
+            Whiteouts::Overlay => {
+                self.paths.insert(&path::join(parent, name));
+                let parent_fd = self
+                    .root
+                    .dir(parent)
+                    .map_err(io_fail("open parent directory"))?;
+                let dev = libc::makedev(0, 0);
+                loop {
+                    match cvt(unsafe {
+                        libc::mknodat(parent_fd.as_raw_fd(), c.as_ptr(), libc::S_IFCHR, dev)
+                    }) {
+                        Ok(_) => return Ok(()),
+                        Err(err) if is(&err, libc::EEXIST) => {
+                            self.replace(parent_fd.as_fd(), &c)?
+                        }
+                        Err(err) => {
+                            return Err(io_fail(
+                                "create overlay whiteout (char device 0:0, needs root)",
+                            )(err))
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn opaque(&mut self, parent: &[u8]) -> Result<(), Fail> {
+        self.paths.insert(parent);
+        match self.whiteouts {
+            Whiteouts::Apply => {
+                let fd = match self
+                    .root
+                    .resolve(parent, libc::O_RDONLY | libc::O_DIRECTORY)
+                {
+                    Ok(fd) => fd,
+                    Err(e) if is(&e, libc::ENOENT) => return Ok(()),
+                    Err(e) => return Err(io_fail("open opaque directory")(e)),
+                };
+                let mut prefix = parent.to_vec();
+                self.clear_lower(fd.as_fd(), &mut prefix)?;
+                self.root.forget();
+                Ok(())
+            }
+            Whiteouts::Overlay => {
+                self.root
+                    .dir(parent)
+                    .map_err(io_fail("create opaque directory"))?;
+                let fd = self
+                    .root
+                    .resolve(parent, libc::O_RDONLY | libc::O_DIRECTORY)
+                    .map_err(io_fail("open opaque directory"))?;
+                let r = unsafe {
+                    libc::fsetxattr(
+                        fd.as_raw_fd(),
+                        c"trusted.overlay.opaque".as_ptr(),
+                        b"y".as_ptr().cast(),
+                        1,
+                        0,
+                    )
+                };
+                cvt(r)
+                    .map(drop)
+                    .map_err(io_fail("set trusted.overlay.opaque (needs root)"))
+            }
+        }
+    }
+
+    /// Removes everything under directory `dir` (root-relative path `prefix`) that this
+    /// layer did not write.
+    fn clear_lower(&mut self, dir: BorrowedFd<'_>, prefix: &mut Vec<u8>) -> Result<(), Fail> {
+        let children = list(dir).map_err(io_fail(format!(
+            "list {:?}",
+            String::from_utf8_lossy(prefix)
+        )))?;
+        for (name, is_dir) in children {
+            let len = prefix.len();
+            if !prefix.is_empty() {
+                prefix.push(b'/');
+            }
+            prefix.extend_from_slice(name.to_bytes());
+            if !self.paths.contains(prefix) {
+                remove_all(dir, &name).map_err(io_fail(format!(
+                    "remove {:?}",
+                    String::from_utf8_lossy(prefix)
+                )))?;
+                self.forget_dirs_under(prefix);
+            } else if is_dir {
+                let sub = open_at(dir, &name, libc::O_RDONLY | libc::O_DIRECTORY, 0)
+                    .map_err(io_fail("open directory"))?;
+                self.clear_lower(sub.as_fd(), prefix)?;
+            }
+            prefix.truncate(len);
+        }
+        Ok(())
+    }
+
+    /// Drops pending directory metadata at or below `path`, which was removed.
+    fn forget_dirs_under(&mut self, path: &[u8]) {
+        if self.dirs.is_empty() {
+            return;
+        }
+        self.dirs.retain(|p, _| {
+            !(p.starts_with(path) && (p.len() == path.len() || p[path.len()] == b'/'))
+        });
+    }
+
+    fn xattrs(&self, target: XattrTarget<'_>, e: &Entry) -> Result<(), Fail> {
+        for (key, value) in &e.xattrs {
+            let shown = String::from_utf8_lossy(key);
+            let allowed = if key.starts_with(b"trusted.overlay.") {
+                false // would steer overlayfs (redirects, opaque dirs): never from a layer
+            } else if key.starts_with(b"trusted.") {
+                self.privileged
+            } else {
+                key.starts_with(b"user.") || key == b"security.capability"
+            };
+            if !allowed {
+                tracing::warn!(entry = %String::from_utf8_lossy(&e.path), xattr = %shown, "skipping xattr");
+                continue;
+            }
+            let c = cstring(key)
+                .map_err(|_| Fail::Reject(format!("xattr name {shown:?} contains a NUL byte")))?;
+            let r = match target {
+                XattrTarget::Fd(fd) => unsafe {
+                    libc::fsetxattr(
+                        fd.as_raw_fd(),
+                        c.as_ptr(),
+                        value.as_ptr().cast(),
+                        value.len(),
+                        0,
+                    )
+                },
+                XattrTarget::At(dir, name) => {
+                    let p = proc_path(dir, Some(name));
+                    unsafe {
+                        libc::lsetxattr(
+                            p.as_ptr(),
+                            c.as_ptr(),
+                            value.as_ptr().cast(),
+                            value.len(),
+                            0,
+                        )
+                    }
+                }
+            };
+            match cvt(r) {
+                Ok(_) => {}
+                // The file system or the file type does not take it (user.* on a symlink).
+                Err(err) if is(&err, libc::ENOTSUP) || is(&err, libc::EPERM) => {
+                    tracing::warn!(entry = %String::from_utf8_lossy(&e.path), xattr = %shown, error = %err, "xattr not applied");
+                }
+                Err(err) => return Err(io_fail(format!("set xattr {shown}"))(err)),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Where to set extended attributes.
+#[derive(Clone, Copy)]
+enum XattrTarget<'a> {
+    /// An open file or directory.
+    Fd(BorrowedFd<'a>),
+    /// `dir/name`, not following a final symlink.
+    At(BorrowedFd<'a>, &'a CStr),
+}
+
+/// `/proc/self/fd/N[/name]`: a path to what `fd` refers to (or to `name` inside it), for
+/// the calls that have no `*at` form.
+fn proc_path(fd: BorrowedFd<'_>, name: Option<&CStr>) -> CString {
+    let mut p = format!("/proc/self/fd/{}", fd.as_raw_fd()).into_bytes();
+    if let Some(name) = name {
+        p.push(b'/');
+        p.extend_from_slice(name.to_bytes());
+    }
+    CString::new(p).expect("no NUL in a /proc path built from a C string")
+}
+
+fn timespec((sec, nsec): (i64, u32)) -> libc::timespec {
+    libc::timespec {
+        tv_sec: sec as libc::time_t,
+        tv_nsec: nsec as _,
+    }
+}
+
+/// Sets access and modification time of an open file.
+fn futimens(fd: BorrowedFd<'_>, mtime: (i64, u32)) -> io::Result<()> {
+    let times = [timespec(mtime), timespec(mtime)];
+    cvt(unsafe { libc::futimens(fd.as_raw_fd(), times.as_ptr()) }).map(drop)
+}
+
+/// The process umask, read without changing it; 0o022 if /proc does not say.
+fn process_umask() -> u32 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Umask:"))
+                .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+        })
+        .unwrap_or(0o022)
+}

@@ -1,0 +1,254 @@
+//! File-system access confined to one directory: every path is opened with `openat2`
+//! and `RESOLVE_IN_ROOT`, every change is made with an `*at` call on the final
+//! component, which is never followed (UNPACK-20…23).
+
+use std::ffi::{CStr, CString};
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::rc::Rc;
+
+use super::path;
+
+/// Most symlinks followed while creating the directories behind a dangling one.
+const MAX_SYMLINKS: u32 = 40;
+
+/// `struct open_how` of `openat2(2)`.
+#[repr(C)]
+struct OpenHow {
+    flags: u64,
+    mode: u64,
+    resolve: u64,
+}
+
+/// Turns a `-1` return into the OS error.
+pub(super) fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
+    if r == -1 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+/// Whether `e` is the OS error `code`.
+pub(super) fn is(e: &io::Error, code: libc::c_int) -> bool {
+    e.raw_os_error() == Some(code)
+}
+
+/// A C string of a path component or name.
+pub(super) fn cstring(bytes: &[u8]) -> io::Result<CString> {
+    CString::new(bytes).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL byte in name"))
+}
+
+/// `openat(2)` relative to `dir`, never following a symlink in the final component.
+pub(super) fn open_at(
+    dir: BorrowedFd<'_>,
+    name: &CStr,
+    flags: libc::c_int,
+    mode: libc::mode_t,
+) -> io::Result<OwnedFd> {
+    let fd = cvt(unsafe {
+        libc::openat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            flags | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            libc::c_uint::from(mode),
+        )
+    })?;
+    // SAFETY: openat returned a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `fstatat(2)` without following a final symlink; `None` if nothing is there.
+pub(super) fn lstat_at(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<Option<libc::stat>> {
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    match cvt(unsafe {
+        libc::fstatat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            st.as_mut_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    }) {
+        // SAFETY: fstatat succeeded and filled the struct.
+        Ok(_) => Ok(Some(unsafe { st.assume_init() })),
+        Err(e) if is(&e, libc::ENOENT) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// The file-type bits of a `stat`.
+pub(super) fn file_type(st: &libc::stat) -> libc::mode_t {
+    st.st_mode & libc::S_IFMT
+}
+
+/// Removes `dir/name` whatever it is, a directory with all its content included; never
+/// follows symlinks. Nothing there is not an error.
+pub(super) fn remove_all(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
+    match cvt(unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), 0) }) {
+        Ok(_) => Ok(()),
+        Err(e) if is(&e, libc::ENOENT) => Ok(()),
+        Err(e) if is(&e, libc::EISDIR) => {
+            let sub = open_at(dir, name, libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
+            for (child, _) in list(sub.as_fd())? {
+                remove_all(sub.as_fd(), &child)?;
+            }
+            cvt(unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), libc::AT_REMOVEDIR) })
+                .map(drop)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The names in directory `dir` (without `.` and `..`), with whether each is a directory.
+pub(super) fn list(dir: BorrowedFd<'_>) -> io::Result<Vec<(CString, bool)>> {
+    let d = nix::dir::Dir::openat(
+        Some(dir.as_raw_fd()),
+        ".",
+        nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )?;
+    let mut out = Vec::new();
+    for entry in d.into_iter() {
+        let entry = entry?;
+        let name = entry.file_name();
+        if name.to_bytes() == b"." || name.to_bytes() == b".." {
+            continue;
+        }
+        let is_dir = match entry.file_type() {
+            Some(t) => t == nix::dir::Type::Directory,
+            None => lstat_at(dir, name)?.is_some_and(|st| file_type(&st) == libc::S_IFDIR),
+        };
+        out.push((name.to_owned(), is_dir));
+    }
+    Ok(out)
+}
+
+/// A directory that stands for `/` of an image while it is being unpacked.
+pub(super) struct Root {
+    fd: OwnedFd,
+    /// The directory last opened through [`Root::dir`], by its root-relative path.
+    cache: Option<(Vec<u8>, Rc<OwnedFd>)>,
+}
+
+impl Root {
+    /// Opens `dir`, which must exist.
+    pub fn open(dir: &Path) -> io::Result<Self> {
+        let c = cstring(dir.as_os_str().as_bytes())?;
+        let fd = cvt(unsafe {
+            libc::open(
+                c.as_ptr(),
+                libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            )
+        })?;
+        // SAFETY: open returned a new descriptor that nothing else owns.
+        Ok(Root {
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+            cache: None,
+        })
+    }
+
+    /// Opens the root-relative `path` as if the root were `/`: symlinks on the way,
+    /// absolute or with `..`, stay inside (`RESOLVE_IN_ROOT`); magic links are refused.
+    pub fn resolve(&self, path: &[u8], flags: libc::c_int) -> io::Result<OwnedFd> {
+        let c = cstring(if path.is_empty() { b"." } else { path })?;
+        let how = OpenHow {
+            flags: (flags | libc::O_CLOEXEC) as u64,
+            mode: 0,
+            resolve: libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS,
+        };
+        let mut tries = 0;
+        loop {
+            // SAFETY: `how` is a valid open_how of the size passed; `c` is NUL-terminated.
+            let r = unsafe {
+                libc::syscall(
+                    libc::SYS_openat2,
+                    self.fd.as_raw_fd(),
+                    c.as_ptr(),
+                    &how as *const OpenHow,
+                    std::mem::size_of::<OpenHow>(),
+                )
+            };
+            if r >= 0 {
+                // SAFETY: openat2 returned a new descriptor that nothing else owns.
+                return Ok(unsafe { OwnedFd::from_raw_fd(r as libc::c_int) });
+            }
+            let e = io::Error::last_os_error();
+            // EAGAIN: a concurrent rename or mount raced the lookup; try again.
+            if is(&e, libc::EAGAIN) && tries < 16 {
+                tries += 1;
+                continue;
+            }
+            return Err(e);
+        }
+    }
+
+    /// The directory at root-relative `path` (an `O_PATH` descriptor), creating missing
+    /// directories with mode 0755, also behind dangling symlinks (UNPACK-22).
+    pub fn dir(&mut self, path: &[u8]) -> io::Result<Rc<OwnedFd>> {
+        if let Some((key, fd)) = &self.cache {
+            if key == path {
+                return Ok(fd.clone());
+            }
+        }
+        let fd = Rc::new(self.ensure(path, 0)?);
+        self.cache = Some((path.to_vec(), fd.clone()));
+        Ok(fd)
+    }
+
+    /// Forgets cached directories: call after removing or replacing a directory or a
+    /// symlink, which can change what a path resolves to.
+    pub fn forget(&mut self) {
+        self.cache = None;
+    }
+
+    fn ensure(&self, path: &[u8], symlinks: u32) -> io::Result<OwnedFd> {
+        let flags = libc::O_PATH | libc::O_DIRECTORY;
+        match self.resolve(path, flags) {
+            Err(e) if is(&e, libc::ENOENT) => {}
+            other => return other,
+        }
+        let (parent, name) = path::split(path);
+        let parent_fd = self.ensure(parent, symlinks)?;
+        let c = cstring(name)?;
+        match cvt(unsafe { libc::mkdirat(parent_fd.as_raw_fd(), c.as_ptr(), 0o755) }) {
+            Ok(_) => {}
+            Err(e) if is(&e, libc::EEXIST) => {
+                // Something is there yet the path did not resolve: a dangling symlink.
+                // Create what it points to, resolved inside the root.
+                if let Some(target) = read_link(parent_fd.as_fd(), &c)? {
+                    if symlinks >= MAX_SYMLINKS {
+                        return Err(io::Error::from_raw_os_error(libc::ELOOP));
+                    }
+                    self.ensure(&path::lexical_target(parent, &target), symlinks + 1)?;
+                }
+            }
+            Err(e) => return Err(e),
+        }
+        self.resolve(path, flags)
+    }
+}
+
+/// The target of symlink `dir/name`, or `None` if it is not a symlink.
+fn read_link(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<Option<Vec<u8>>> {
+    let mut buf = vec![0u8; libc::PATH_MAX as usize];
+    let n = unsafe {
+        libc::readlinkat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        return if is(&e, libc::EINVAL) {
+            Ok(None)
+        } else {
+            Err(e)
+        };
+    }
+    buf.truncate(n as usize);
+    Ok(Some(buf))
+}
