@@ -222,7 +222,9 @@ mod tests {
 
     #[test]
     fn parses_several_challenges_escapes_and_bare_values() {
-        let c = parse_challenges(r#"Basic realm="say \"hi\", ok", Bearer realm=https://x/t, error="insufficient_scope""#);
+        let c = parse_challenges(
+            r#"Basic realm="say \"hi\", ok", Bearer realm=https://x/t, error="insufficient_scope""#,
+        );
         assert_eq!(c.len(), 2, "{c:?}");
         assert_eq!(c[0].scheme, "basic");
         assert_eq!(c[0].param("realm"), Some(r#"say "hi", ok"#));

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt as _;
-use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, LOCATION, RETRY_AFTER, WWW_AUTHENTICATE};
+use reqwest::header::{
+    HeaderMap, HeaderValue, AUTHORIZATION, LOCATION, RETRY_AFTER, WWW_AUTHENTICATE,
+};
 use reqwest::{Method, Response, StatusCode};
 use url::Url;
 
@@ -109,7 +111,13 @@ impl Client {
             .danger_accept_invalid_certs(insecure)
             .user_agent(concat!("ferry/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|e| Error::new(ErrorKind::Invalid, source, format!("cannot build HTTP client: {}", chain(&e))))?;
+            .map_err(|e| {
+                Error::new(
+                    ErrorKind::Invalid,
+                    source,
+                    format!("cannot build HTTP client: {}", chain(&e)),
+                )
+            })?;
         Ok(Client {
             http,
             source: source.to_string(),
@@ -137,7 +145,10 @@ impl Client {
     pub fn unauthorized(&self, what: &str) -> Error {
         self.error(
             ErrorKind::Unauthorized,
-            format!("{what}: unauthorized at {host}; `ferry login {host}` may help", host = self.host),
+            format!(
+                "{what}: unauthorized at {host}; `ferry login {host}` may help",
+                host = self.host
+            ),
         )
     }
 
@@ -167,7 +178,9 @@ impl Client {
                     None => {
                         return Err(self.error(
                             ErrorKind::Unavailable,
-                            format!("{what}: failed after its body was sent; cannot resend a stream"),
+                            format!(
+                                "{what}: failed after its body was sent; cannot resend a stream"
+                            ),
                         ))
                     }
                 },
@@ -189,7 +202,10 @@ impl Client {
                 Ok(r) => r,
                 Err(e) => {
                     let replayable = !matches!(req.body, Body::Stream(..));
-                    if replayable && attempt + 1 < MAX_ATTEMPTS && (e.is_connect() || e.is_timeout() || e.is_request()) {
+                    if replayable
+                        && attempt + 1 < MAX_ATTEMPTS
+                        && (e.is_connect() || e.is_timeout() || e.is_request())
+                    {
                         tokio::time::sleep(backoff(attempt)).await;
                         attempt += 1;
                         continue;
@@ -198,9 +214,11 @@ impl Client {
                 }
             };
             let status = resp.status();
-            if (status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN) && authorize {
+            if (status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN) && authorize
+            {
                 let challenges = challenges(&resp);
-                if status == StatusCode::UNAUTHORIZED && !reauthenticated && !challenges.is_empty() {
+                if status == StatusCode::UNAUTHORIZED && !reauthenticated && !challenges.is_empty()
+                {
                     reauthenticated = true;
                     let detail = registry_error(resp).await;
                     self.handle_challenge(&challenges, &req.scope, auth.is_some(), &what, &detail)
@@ -215,10 +233,14 @@ impl Client {
             }
             if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
                 let detail = registry_error(resp).await;
-                return Err(self.error(ErrorKind::Unauthorized, format!("{what}: {status}: {detail}")));
+                return Err(self.error(
+                    ErrorKind::Unauthorized,
+                    format!("{what}: {status}: {detail}"),
+                ));
             }
             let transient = status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS;
-            if transient && attempt + 1 < MAX_ATTEMPTS && !matches!(req.body, Body::Stream(None, _)) {
+            if transient && attempt + 1 < MAX_ATTEMPTS && !matches!(req.body, Body::Stream(None, _))
+            {
                 let delay = retry_after(&resp).unwrap_or_else(|| backoff(attempt));
                 tokio::time::sleep(delay).await;
                 attempt += 1;
@@ -232,14 +254,24 @@ impl Client {
                     .and_then(|l| l.to_str().ok())
                     .and_then(|l| req.url.join(l).ok())
                 else {
-                    return Err(self.error(ErrorKind::Invalid, format!("{what}: {status} without a usable Location")));
+                    return Err(self.error(
+                        ErrorKind::Invalid,
+                        format!("{what}: {status} without a usable Location"),
+                    ));
                 };
                 redirects += 1;
                 if redirects > MAX_REDIRECTS {
-                    return Err(self.error(ErrorKind::Invalid, format!("{what}: more than {MAX_REDIRECTS} redirects")));
+                    return Err(self.error(
+                        ErrorKind::Invalid,
+                        format!("{what}: more than {MAX_REDIRECTS} redirects"),
+                    ));
                 }
-                self.check_scheme(&next)
-                    .map_err(|why| self.error(ErrorKind::Invalid, format!("{what}: redirect to {next} refused: {why}")))?;
+                self.check_scheme(&next).map_err(|why| {
+                    self.error(
+                        ErrorKind::Invalid,
+                        format!("{what}: redirect to {next} refused: {why}"),
+                    )
+                })?;
                 if next.origin() != self.base.origin() {
                     authorize = false;
                 }
@@ -255,7 +287,12 @@ impl Client {
     pub fn check_scheme(&self, url: &Url) -> std::result::Result<(), String> {
         match url.scheme() {
             "https" => Ok(()),
-            "http" if self.insecure || url.host().is_some_and(|h| is_loopback_host(&h.to_string())) => Ok(()),
+            "http"
+                if self.insecure
+                    || url.host().is_some_and(|h| is_loopback_host(&h.to_string())) =>
+            {
+                Ok(())
+            }
             "http" => Err("plain http to a non-loopback host needs `insecure`".into()),
             other => Err(format!("unsupported URL scheme {other:?}")),
         }
@@ -288,7 +325,10 @@ impl Client {
     fn basic(&self) -> Option<String> {
         use base64::Engine as _;
         self.credentials.as_ref().map(|(u, p)| {
-            format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}")))
+            format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"))
+            )
         })
     }
 
@@ -305,9 +345,18 @@ impl Client {
             let realm = bearer
                 .param("realm")
                 .and_then(|r| Url::parse(r).ok())
-                .ok_or_else(|| self.error(ErrorKind::Invalid, format!("{what}: bearer challenge without a valid realm")))?;
-            self.check_scheme(&realm)
-                .map_err(|why| self.error(ErrorKind::Invalid, format!("{what}: token realm {realm} refused: {why}")))?;
+                .ok_or_else(|| {
+                    self.error(
+                        ErrorKind::Invalid,
+                        format!("{what}: bearer challenge without a valid realm"),
+                    )
+                })?;
+            self.check_scheme(&realm).map_err(|why| {
+                self.error(
+                    ErrorKind::Invalid,
+                    format!("{what}: token realm {realm} refused: {why}"),
+                )
+            })?;
             let service = bearer.param("service").map(str::to_string);
             let mut wanted = scope.clone();
             if let Some(s) = bearer.param("scope") {
@@ -324,7 +373,9 @@ impl Client {
                 // The token we sent (if any) was not good enough: forget it.
                 state.tokens.remove(scope);
             }
-            let token = self.fetch_token(&realm, service.as_deref(), &wanted).await?;
+            let token = self
+                .fetch_token(&realm, service.as_deref(), &wanted)
+                .await?;
             if &wanted != scope {
                 // Requests for `scope` retry with the wider token.
                 self.auth
@@ -348,13 +399,21 @@ impl Client {
         let schemes: Vec<&str> = challenges.iter().map(|c| c.scheme.as_str()).collect();
         Err(self.error(
             ErrorKind::Unsupported,
-            format!("{what}: unsupported authentication scheme {}", schemes.join(", ")),
+            format!(
+                "{what}: unsupported authentication scheme {}",
+                schemes.join(", ")
+            ),
         ))
     }
 
     /// Gets a token for `scope` from `realm` (with Basic credentials when configured) and
     /// caches it.
-    async fn fetch_token(&self, realm: &Url, service: Option<&str>, scope: &Scope) -> Result<String> {
+    async fn fetch_token(
+        &self,
+        realm: &Url,
+        service: Option<&str>,
+        scope: &Scope,
+    ) -> Result<String> {
         let mut url = realm.clone();
         {
             let mut q = url.query_pairs_mut();
@@ -373,8 +432,10 @@ impl Client {
                 rb = rb.header(AUTHORIZATION, b);
             }
             match rb.send().await {
-                Ok(r) if (r.status().is_server_error() || r.status() == StatusCode::TOO_MANY_REQUESTS)
-                    && attempt + 1 < MAX_ATTEMPTS =>
+                Ok(r)
+                    if (r.status().is_server_error()
+                        || r.status() == StatusCode::TOO_MANY_REQUESTS)
+                        && attempt + 1 < MAX_ATTEMPTS =>
                 {
                     tokio::time::sleep(retry_after(&r).unwrap_or_else(|| backoff(attempt))).await;
                 }
@@ -413,13 +474,19 @@ impl Client {
         let body = read_limited(resp, 1 << 20)
             .await
             .map_err(|e| self.error(ErrorKind::Unavailable, format!("{what}: {e}")))?;
-        let parsed: TokenResponse = serde_json::from_slice(&body)
-            .map_err(|e| self.error(ErrorKind::Invalid, format!("{what}: bad token response: {e}")))?;
+        let parsed: TokenResponse = serde_json::from_slice(&body).map_err(|e| {
+            self.error(
+                ErrorKind::Invalid,
+                format!("{what}: bad token response: {e}"),
+            )
+        })?;
         let value = parsed
             .token
             .or(parsed.access_token)
             .filter(|t| !t.is_empty())
-            .ok_or_else(|| self.error(ErrorKind::Invalid, format!("{what}: response has no token")))?;
+            .ok_or_else(|| {
+                self.error(ErrorKind::Invalid, format!("{what}: response has no token"))
+            })?;
         self.auth
             .lock()
             .expect("auth state lock")
@@ -447,7 +514,9 @@ impl Client {
         let url = resp.url().clone();
         let detail = registry_error(resp).await;
         let kind = match status {
-            StatusCode::NOT_FOUND => return Error::not_found(&self.source, format!("{what} ({detail})")),
+            StatusCode::NOT_FOUND => {
+                return Error::not_found(&self.source, format!("{what} ({detail})"))
+            }
             StatusCode::TOO_MANY_REQUESTS => ErrorKind::Unavailable,
             s if s.is_server_error() => ErrorKind::Unavailable,
             _ => ErrorKind::Invalid,
@@ -469,7 +538,9 @@ fn challenges(resp: &Response) -> Vec<Challenge> {
 /// A short one-line description of an error response: the registry's `errors` codes and
 /// messages, or the start of the body.
 pub(crate) async fn registry_error(resp: Response) -> String {
-    let body = read_limited(resp, ERROR_BODY_LIMIT).await.unwrap_or_default();
+    let body = read_limited(resp, ERROR_BODY_LIMIT)
+        .await
+        .unwrap_or_default();
     #[derive(serde::Deserialize)]
     struct Errors {
         errors: Vec<Entry>,
@@ -501,7 +572,10 @@ pub(crate) async fn registry_error(resp: Response) -> String {
 }
 
 /// Reads at most `limit` bytes of a body; more is an error.
-pub(crate) async fn read_limited(resp: Response, limit: usize) -> std::result::Result<Vec<u8>, String> {
+pub(crate) async fn read_limited(
+    resp: Response,
+    limit: usize,
+) -> std::result::Result<Vec<u8>, String> {
     let mut out = Vec::new();
     let mut stream = resp.bytes_stream();
     while let Some(chunk) = stream.next().await {
@@ -521,7 +595,14 @@ fn backoff(attempt: u32) -> Duration {
 
 /// The `Retry-After` of a response in seconds, capped.
 fn retry_after(resp: &Response) -> Option<Duration> {
-    let secs: u64 = resp.headers().get(RETRY_AFTER)?.to_str().ok()?.trim().parse().ok()?;
+    let secs: u64 = resp
+        .headers()
+        .get(RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
     Some(Duration::from_secs(secs).min(MAX_RETRY_AFTER))
 }
 
@@ -565,7 +646,9 @@ pub(crate) fn host_port(url: &Url) -> String {
 pub(crate) fn is_loopback_host(host: &str) -> bool {
     let bare = host.trim_start_matches('[').trim_end_matches(']');
     bare.eq_ignore_ascii_case("localhost")
-        || bare.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+        || bare
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 #[cfg(test)]
@@ -574,19 +657,41 @@ mod tests {
 
     #[test]
     fn loopback_hosts_are_recognized() {
-        for h in ["localhost", "127.0.0.1", "127.3.4.5", "[::1]", "::1", "LOCALHOST"] {
+        for h in [
+            "localhost",
+            "127.0.0.1",
+            "127.3.4.5",
+            "[::1]",
+            "::1",
+            "LOCALHOST",
+        ] {
             assert!(is_loopback_host(h), "{h}");
         }
-        for h in ["example.com", "10.0.0.1", "[::2]", "localhost.example.com", "128.0.0.1"] {
+        for h in [
+            "example.com",
+            "10.0.0.1",
+            "[::2]",
+            "localhost.example.com",
+            "128.0.0.1",
+        ] {
             assert!(!is_loopback_host(h), "{h}");
         }
     }
 
     #[test]
     fn host_port_keeps_ports_and_brackets() {
-        assert_eq!(host_port(&Url::parse("http://127.0.0.1:5000/").unwrap()), "127.0.0.1:5000");
-        assert_eq!(host_port(&Url::parse("https://r.example.com/").unwrap()), "r.example.com");
-        assert_eq!(host_port(&Url::parse("http://[::1]:5000/").unwrap()), "[::1]:5000");
+        assert_eq!(
+            host_port(&Url::parse("http://127.0.0.1:5000/").unwrap()),
+            "127.0.0.1:5000"
+        );
+        assert_eq!(
+            host_port(&Url::parse("https://r.example.com/").unwrap()),
+            "r.example.com"
+        );
+        assert_eq!(
+            host_port(&Url::parse("http://[::1]:5000/").unwrap()),
+            "[::1]:5000"
+        );
     }
 
     #[test]

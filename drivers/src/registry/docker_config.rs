@@ -27,7 +27,9 @@ pub struct DockerConfig {
 impl std::fmt::Debug for DockerConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never print the credentials.
-        f.debug_struct("DockerConfig").field("path", &self.path).finish_non_exhaustive()
+        f.debug_struct("DockerConfig")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
     }
 }
 
@@ -41,7 +43,11 @@ impl DockerConfig {
     /// Loads the config from [`DockerConfig::default_path`] (empty if the file is missing).
     pub fn load() -> Result<Self> {
         let path = Self::default_path().ok_or_else(|| {
-            Error::new(ErrorKind::Invalid, SOURCE, "neither DOCKER_CONFIG nor HOME is set")
+            Error::new(
+                ErrorKind::Invalid,
+                SOURCE,
+                "neither DOCKER_CONFIG nor HOME is set",
+            )
         })?;
         Self::load_from(path)
     }
@@ -82,26 +88,45 @@ impl DockerConfig {
         else {
             return Ok(None);
         };
-        if let Some(auth) = entry.get("auth").and_then(Value::as_str).filter(|a| !a.is_empty()) {
+        if let Some(auth) = entry
+            .get("auth")
+            .and_then(Value::as_str)
+            .filter(|a| !a.is_empty())
+        {
             let decoded = STANDARD
                 .decode(auth.trim())
                 .ok()
                 .and_then(|b| String::from_utf8(b).ok())
                 .ok_or_else(|| bad(&self.path, &format!("auths.{host}.auth is not base64 text")))?;
-            let (user, pass) = decoded
-                .split_once(':')
-                .ok_or_else(|| bad(&self.path, &format!("auths.{host}.auth is not user:password")))?;
+            let (user, pass) = decoded.split_once(':').ok_or_else(|| {
+                bad(
+                    &self.path,
+                    &format!("auths.{host}.auth is not user:password"),
+                )
+            })?;
             return Ok(Some((user.to_string(), pass.to_string())));
         }
         let field = |name: &str| entry.get(name).and_then(Value::as_str).map(str::to_string);
         Ok(field("username").zip(field("password")))
     }
 
-    /// Stores `username`/`password` for `host` as `auths.<host>.auth` and writes the file
+    /// Stores `username`/`password` for `host` in the default config file (see
+    /// [`DockerConfig::set_auth`]) and returns that file's path.
+    pub fn store_auth(host: &str, username: &str, password: &str) -> Result<PathBuf> {
+        let mut config = Self::load()?;
+        config.set_auth(host, username, password)?;
+        Ok(config.path)
+    }
+
+    /// Sets `auths.<host>.auth` (base64 `user:password`) and writes this config's file
     /// (mode 0600, created with its directory if missing, other keys kept).
-    pub fn store_auth(&mut self, host: &str, username: &str, password: &str) -> Result<()> {
+    pub fn set_auth(&mut self, host: &str, username: &str, password: &str) -> Result<()> {
         if username.contains(':') {
-            return Err(Error::new(ErrorKind::Invalid, host, "a username must not contain ':'"));
+            return Err(Error::new(
+                ErrorKind::Invalid,
+                host,
+                "a username must not contain ':'",
+            ));
         }
         let auths = self
             .doc
@@ -149,12 +174,19 @@ impl DockerConfig {
 }
 
 fn bad(path: &Path, why: &str) -> Error {
-    Error::new(ErrorKind::Invalid, SOURCE, format!("{}: {why}", path.display()))
+    Error::new(
+        ErrorKind::Invalid,
+        SOURCE,
+        format!("{}: {why}", path.display()),
+    )
 }
 
 /// The config path for the given `DOCKER_CONFIG` and `HOME` values.
 fn config_path(docker_config: Option<OsString>, home: Option<OsString>) -> Option<PathBuf> {
-    match (docker_config.filter(|d| !d.is_empty()), home.filter(|h| !h.is_empty())) {
+    match (
+        docker_config.filter(|d| !d.is_empty()),
+        home.filter(|h| !h.is_empty()),
+    ) {
         (Some(dir), _) => Some(PathBuf::from(dir).join("config.json")),
         (None, Some(home)) => Some(PathBuf::from(home).join(".docker").join("config.json")),
         (None, None) => None,
@@ -167,7 +199,11 @@ fn canonical_host(key: &str) -> String {
         .strip_prefix("https://")
         .or_else(|| key.strip_prefix("http://"))
         .unwrap_or(key);
-    let host = no_scheme.split('/').next().unwrap_or("").to_ascii_lowercase();
+    let host = no_scheme
+        .split('/')
+        .next()
+        .unwrap_or("")
+        .to_ascii_lowercase();
     match host.as_str() {
         "docker.io" | "index.docker.io" | "registry-1.docker.io" => "docker.io".into(),
         _ => host,
@@ -177,7 +213,10 @@ fn canonical_host(key: &str) -> String {
 #[cfg(unix)]
 fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::DirBuilderExt as _;
-    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
 }
 
 #[cfg(not(unix))]

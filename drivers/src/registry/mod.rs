@@ -33,7 +33,9 @@ use url::Url;
 use self::auth::Scope;
 use self::client::{chain, host_port, is_loopback_host, read_limited, Body, Client, Request};
 pub use self::docker_config::DockerConfig;
-use crate::{BlobBody, ByteRange, ByteStream, Capabilities, Driver, Error, ErrorKind, ManifestBytes, Result};
+use crate::{
+    BlobBody, ByteRange, ByteStream, Capabilities, Driver, Error, ErrorKind, ManifestBytes, Result,
+};
 
 /// Header carrying the registry's digest of a manifest or blob.
 const DOCKER_CONTENT_DIGEST: &str = "docker-content-digest";
@@ -175,7 +177,13 @@ impl RegistryDriver {
 
     /// The repository (path in this registry) that holds image name `name`.
     pub fn repository_for(&self, name: &str) -> Result<String> {
-        let invalid = |why: &str| Error::new(ErrorKind::Invalid, &self.client.source, format!("image name {name:?}: {why}"));
+        let invalid = |why: &str| {
+            Error::new(
+                ErrorKind::Invalid,
+                &self.client.source,
+                format!("image name {name:?}: {why}"),
+            )
+        };
         let path = name
             .split_once('/')
             .map(|(_, p)| p)
@@ -187,7 +195,12 @@ impl RegistryDriver {
         };
         // Validate with the reference grammar (no tag, digest or odd characters).
         match Reference::parse(&format!("localhost/{repo}")) {
-            Ok(r) if r.repository() == repo && r.tag() == Some(ferry_core::reference::DEFAULT_TAG) => Ok(repo),
+            Ok(r)
+                if r.repository() == repo
+                    && r.tag() == Some(ferry_core::reference::DEFAULT_TAG) =>
+            {
+                Ok(repo)
+            }
             _ => Err(invalid(&format!("maps to invalid repository {repo:?}"))),
         }
     }
@@ -196,11 +209,17 @@ impl RegistryDriver {
     /// auth flow).
     pub async fn ping(&self) -> Result<()> {
         let url = self.client.url("v2/")?;
-        let resp = self.client.send(Request::new(Method::GET, url, Scope::none())).await?;
+        let resp = self
+            .client
+            .send(Request::new(Method::GET, url, Scope::none()))
+            .await?;
         if resp.status().is_success() {
             Ok(())
         } else {
-            Err(self.client.status_error(resp, &format!("registry {}", self.client.host)).await)
+            Err(self
+                .client
+                .status_error(resp, &format!("registry {}", self.client.host))
+                .await)
         }
     }
 
@@ -224,9 +243,17 @@ impl RegistryDriver {
     }
 
     /// GETs a manifest by tag or digest, refusing more than [`MAX_MANIFEST_SIZE`] bytes.
-    async fn get_manifest(&self, repo: &str, reference: &str, what: &str) -> Result<(Vec<u8>, Option<String>, Url)> {
-        let url = self.client.url(&format!("v2/{repo}/manifests/{reference}"))?;
-        let req = Request::new(Method::GET, url, Scope::pull(repo)).header(ACCEPT, &media::MANIFEST_TYPES.join(", "));
+    async fn get_manifest(
+        &self,
+        repo: &str,
+        reference: &str,
+        what: &str,
+    ) -> Result<(Vec<u8>, Option<String>, Url)> {
+        let url = self
+            .client
+            .url(&format!("v2/{repo}/manifests/{reference}"))?;
+        let req = Request::new(Method::GET, url, Scope::pull(repo))
+            .header(ACCEPT, &media::MANIFEST_TYPES.join(", "));
         let resp = self.client.send(req).await?;
         if resp.status() == StatusCode::NOT_FOUND {
             return Err(Error::not_found(&self.client.source, what));
@@ -249,13 +276,18 @@ impl RegistryDriver {
             return Err(too_large(len));
         }
         let content_type = content_type(&resp);
-        let bytes = read_limited(resp, MAX_MANIFEST_SIZE as usize).await.map_err(|e| {
-            if e.starts_with("body larger") {
-                too_large(MAX_MANIFEST_SIZE + 1)
-            } else {
-                Error::unavailable(&self.client.source, format!("reading manifest {what} from {url}: {e}"))
-            }
-        })?;
+        let bytes = read_limited(resp, MAX_MANIFEST_SIZE as usize)
+            .await
+            .map_err(|e| {
+                if e.starts_with("body larger") {
+                    too_large(MAX_MANIFEST_SIZE + 1)
+                } else {
+                    Error::unavailable(
+                        &self.client.source,
+                        format!("reading manifest {what} from {url}: {e}"),
+                    )
+                }
+            })?;
         Ok((bytes, content_type, url))
     }
 }
@@ -263,12 +295,20 @@ impl RegistryDriver {
 /// The base URL used for `host` (`host[:port]`) without a site config: `https://host/`,
 /// `http://host/` for loopback hosts, Docker Hub's API host for `docker.io`.
 pub fn default_url(host: &str) -> Result<Url> {
-    let bad = |why: &str| Error::new(ErrorKind::Invalid, host, format!("registry host {host:?}: {why}"));
+    let bad = |why: &str| {
+        Error::new(
+            ErrorKind::Invalid,
+            host,
+            format!("registry host {host:?}: {why}"),
+        )
+    };
     let probe = Url::parse(&format!("http://{host}/")).map_err(|e| bad(&e.to_string()))?;
     if host.is_empty() || host_port(&probe) != host.to_ascii_lowercase() || probe.username() != "" {
         return Err(bad("expected host[:port]"));
     }
-    let loopback = probe.host().is_some_and(|h| is_loopback_host(&h.to_string()));
+    let loopback = probe
+        .host()
+        .is_some_and(|h| is_loopback_host(&h.to_string()));
     let url = match host {
         "docker.io" | "index.docker.io" => "https://registry-1.docker.io/".to_string(),
         _ if loopback => format!("http://{host}/"),
@@ -316,7 +356,8 @@ impl Driver for RegistryDriver {
         self.validate_tag(name, tag)?;
         let what = format!("{name}:{tag}");
         let url = self.client.url(&format!("v2/{repo}/manifests/{tag}"))?;
-        let req = Request::new(Method::HEAD, url, Scope::pull(&repo)).header(ACCEPT, &media::MANIFEST_TYPES.join(", "));
+        let req = Request::new(Method::HEAD, url, Scope::pull(&repo))
+            .header(ACCEPT, &media::MANIFEST_TYPES.join(", "));
         let resp = self.client.send(req).await?;
         if resp.status() == StatusCode::NOT_FOUND {
             return Err(Error::not_found(&self.client.source, &what));
@@ -330,7 +371,9 @@ impl Driver for RegistryDriver {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| Digest::parse(v.trim()).ok());
         let content_type = content_type(&resp);
-        if let (Some(digest), Some(size), Some(media_type)) = (digest, content_length(&resp), content_type.as_deref()) {
+        if let (Some(digest), Some(size), Some(media_type)) =
+            (digest, content_length(&resp), content_type.as_deref())
+        {
             if media::is_manifest(media_type) {
                 if size > MAX_MANIFEST_SIZE {
                     return Err(Error::from_core(
@@ -342,19 +385,25 @@ impl Driver for RegistryDriver {
                         },
                     ));
                 }
-                return Ok(Descriptor::new(media_type.into(), size, ferry_core::oci_spec::image::Digest::from(&digest)));
+                return Ok(Descriptor::new(
+                    media_type.into(),
+                    size,
+                    ferry_core::oci_spec::image::Digest::from(&digest),
+                ));
             }
         }
         // No usable digest or media type in the HEAD answer: GET the bytes and hash them.
         let (bytes, content_type, _) = self.get_manifest(&repo, tag, &what).await?;
-        let blob = ManifestBlob::parse(bytes, content_type.as_deref(), None).map_err(|e| Error::from_core(&self.client.source, e))?;
+        let blob = ManifestBlob::parse(bytes, content_type.as_deref(), None)
+            .map_err(|e| Error::from_core(&self.client.source, e))?;
         Ok(blob.descriptor())
     }
 
     async fn fetch_manifest(&self, name: &str, digest: &Digest) -> Result<ManifestBytes> {
         let repo = self.repository_for(name)?;
         let what = format!("manifest {name}@{digest}");
-        let (bytes, content_type, url) = self.get_manifest(&repo, &digest.to_string(), &what).await?;
+        let (bytes, content_type, url) =
+            self.get_manifest(&repo, &digest.to_string(), &what).await?;
         let actual = Digest::of(digest.algorithm(), &bytes);
         if &actual != digest {
             return Err(Error::from_core(
@@ -366,7 +415,10 @@ impl Driver for RegistryDriver {
                 },
             ));
         }
-        Ok(ManifestBytes { bytes, content_type })
+        Ok(ManifestBytes {
+            bytes,
+            content_type,
+        })
     }
 
     async fn fetch_blob(&self, name: &str, digest: &Digest, range: ByteRange) -> Result<BlobBody> {
@@ -395,7 +447,10 @@ impl Driver for RegistryDriver {
             StatusCode::RANGE_NOT_SATISFIABLE => {
                 return Err(self.client.error(
                     ErrorKind::Invalid,
-                    format!("{what}: range from byte {} not satisfiable at {url}", range.offset),
+                    format!(
+                        "{what}: range from byte {} not satisfiable at {url}",
+                        range.offset
+                    ),
                 ))
             }
             StatusCode::PARTIAL_CONTENT => {
@@ -409,7 +464,10 @@ impl Driver for RegistryDriver {
                 if start != Some(range.offset) {
                     return Err(self.client.error(
                         ErrorKind::Invalid,
-                        format!("{what}: asked {url} for bytes from {}, got Content-Range {start:?}", range.offset),
+                        format!(
+                            "{what}: asked {url} for bytes from {}, got Content-Range {start:?}",
+                            range.offset
+                        ),
                     ));
                 }
                 (0, content_length(&resp))
@@ -427,7 +485,9 @@ impl Driver for RegistryDriver {
         self.remember(digest, &repo);
         let source = self.client.source.clone();
         let stream = resp.bytes_stream().map(move |r| {
-            r.map_err(|e| Error::unavailable(&source, format!("reading {what} from {url}: {}", chain(&e))))
+            r.map_err(|e| {
+                Error::unavailable(&source, format!("reading {what} from {url}: {}", chain(&e)))
+            })
         });
         let take = if skip > 0 { range.len } else { None };
         Ok(BlobBody {
@@ -440,12 +500,21 @@ impl Driver for RegistryDriver {
         let repo = self.repository_for(name)?;
         let what = format!("blob {name}@{digest}");
         let url = self.client.url(&format!("v2/{repo}/blobs/{digest}"))?;
-        let resp = self.client.send(Request::new(Method::HEAD, url, Scope::pull(&repo))).await?;
+        let resp = self
+            .client
+            .send(Request::new(Method::HEAD, url, Scope::pull(&repo)))
+            .await?;
         match resp.status() {
             StatusCode::NOT_FOUND => Ok(None),
             s if s.is_success() => {
                 let size = content_length(&resp).ok_or_else(|| {
-                    self.client.error(ErrorKind::Invalid, format!("{what}: {} answered HEAD without Content-Length", resp.url()))
+                    self.client.error(
+                        ErrorKind::Invalid,
+                        format!(
+                            "{what}: {} answered HEAD without Content-Length",
+                            resp.url()
+                        ),
+                    )
                 })?;
                 self.remember(digest, &repo);
                 Ok(Some(size))
@@ -457,32 +526,48 @@ impl Driver for RegistryDriver {
     async fn list_tags(&self, name: &str) -> Result<Vec<String>> {
         let repo = self.repository_for(name)?;
         let mut url = self.client.url(&format!("v2/{repo}/tags/list"))?;
-        url.query_pairs_mut().append_pair("n", &self.tag_page.to_string());
+        url.query_pairs_mut()
+            .append_pair("n", &self.tag_page.to_string());
         let mut tags = Vec::new();
         for _ in 0..MAX_TAG_PAGES {
-            let resp = self.client.send(Request::new(Method::GET, url.clone(), Scope::pull(&repo))).await?;
+            let resp = self
+                .client
+                .send(Request::new(Method::GET, url.clone(), Scope::pull(&repo)))
+                .await?;
             if resp.status() == StatusCode::NOT_FOUND {
                 return Err(Error::not_found(&self.client.source, name));
             }
             if !resp.status().is_success() {
-                return Err(self.client.status_error(resp, &format!("tags of {name}")).await);
+                return Err(self
+                    .client
+                    .status_error(resp, &format!("tags of {name}"))
+                    .await);
             }
             let next = next_link(&resp);
             let page_url = resp.url().clone();
-            let body = read_limited(resp, MAX_TAG_PAGE_BYTES)
-                .await
-                .map_err(|e| Error::unavailable(&self.client.source, format!("reading tags of {name} from {page_url}: {e}")))?;
+            let body = read_limited(resp, MAX_TAG_PAGE_BYTES).await.map_err(|e| {
+                Error::unavailable(
+                    &self.client.source,
+                    format!("reading tags of {name} from {page_url}: {e}"),
+                )
+            })?;
             #[derive(serde::Deserialize)]
             struct TagList {
                 tags: Option<Vec<String>>,
             }
             let page: TagList = serde_json::from_slice(&body).map_err(|e| {
-                self.client.error(ErrorKind::Invalid, format!("tags of {name} from {page_url}: bad JSON: {e}"))
+                self.client.error(
+                    ErrorKind::Invalid,
+                    format!("tags of {name} from {page_url}: bad JSON: {e}"),
+                )
             })?;
             tags.extend(page.tags.unwrap_or_default());
             let Some(next) = next else { return Ok(tags) };
             let next = page_url.join(&next).map_err(|e| {
-                self.client.error(ErrorKind::Invalid, format!("tags of {name}: bad Link {next:?} from {page_url}: {e}"))
+                self.client.error(
+                    ErrorKind::Invalid,
+                    format!("tags of {name}: bad Link {next:?} from {page_url}: {e}"),
+                )
             })?;
             if next.origin() != self.client.base.origin() {
                 return Err(self.client.error(
@@ -492,10 +577,19 @@ impl Driver for RegistryDriver {
             }
             url = next;
         }
-        Err(self.client.error(ErrorKind::Invalid, format!("tags of {name}: more than {MAX_TAG_PAGES} pages")))
+        Err(self.client.error(
+            ErrorKind::Invalid,
+            format!("tags of {name}: more than {MAX_TAG_PAGES} pages"),
+        ))
     }
 
-    async fn put_blob(&self, name: &str, digest: &Digest, size: u64, body: ByteStream) -> Result<()> {
+    async fn put_blob(
+        &self,
+        name: &str,
+        digest: &Digest,
+        size: u64,
+        body: ByteStream,
+    ) -> Result<()> {
         let repo = self.repository_for(name)?;
         let what = format!("blob {name}@{digest}");
         if let Some(have) = self.blob_size(name, digest).await? {
@@ -532,14 +626,34 @@ impl Driver for RegistryDriver {
                 return Ok(());
             }
             StatusCode::ACCEPTED => {}
-            _ => return Err(self.client.status_error(resp, &format!("starting upload of {what}")).await),
+            _ => {
+                return Err(self
+                    .client
+                    .status_error(resp, &format!("starting upload of {what}"))
+                    .await)
+            }
         }
-        let mut location = upload_location(&resp)
-            .ok_or_else(|| self.client.error(ErrorKind::Invalid, format!("{what}: {} started an upload without a Location", resp.url())))?;
-        location.query_pairs_mut().append_pair("digest", &digest.to_string());
+        let mut location = upload_location(&resp).ok_or_else(|| {
+            self.client.error(
+                ErrorKind::Invalid,
+                format!(
+                    "{what}: {} started an upload without a Location",
+                    resp.url()
+                ),
+            )
+        })?;
+        location
+            .query_pairs_mut()
+            .append_pair("digest", &digest.to_string());
         // Monolithic upload: one streamed PUT of exactly `size` bytes.
         let failure = Arc::new(Mutex::new(None));
-        let counted = exact_length(body, size, what.clone(), self.client.source.clone(), failure.clone());
+        let counted = exact_length(
+            body,
+            size,
+            what.clone(),
+            self.client.source.clone(),
+            failure.clone(),
+        );
         let req = Request::new(Method::PUT, location, Scope::push(&repo))
             .header(CONTENT_TYPE, "application/octet-stream")
             .body(Body::Stream(Some(Box::pin(counted)), size));
@@ -560,13 +674,24 @@ impl Driver for RegistryDriver {
                 } else {
                     ErrorKind::Invalid
                 };
-                Err(self.client.error(kind, format!("uploading {what}: rejected: {detail}")))
+                Err(self
+                    .client
+                    .error(kind, format!("uploading {what}: rejected: {detail}")))
             }
-            _ => Err(self.client.status_error(resp, &format!("uploading {what}")).await),
+            _ => Err(self
+                .client
+                .status_error(resp, &format!("uploading {what}"))
+                .await),
         }
     }
 
-    async fn put_manifest(&self, name: &str, tag: Option<&str>, media_type: &str, bytes: &[u8]) -> Result<Digest> {
+    async fn put_manifest(
+        &self,
+        name: &str,
+        tag: Option<&str>,
+        media_type: &str,
+        bytes: &[u8],
+    ) -> Result<Digest> {
         let repo = self.repository_for(name)?;
         let digest = Digest::sha256(bytes);
         let reference = match tag {
@@ -590,13 +715,18 @@ impl Driver for RegistryDriver {
                 },
             ));
         }
-        let url = self.client.url(&format!("v2/{repo}/manifests/{reference}"))?;
+        let url = self
+            .client
+            .url(&format!("v2/{repo}/manifests/{reference}"))?;
         let req = Request::new(Method::PUT, url, Scope::push(&repo))
             .header(CONTENT_TYPE, media_type)
             .body(Body::Bytes(Bytes::copy_from_slice(bytes)));
         let resp = self.client.send(req).await?;
         if !resp.status().is_success() {
-            return Err(self.client.status_error(resp, &format!("pushing {what}")).await);
+            return Err(self
+                .client
+                .status_error(resp, &format!("pushing {what}"))
+                .await);
         }
         let theirs = resp
             .headers()
@@ -661,33 +791,36 @@ fn skip_take<S>(stream: S, skip: u64, take: Option<u64>) -> impl Stream<Item = R
 where
     S: Stream<Item = Result<Bytes>> + Send + Unpin,
 {
-    futures::stream::unfold((stream, skip, take), |(mut s, mut skip, mut left)| async move {
-        loop {
-            if left == Some(0) {
-                return None;
-            }
-            match s.next().await? {
-                Err(e) => return Some((Err(e), (s, skip, Some(0)))),
-                Ok(mut b) => {
-                    if skip > 0 {
-                        let n = skip.min(b.len() as u64);
-                        b = b.slice(n as usize..);
-                        skip -= n;
-                    }
-                    if b.is_empty() {
-                        continue;
-                    }
-                    if let Some(l) = left {
-                        if (b.len() as u64) > l {
-                            b.truncate(l as usize);
+    futures::stream::unfold(
+        (stream, skip, take),
+        |(mut s, mut skip, mut left)| async move {
+            loop {
+                if left == Some(0) {
+                    return None;
+                }
+                match s.next().await? {
+                    Err(e) => return Some((Err(e), (s, skip, Some(0)))),
+                    Ok(mut b) => {
+                        if skip > 0 {
+                            let n = skip.min(b.len() as u64);
+                            b = b.slice(n as usize..);
+                            skip -= n;
                         }
-                        left = Some(l - b.len() as u64);
+                        if b.is_empty() {
+                            continue;
+                        }
+                        if let Some(l) = left {
+                            if (b.len() as u64) > l {
+                                b.truncate(l as usize);
+                            }
+                            left = Some(l - b.len() as u64);
+                        }
+                        return Some((Ok(b), (s, skip, left)));
                     }
-                    return Some((Ok(b), (s, skip, left)));
                 }
             }
-        }
-    })
+        },
+    )
 }
 
 /// Passes `body` through, failing (and recording the error in `failure`) if it does not
@@ -706,14 +839,19 @@ fn exact_length(
                 return None;
             }
             let fail = |e: Error| {
-                *failure.lock().expect("upload failure lock") = Some(Error::new(e.kind, &e.source_name, e.message.clone()));
+                *failure.lock().expect("upload failure lock") =
+                    Some(Error::new(e.kind, &e.source_name, e.message.clone()));
                 e
             };
             match body.next().await {
                 Some(Ok(b)) => {
                     let seen = seen + b.len() as u64;
                     if seen > size {
-                        let e = fail(Error::new(ErrorKind::Invalid, &source, format!("uploading {what}: body longer than {size} bytes")));
+                        let e = fail(Error::new(
+                            ErrorKind::Invalid,
+                            &source,
+                            format!("uploading {what}: body longer than {size} bytes"),
+                        ));
                         return Some((Err(e), (body, seen, true)));
                     }
                     Some((Ok(b), (body, seen, false)))
@@ -741,18 +879,29 @@ mod tests {
     use super::*;
 
     fn chunks(parts: &[&'static [u8]]) -> impl Stream<Item = Result<Bytes>> + Send + Unpin {
-        futures::stream::iter(parts.iter().map(|p| Ok(Bytes::from_static(p))).collect::<Vec<_>>())
+        futures::stream::iter(
+            parts
+                .iter()
+                .map(|p| Ok(Bytes::from_static(p)))
+                .collect::<Vec<_>>(),
+        )
     }
 
     async fn collect(s: impl Stream<Item = Result<Bytes>>) -> Vec<u8> {
         let parts: Vec<Result<Bytes>> = s.collect().await;
-        parts.into_iter().flat_map(|p| p.unwrap().to_vec()).collect()
+        parts
+            .into_iter()
+            .flat_map(|p| p.unwrap().to_vec())
+            .collect()
     }
 
     #[tokio::test]
     async fn skip_take_cuts_across_chunk_boundaries() {
         let data: &[&'static [u8]] = &[b"abc", b"defg", b"hij"];
-        assert_eq!(collect(skip_take(chunks(data), 0, None)).await, b"abcdefghij");
+        assert_eq!(
+            collect(skip_take(chunks(data), 0, None)).await,
+            b"abcdefghij"
+        );
         assert_eq!(collect(skip_take(chunks(data), 4, None)).await, b"efghij");
         assert_eq!(collect(skip_take(chunks(data), 2, Some(3))).await, b"cde");
         assert_eq!(collect(skip_take(chunks(data), 20, None)).await, b"");
@@ -763,14 +912,26 @@ mod tests {
         let data: &[&'static [u8]] = &[b"abc", b"def"];
         for (size, needle) in [(5, "longer than 5"), (7, "ended after 6 of 7")] {
             let failure = Arc::new(Mutex::new(None));
-            let s = exact_length(Box::pin(chunks(data)), size, "blob x".into(), "src".into(), failure.clone());
+            let s = exact_length(
+                Box::pin(chunks(data)),
+                size,
+                "blob x".into(),
+                "src".into(),
+                failure.clone(),
+            );
             let items: Vec<Result<Bytes>> = s.collect().await;
             let err = items.into_iter().find_map(|r| r.err()).expect("an error");
             assert!(err.message.contains(needle), "{err}");
             assert!(failure.lock().unwrap().is_some());
         }
         let failure = Arc::new(Mutex::new(None));
-        let s = exact_length(Box::pin(chunks(data)), 6, "blob x".into(), "src".into(), failure.clone());
+        let s = exact_length(
+            Box::pin(chunks(data)),
+            6,
+            "blob x".into(),
+            "src".into(),
+            failure.clone(),
+        );
         assert_eq!(collect(s).await, b"abcdef");
         assert!(failure.lock().unwrap().is_none());
     }
@@ -815,14 +976,30 @@ mod tests {
             repository: None,
         };
         let d = RegistryDriver::new(config.clone()).unwrap();
-        assert_eq!(d.repository_for("127.0.0.1:5000/team/app").unwrap(), "team/app");
-        assert_eq!(d.repository_for("docker.io/library/busybox").unwrap(), "library/busybox");
-        for bad in ["app", "host/", "host/../x", "host/a?b", "host/A", "host/a:b"] {
+        assert_eq!(
+            d.repository_for("127.0.0.1:5000/team/app").unwrap(),
+            "team/app"
+        );
+        assert_eq!(
+            d.repository_for("docker.io/library/busybox").unwrap(),
+            "library/busybox"
+        );
+        for bad in [
+            "app",
+            "host/",
+            "host/../x",
+            "host/a?b",
+            "host/A",
+            "host/a:b",
+        ] {
             assert!(d.repository_for(bad).is_err(), "{bad}");
         }
         config.repository = Some("mirror/{name}".into());
         let d = RegistryDriver::new(config).unwrap();
-        assert_eq!(d.repository_for("docker.io/library/busybox").unwrap(), "mirror/library/busybox");
+        assert_eq!(
+            d.repository_for("docker.io/library/busybox").unwrap(),
+            "mirror/library/busybox"
+        );
     }
 
     #[test]

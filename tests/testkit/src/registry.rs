@@ -74,7 +74,9 @@ const READY_TIMEOUT: Duration = Duration::from_secs(20);
 impl Registry {
     /// Starts a registry on a free port of 127.0.0.1 and waits until `/v2/` answers.
     pub fn start(opts: RegistryOptions) -> io::Result<Registry> {
-        let dir = tempfile::Builder::new().prefix("ferry-registry-").tempdir()?;
+        let dir = tempfile::Builder::new()
+            .prefix("ferry-registry-")
+            .tempdir()?;
         let storage = dir.path().join("storage");
         std::fs::create_dir(&storage)?;
         let mut auth_yaml = String::new();
@@ -87,7 +89,12 @@ impl Registry {
                 let out = Command::new("htpasswd")
                     .args(["-Bbn", username, password])
                     .output()
-                    .map_err(|e| io::Error::new(e.kind(), format!("cannot run htpasswd (apt-get install apache2-utils): {e}")))?;
+                    .map_err(|e| {
+                        io::Error::new(
+                            e.kind(),
+                            format!("cannot run htpasswd (apt-get install apache2-utils): {e}"),
+                        )
+                    })?;
                 if !out.status.success() {
                     return Err(io::Error::other(format!(
                         "htpasswd failed: {}",
@@ -140,7 +147,14 @@ impl Registry {
                 .stdout(log.try_clone()?)
                 .stderr(log)
                 .spawn()
-                .map_err(|e| io::Error::new(e.kind(), format!("cannot run docker-registry (apt-get install docker-registry): {e}")))?;
+                .map_err(|e| {
+                    io::Error::new(
+                        e.kind(),
+                        format!(
+                            "cannot run docker-registry (apt-get install docker-registry): {e}"
+                        ),
+                    )
+                })?;
             match wait_ready(child, port, dir.path()) {
                 Ok(child) => {
                     return Ok(Registry {
@@ -231,7 +245,10 @@ fn wait_ready(mut child: Child, port: u16, dir: &Path) -> io::Result<Child> {
     };
     loop {
         if let Some(status) = child.try_wait()? {
-            return fail(&mut child, format!("docker-registry exited ({status}) before answering"));
+            return fail(
+                &mut child,
+                format!("docker-registry exited ({status}) before answering"),
+            );
         }
         if http_status(&host, "/v2/").is_ok() {
             return Ok(child);

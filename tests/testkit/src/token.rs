@@ -77,10 +77,13 @@ impl HttpRequest {
 pub struct HttpResponse {
     /// Status code.
     pub status: u16,
-    /// Extra headers (`Content-Length` and `Connection: close` are added).
+    /// Extra headers (`Connection: close` and, unless close-delimited, `Content-Length`
+    /// are added).
     pub headers: Vec<(String, String)>,
     /// The body.
     pub body: Vec<u8>,
+    /// Send no `Content-Length`: the body ends when the connection closes.
+    pub close_delimited: bool,
 }
 
 impl HttpResponse {
@@ -90,7 +93,14 @@ impl HttpResponse {
             status,
             headers: Vec::new(),
             body: body.into(),
+            close_delimited: false,
         }
+    }
+
+    /// The same response without `Content-Length` (the body ends at connection close).
+    pub fn close_delimited(mut self) -> Self {
+        self.close_delimited = true;
+        self
     }
 
     /// Adds a header.
@@ -186,7 +196,10 @@ where
         }
     }
     // Drain a request body so the client is not cut off mid-send.
-    if let Some(len) = req.header("content-length").and_then(|v| v.parse::<u64>().ok()) {
+    if let Some(len) = req
+        .header("content-length")
+        .and_then(|v| v.parse::<u64>().ok())
+    {
         io::copy(&mut (&mut reader).take(len), &mut io::sink())?;
     }
     let resp = handler(&req);
@@ -194,10 +207,10 @@ where
     for (n, v) in &resp.headers {
         out.push_str(&format!("{n}: {v}\r\n"));
     }
-    out.push_str(&format!(
-        "Content-Length: {}\r\nConnection: close\r\n\r\n",
-        resp.body.len()
-    ));
+    if !resp.close_delimited {
+        out.push_str(&format!("Content-Length: {}\r\n", resp.body.len()));
+    }
+    out.push_str("Connection: close\r\n\r\n");
     let mut conn = conn;
     conn.write_all(out.as_bytes())?;
     if req.method != "HEAD" {
@@ -319,7 +332,12 @@ fn pem_body(pem: &str) -> io::Result<Vec<u8>> {
         .map_err(|e| io::Error::other(format!("bad PEM: {e}")))
 }
 
-fn issue(req: &HttpRequest, policy: &TokenPolicy, key: &SigningKey, cert_der: &[u8]) -> HttpResponse {
+fn issue(
+    req: &HttpRequest,
+    policy: &TokenPolicy,
+    key: &SigningKey,
+    cert_der: &[u8],
+) -> HttpResponse {
     if req.path() != "/token" {
         return HttpResponse::new(404, "no such endpoint");
     }
@@ -355,7 +373,8 @@ fn issue(req: &HttpRequest, policy: &TokenPolicy, key: &SigningKey, cert_der: &[
         .map(|d| d.as_secs())
         .unwrap_or(0);
     static JTI: AtomicUsize = AtomicUsize::new(0);
-    let header = serde_json::json!({"typ": "JWT", "alg": "ES256", "x5c": [STANDARD.encode(cert_der)]});
+    let header =
+        serde_json::json!({"typ": "JWT", "alg": "ES256", "x5c": [STANDARD.encode(cert_der)]});
     let claims = serde_json::json!({
         "iss": ISSUER,
         "sub": req.basic_credentials().map(|(u, _)| u).unwrap_or_default(),
