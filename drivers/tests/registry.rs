@@ -524,6 +524,57 @@ async fn redirected_blob_fetch_drops_authorization_off_origin() {
 }
 
 #[tokio::test]
+async fn registry_without_digest_headers_or_ranges_still_resolves_and_serves_ranges() {
+    let manifest = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855","size":0},"layers":[]}"#;
+    let blob: Vec<u8> = (0..5000u32).map(|i| (i % 253) as u8).collect();
+    let ranges = Arc::new(Mutex::new(Vec::new()));
+    let seen = ranges.clone();
+    let served = blob.clone();
+    // Answers without Docker-Content-Digest and ignores Range (always 200, whole body).
+    let server = HttpServer::start(move |req| {
+        if req.path().contains("/blobs/") {
+            seen.lock()
+                .unwrap()
+                .push(req.header("range").map(str::to_string));
+            HttpResponse::new(200, served.clone())
+        } else {
+            HttpResponse::new(200, manifest.to_vec()).header("Content-Type", media::OCI_MANIFEST)
+        }
+    })
+    .unwrap();
+    let d = driver_at(&server.url(), Credentials::Anonymous);
+    let name = format!("{}/team/app", server.host());
+    let desc = d.resolve(&name, "v1").await.unwrap();
+    assert_eq!(
+        desc.digest().to_string(),
+        Digest::sha256(manifest).to_string()
+    );
+    assert_eq!(desc.size(), manifest.len() as u64);
+
+    let digest = Digest::sha256(&blob);
+    let tail = d
+        .fetch_blob(&name, &digest, ByteRange::from(4000))
+        .await
+        .unwrap();
+    assert_eq!(tail.len, Some(1000));
+    assert_eq!(read_all(tail).await, &blob[4000..]);
+    let part = ByteRange {
+        offset: 10,
+        len: Some(20),
+    };
+    let body = d.fetch_blob(&name, &digest, part).await.unwrap();
+    assert_eq!(body.len, Some(20));
+    assert_eq!(read_all(body).await, &blob[10..30]);
+    assert_eq!(
+        *ranges.lock().unwrap(),
+        vec![
+            Some("bytes=4000-".to_string()),
+            Some("bytes=10-29".to_string())
+        ]
+    );
+}
+
+#[tokio::test]
 async fn server_errors_and_429_are_retried_then_reported_unavailable() {
     let calls = Arc::new(AtomicUsize::new(0));
     let counter = calls.clone();

@@ -146,7 +146,7 @@ impl Client {
         self.error(
             ErrorKind::Unauthorized,
             format!(
-                "{what}: unauthorized at {host}; `ferry login {host}` may help",
+                "unauthorized at {host}: {what}; `ferry login {host}` may help",
                 host = self.host
             ),
         )
@@ -224,19 +224,18 @@ impl Client {
                     self.handle_challenge(&challenges, &req.scope, auth.is_some(), &what, &detail)
                         .await?;
                     if matches!(req.body, Body::Stream(None, _)) {
-                        return Err(self.unauthorized(&format!("{what}: {detail}")));
+                        return Err(self.unauthorized(&format!("{what}{detail}")));
                     }
                     continue;
                 }
                 let detail = registry_error(resp).await;
-                return Err(self.unauthorized(&format!("{what}: {status}: {detail}")));
+                return Err(self.unauthorized(&format!("{what}: {status}{detail}")));
             }
             if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
                 let detail = registry_error(resp).await;
-                return Err(self.error(
-                    ErrorKind::Unauthorized,
-                    format!("{what}: {status}: {detail}"),
-                ));
+                return Err(
+                    self.error(ErrorKind::Unauthorized, format!("{what}: {status}{detail}"))
+                );
             }
             let transient = status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS;
             if transient && attempt + 1 < MAX_ATTEMPTS && !matches!(req.body, Body::Stream(None, _))
@@ -388,10 +387,10 @@ impl Client {
         }
         if challenges.iter().any(|c| c.scheme == "basic") {
             if self.credentials.is_none() {
-                return Err(self.unauthorized(&format!("{what}: credentials required ({detail})")));
+                return Err(self.unauthorized(&format!("{what}: credentials required{detail}")));
             }
             if sent_auth {
-                return Err(self.unauthorized(&format!("{what}: credentials rejected ({detail})")));
+                return Err(self.unauthorized(&format!("{what}: credentials rejected{detail}")));
             }
             self.auth.lock().expect("auth state lock").scheme = Scheme::Basic;
             return Ok(());
@@ -463,7 +462,7 @@ impl Client {
                 ErrorKind::Invalid
             };
             let detail = registry_error(resp).await;
-            return Err(self.error(kind, format!("{what}: {status}: {detail}")));
+            return Err(self.error(kind, format!("{what}: {status}{detail}")));
         }
         #[derive(serde::Deserialize)]
         struct TokenResponse {
@@ -515,13 +514,13 @@ impl Client {
         let detail = registry_error(resp).await;
         let kind = match status {
             StatusCode::NOT_FOUND => {
-                return Error::not_found(&self.source, format!("{what} ({detail})"))
+                return Error::not_found(&self.source, format!("{what}{detail}"))
             }
             StatusCode::TOO_MANY_REQUESTS => ErrorKind::Unavailable,
             s if s.is_server_error() => ErrorKind::Unavailable,
             _ => ErrorKind::Invalid,
         };
-        self.error(kind, format!("{what}: {status} from {url}: {detail}"))
+        self.error(kind, format!("{what}: {status} from {url}{detail}"))
     }
 }
 
@@ -535,8 +534,8 @@ fn challenges(resp: &Response) -> Vec<Challenge> {
         .collect()
 }
 
-/// A short one-line description of an error response: the registry's `errors` codes and
-/// messages, or the start of the body.
+/// A short one-line description of an error response to append to a message:
+/// ` (CODE: message)` from the registry's `errors`, or the start of the body, or nothing.
 pub(crate) async fn registry_error(resp: Response) -> String {
     let body = read_limited(resp, ERROR_BODY_LIMIT)
         .await
@@ -565,9 +564,9 @@ pub(crate) async fn registry_error(resp: Response) -> String {
     };
     let one_line: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
     match one_line.chars().count() {
-        0 => "no details".into(),
-        n if n > 200 => format!("{}…", one_line.chars().take(200).collect::<String>()),
-        _ => one_line,
+        0 => String::new(),
+        n if n > 200 => format!(" ({}…)", one_line.chars().take(200).collect::<String>()),
+        _ => format!(" ({one_line})"),
     }
 }
 

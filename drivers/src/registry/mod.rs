@@ -266,7 +266,7 @@ impl RegistryDriver {
             Error::from_core(
                 &self.client.source,
                 ferry_core::Error::TooLarge {
-                    what: format!("manifest {what} from {url}"),
+                    what: format!("{what} from {url}"),
                     size,
                     limit: MAX_MANIFEST_SIZE,
                 },
@@ -676,7 +676,7 @@ impl Driver for RegistryDriver {
                 };
                 Err(self
                     .client
-                    .error(kind, format!("uploading {what}: rejected: {detail}")))
+                    .error(kind, format!("uploading {what}: rejected{detail}")))
             }
             _ => Err(self
                 .client
