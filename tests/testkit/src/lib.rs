@@ -3,8 +3,10 @@
 //!
 //! Everything here starts real programs; nothing is mocked.
 
+pub mod conformance;
 pub mod fixtures;
 pub mod registry;
+pub mod s3;
 pub mod token;
 pub mod proxy;
 

@@ -1,0 +1,38 @@
+//! Every driver runs the same conformance suite (`ferry_testkit::conformance`) against a real
+//! source: an OCI layout written by skopeo, moto buckets (ferry layout seeded object by
+//! object; distribution layout written by a real `docker-registry`), and a real registry.
+
+use std::sync::Arc;
+
+use ferry_drivers::registry::{Credentials, RegistryConfig, RegistryDriver};
+use ferry_testkit::conformance::{self, OciLayoutHarness, RegistryHarness, S3DistributionHarness, S3FerryHarness};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oci_layout_driver_conforms() {
+    conformance::run(&OciLayoutHarness::new()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_ferry_layout_driver_conforms() {
+    conformance::run(&S3FerryHarness::start()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_distribution_layout_driver_conforms() {
+    conformance::run(&S3DistributionHarness::start()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_driver_conforms() {
+    let harness = RegistryHarness::start(|registry| {
+        let config = RegistryConfig {
+            source_name: "registry".into(),
+            base_url: registry.url().parse().expect("registry URL"),
+            insecure: false,
+            credentials: Credentials::Anonymous,
+            repository: None,
+        };
+        Arc::new(RegistryDriver::new(config).expect("registry driver"))
+    });
+    conformance::run(&harness).await;
+}
