@@ -4,6 +4,7 @@
 #![warn(missing_docs)]
 
 mod error;
+pub mod snapshot;
 pub mod run;
 pub mod spec;
 pub mod unpack;
