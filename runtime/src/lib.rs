@@ -4,8 +4,8 @@
 #![warn(missing_docs)]
 
 mod error;
-pub mod snapshot;
 pub mod run;
+pub mod snapshot;
 pub mod spec;
 pub mod unpack;
 
