@@ -295,13 +295,14 @@ mod tests {
 
     #[test]
     fn key_id_is_sha256_prefix_of_raw_key_sig_3() {
-        // The example of SIG-3.
-        assert_eq!(KeyId::of_raw(&[0; 32]).to_string(), "66687aadf862bd77");
+        // The example of SIG-3: RFC 8410 §10.1's public key.
+        let raw = hex::decode("19bf44096984cdfe8541bac167dc3b96c85086aa30b6b6cb0c5c38ad703166e1").unwrap();
+        assert_eq!(KeyId::of_raw(&raw.try_into().unwrap()).to_string(), "e744c0791320c328");
     }
 
     #[test]
     fn key_id_parsing_accepts_only_16_lowercase_hex() {
-        assert!("66687aadf862bd77".parse::<KeyId>().is_ok());
+        assert!("e744c0791320c328".parse::<KeyId>().is_ok());
         for bad in ["", "66687aadf862bd7", "66687aadf862bd77a", "66687AADF862BD77", "66687aadf862bd7g"] {
             assert!(bad.parse::<KeyId>().is_err(), "{bad}");
         }

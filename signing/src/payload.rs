@@ -213,7 +213,7 @@ mod tests {
     use super::*;
 
     fn key() -> KeyId {
-        "66687aadf862bd77".parse().unwrap()
+        "e744c0791320c328".parse().unwrap()
     }
 
     const D: &str = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";

@@ -1,0 +1,92 @@
+//! Helpers shared by the signing crate's integration tests.
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+use ed25519_dalek::pkcs8::DecodePrivateKey;
+use ed25519_dalek::Signer as _;
+use ferry_core::{Digest, Reference};
+use ferry_signing::{generate_key, PrivateKey, PublicKey, SignatureEnvelope};
+
+/// The Ed25519 private key of RFC 8410 §10.3.
+pub const RFC8410_PRIVATE: &str = "-----BEGIN PRIVATE KEY-----
+MC4CAQAwBQYDK2VwBCIEINTuctv5E1hK1bbY8fdp+K06/nwoy/HU++CXqI9EdVhC
+-----END PRIVATE KEY-----
+";
+/// Its seed, in hex.
+pub const RFC8410_SEED_HEX: &str = "d4ee72dbf913584ad5b6d8f1f769f8ad3afe7c28cbf1d4fbe097a88f44755842";
+
+/// A key pair generated into `dir` as `name.key`/`name.pub`.
+pub struct TestKey {
+    pub private: PrivateKey,
+    pub public: PublicKey,
+    pub pub_path: PathBuf,
+}
+
+pub fn new_key(dir: &Path, name: &str) -> TestKey {
+    let files = generate_key(dir, name).unwrap();
+    TestKey {
+        private: PrivateKey::load(&files.private_key).unwrap(),
+        public: PublicKey::load(&files.public_key).unwrap(),
+        pub_path: files.public_key,
+    }
+}
+
+/// Writes `pem` as a private key file with mode 0600.
+pub fn write_private(dir: &Path, name: &str, pem: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, pem).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    path
+}
+
+pub fn reference(s: &str) -> Reference {
+    Reference::parse(s).unwrap()
+}
+
+pub fn digest(content: &str) -> Digest {
+    Digest::sha256(content.as_bytes())
+}
+
+/// An envelope holding arbitrary `payload` bytes signed by the RFC 8410 key, for payloads
+/// `ferry_signing::sign` would never make.
+pub fn forge(payload: &[u8], key_id: Option<&str>) -> SignatureEnvelope {
+    let key = ed25519_dalek::SigningKey::from_pkcs8_pem(RFC8410_PRIVATE).unwrap();
+    let sig = key.sign(payload);
+    envelope(payload, &sig.to_bytes(), key_id)
+}
+
+/// An envelope from its parts.
+pub fn envelope(payload: &[u8], signature: &[u8], key_id: Option<&str>) -> SignatureEnvelope {
+    let hint = key_id.map_or(String::new(), |k| format!(r#""key_id":"{k}","#));
+    let json = format!(
+        r#"{{{hint}"payload":"{}","signature":"{}"}}"#,
+        STANDARD.encode(payload),
+        STANDARD.encode(signature)
+    );
+    SignatureEnvelope::from_bytes(json.as_bytes()).unwrap()
+}
+
+/// The payload and signature bytes inside an envelope.
+pub fn parts(e: &SignatureEnvelope) -> (Vec<u8>, Vec<u8>) {
+    let v: serde_json::Value = serde_json::from_slice(&e.to_bytes()).unwrap();
+    let field = |name: &str| STANDARD.decode(v[name].as_str().unwrap()).unwrap();
+    (field("payload"), field("signature"))
+}
+
+/// The canonical payload for `name:tag` → `digest`, as ferry's spec example writes it.
+pub fn payload(name: &str, tag: &str, digest: &Digest) -> String {
+    format!(
+        r#"{{"critical":{{"image":{{"name":"{name}","tag":"{tag}"}},"manifest":{{"digest":"{digest}"}},"type":"ferry signature v1"}}}}"#
+    )
+}
+
+/// Writes a policy file in `dir` and returns its path.
+pub fn write_policy(dir: &Path, text: &str) -> PathBuf {
+    let path = dir.join("policy.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}

@@ -1,0 +1,203 @@
+//! Key files and key ids (SIG-1 to SIG-5).
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+use common::*;
+use ferry_signing::{generate_key, Error, PrivateKey, PublicKey};
+use sha2::{Digest as _, Sha256};
+
+fn mode(path: &std::path::Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
+}
+
+fn pem_der(pem: &str) -> Vec<u8> {
+    let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    STANDARD.decode(body).unwrap()
+}
+
+#[test]
+fn generated_private_key_is_0600_pkcs8_and_public_key_is_spki_sig_1_sig_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = generate_key(dir.path(), "team").unwrap();
+    assert_eq!(files.private_key, dir.path().join("team.key"));
+    assert_eq!(files.public_key, dir.path().join("team.pub"));
+    assert_eq!(mode(&files.private_key), 0o600);
+    assert_eq!(mode(&files.public_key) & 0o600, 0o600);
+    let private = std::fs::read_to_string(&files.private_key).unwrap();
+    assert!(private.starts_with("-----BEGIN PRIVATE KEY-----\n"), "{private}");
+    let public = std::fs::read_to_string(&files.public_key).unwrap();
+    assert!(public.starts_with("-----BEGIN PUBLIC KEY-----\n"), "{public}");
+    // Only the two files: no temporary file is left behind.
+    let mut names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["team.key", "team.pub"]);
+}
+
+#[test]
+fn private_key_is_0600_even_with_a_permissive_umask_sig_2() {
+    // The mode is given when the file is created; a umask of 0 must not widen it.
+    let dir = tempfile::tempdir().unwrap();
+    // SAFETY: umask(2) cannot fail. It is process-wide; no other test in this binary
+    // asserts on the mode of a file it creates without setting it explicitly.
+    let old = unsafe { libc::umask(0) };
+    let files = generate_key(dir.path(), "open");
+    unsafe { libc::umask(old) };
+    assert_eq!(mode(&files.unwrap().private_key), 0o600);
+}
+
+#[test]
+fn generation_refuses_to_overwrite_either_file_sig_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = generate_key(dir.path(), "k").unwrap();
+    let before = std::fs::read(&first.private_key).unwrap();
+    match generate_key(dir.path(), "k") {
+        Err(Error::KeyExists { path }) => assert_eq!(path, first.private_key),
+        other => panic!("expected KeyExists, got {other:?}"),
+    }
+    assert_eq!(std::fs::read(&first.private_key).unwrap(), before);
+
+    // Only the .pub exists: still refused, and no .key appears.
+    std::fs::write(dir.path().join("p.pub"), "mine").unwrap();
+    let e = generate_key(dir.path(), "p").unwrap_err();
+    assert!(matches!(&e, Error::KeyExists { path } if path.ends_with("p.pub")), "{e}");
+    assert!(e.to_string().contains("p.pub"), "{e}");
+    assert!(!dir.path().join("p.key").exists());
+    assert_eq!(std::fs::read_to_string(dir.path().join("p.pub")).unwrap(), "mine");
+
+    // A dangling symlink is not overwritten either.
+    std::os::unix::fs::symlink(dir.path().join("elsewhere"), dir.path().join("l.key")).unwrap();
+    assert!(matches!(generate_key(dir.path(), "l"), Err(Error::KeyExists { .. })));
+    assert!(!dir.path().join("elsewhere").exists());
+}
+
+#[test]
+fn generation_rejects_names_that_are_not_plain_file_names_sig_1() {
+    let dir = tempfile::tempdir().unwrap();
+    for bad in ["../escape", "a/b", "", ".hidden"] {
+        assert!(matches!(generate_key(dir.path(), bad), Err(Error::InvalidKeyName { .. })), "{bad}");
+    }
+    assert!(!dir.path().parent().unwrap().join("escape.key").exists());
+}
+
+#[test]
+fn generation_into_a_missing_directory_names_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-such-dir");
+    let e = generate_key(&missing, "k").unwrap_err();
+    assert!(e.to_string().contains("no-such-dir"), "{e}");
+}
+
+#[test]
+fn key_id_is_sha256_of_the_raw_public_key_and_stable_sig_3() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = generate_key(dir.path(), "k").unwrap();
+    let private = PrivateKey::load(&files.private_key).unwrap();
+    let public = PublicKey::load(&files.public_key).unwrap();
+    assert_eq!(private.id(), &files.id);
+    assert_eq!(public.id(), &files.id);
+    assert_eq!(PublicKey::load(&files.public_key).unwrap().id(), &files.id);
+    // Independently: the raw key is the last 32 bytes of the SPKI DER.
+    let der = pem_der(&std::fs::read_to_string(&files.public_key).unwrap());
+    let raw = &der[der.len() - 32..];
+    let want = hex::encode(&Sha256::digest(raw)[..8]);
+    assert_eq!(files.id.to_string(), want);
+}
+
+#[test]
+fn key_id_of_a_fixed_key_never_changes_sig_3() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = PrivateKey::load(&write_private(dir.path(), "rfc.key", RFC8410_PRIVATE)).unwrap();
+    // RFC 8410 §10.1 is the public key of RFC 8410 §10.3's private key.
+    assert_eq!(
+        key.public_key().to_pem(),
+        "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEAGb9ECWmEzf6FQbrBZ9w7lshQhqowtrbLDFw4rXAxZuE=\n-----END PUBLIC KEY-----\n"
+    );
+    assert_eq!(key.id().to_string(), "e744c0791320c328");
+}
+
+#[test]
+fn private_key_readable_by_group_or_others_is_refused_sig_4() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_private(dir.path(), "k.key", RFC8410_PRIVATE);
+    for bad in [0o640, 0o604, 0o644, 0o660, 0o610] {
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(bad)).unwrap();
+        match PrivateKey::load(&path) {
+            Err(e @ Error::KeyPermissions { .. }) => {
+                let msg = e.to_string();
+                assert!(msg.contains("k.key") && msg.contains(&format!("{bad:04o}")), "{msg}");
+                assert!(msg.contains("chmod 600"), "{msg}");
+            }
+            other => panic!("mode {bad:o}: expected KeyPermissions, got {other:?}"),
+        }
+    }
+    for good in [0o600, 0o400] {
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(good)).unwrap();
+        assert!(PrivateKey::load(&path).is_ok(), "mode {good:o}");
+    }
+}
+
+#[test]
+fn debug_of_a_private_key_prints_no_secret_sig_4() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = PrivateKey::load(&write_private(dir.path(), "k.key", RFC8410_PRIVATE)).unwrap();
+    let debug = format!("{key:?} {key:#?}");
+    let seed = hex::decode(RFC8410_SEED_HEX).unwrap();
+    let pem_body = RFC8410_PRIVATE.lines().nth(1).unwrap();
+    for secret in [
+        RFC8410_SEED_HEX.to_string(),
+        RFC8410_SEED_HEX.to_uppercase(),
+        RFC8410_SEED_HEX[..8].to_string(),
+        format!("{:?}", &seed[..4]).trim_end_matches(']').to_string(),
+        pem_body.to_string(),
+        STANDARD.encode(&seed)[..12].to_string(),
+    ] {
+        assert!(!debug.contains(&secret), "Debug leaks {secret}: {debug}");
+    }
+    assert!(debug.contains("redacted") && debug.contains(&key.id().to_string()), "{debug}");
+}
+
+#[test]
+fn key_load_errors_name_the_file_and_the_problem_sig_4_sig_5() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let garbage = write_private(d, "garbage.key", "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n");
+    let public_pem = "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEAGb9ECWmEzf6FQbrBZ9w7lshQhqowtrbLDFw4rXAxZuE=\n-----END PUBLIC KEY-----\n";
+    let public_as_private = write_private(d, "pub-as.key", public_pem);
+    let private_as_public = write_private(d, "priv-as.pub", RFC8410_PRIVATE);
+    let big = write_private(d, "big.key", &"A".repeat(17 * 1024));
+    let cases: Vec<(ferry_signing::Result<()>, &str, &str)> = vec![
+        (PrivateKey::load(&d.join("missing.key")).map(drop), "missing.key", "No such file"),
+        (PrivateKey::load(&garbage).map(drop), "garbage.key", "PKCS#8"),
+        (PrivateKey::load(&public_as_private).map(drop), "pub-as.key", "PKCS#8"),
+        (PrivateKey::load(d).map(drop), d.to_str().unwrap(), "not a regular file"),
+        (PrivateKey::load(&big).map(drop), "big.key", "larger than"),
+        (PublicKey::load(&private_as_public).map(drop), "priv-as.pub", "SPKI"),
+        (PublicKey::load(&d.join("missing.pub")).map(drop), "missing.pub", "No such file"),
+    ];
+    for (result, file, problem) in cases {
+        let e = result.unwrap_err().to_string();
+        assert!(e.contains(file) && e.contains(problem), "{file}: {e}");
+    }
+}
+
+#[test]
+fn weak_public_keys_are_refused_sig_5() {
+    // The identity point (y = 1) has small order; a signature check against it proves nothing.
+    let mut der = hex::decode("302a300506032b6570032100").unwrap();
+    let mut identity = [0u8; 32];
+    identity[0] = 1;
+    der.extend_from_slice(&identity);
+    let pem = format!("-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n", STANDARD.encode(&der));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("weak.pub");
+    std::fs::write(&path, pem).unwrap();
+    let e = PublicKey::load(&path).unwrap_err().to_string();
+    assert!(e.contains("weak.pub") && e.contains("weak"), "{e}");
+}
