@@ -58,7 +58,7 @@ pub enum S3Layout {
 }
 
 /// Where and how to reach a bucket.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct S3Config {
     /// The source name the driver reports in messages.
     pub source_name: String,
@@ -74,17 +74,46 @@ pub struct S3Config {
     pub layout: S3Layout,
     /// Whether a plain `http://` endpoint is allowed.
     pub allow_http: bool,
-    /// Access key ID; `None` reads `AWS_ACCESS_KEY_ID`.
-    pub access_key_id: Option<String>,
-    /// Secret access key; `None` reads `AWS_SECRET_ACCESS_KEY`.
-    pub secret_access_key: Option<String>,
-    /// Session token of temporary credentials; `None` reads `AWS_SESSION_TOKEN`.
-    pub session_token: Option<String>,
+    /// How requests are signed.
+    pub credentials: S3Credentials,
+}
+
+/// Where the keys that sign requests come from.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub enum S3Credentials {
+    /// `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` (and `AWS_SESSION_TOKEN`) from the
+    /// environment; unsigned requests when neither key is set.
+    #[default]
+    Environment,
+    /// Keys given in the configuration.
+    Keys {
+        /// Access key ID.
+        access_key_id: String,
+        /// Secret access key.
+        secret_access_key: String,
+        /// Session token of temporary credentials.
+        session_token: Option<String>,
+    },
+    /// Unsigned requests (a public bucket).
+    Anonymous,
+}
+
+impl std::fmt::Debug for S3Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            S3Credentials::Environment => f.write_str("Environment"),
+            S3Credentials::Keys { access_key_id, .. } => f
+                .debug_struct("Keys")
+                .field("access_key_id", access_key_id)
+                .finish_non_exhaustive(),
+            S3Credentials::Anonymous => f.write_str("Anonymous"),
+        }
+    }
 }
 
 impl S3Config {
-    /// A configuration for `bucket` on AWS in `us-east-1`, ferry layout, no prefix, keys from
-    /// the environment.
+    /// A configuration for `bucket` on AWS in `us-east-1`: ferry layout, no prefix, HTTPS,
+    /// keys from the environment.
     pub fn new(source_name: impl Into<String>, bucket: impl Into<String>) -> Self {
         S3Config {
             source_name: source_name.into(),
@@ -94,25 +123,8 @@ impl S3Config {
             prefix: String::new(),
             layout: S3Layout::Ferry,
             allow_http: false,
-            access_key_id: None,
-            secret_access_key: None,
-            session_token: None,
+            credentials: S3Credentials::Environment,
         }
-    }
-}
-
-impl std::fmt::Debug for S3Config {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("S3Config")
-            .field("source_name", &self.source_name)
-            .field("bucket", &self.bucket)
-            .field("endpoint", &self.endpoint)
-            .field("region", &self.region)
-            .field("prefix", &self.prefix)
-            .field("layout", &self.layout)
-            .field("allow_http", &self.allow_http)
-            .field("access_key_id", &self.access_key_id)
-            .finish_non_exhaustive()
     }
 }
 
@@ -166,23 +178,33 @@ impl S3Driver {
             builder = builder.with_endpoint(endpoint).with_virtual_hosted_style_request(false);
         }
         let env = |var: &str| std::env::var(var).ok().filter(|v| !v.is_empty());
-        let key_id = config.access_key_id.clone().or_else(|| env("AWS_ACCESS_KEY_ID"));
-        let secret = config.secret_access_key.clone().or_else(|| env("AWS_SECRET_ACCESS_KEY"));
-        match (key_id, secret) {
-            (Some(id), Some(secret)) => {
-                builder = builder.with_access_key_id(id).with_secret_access_key(secret);
-                if let Some(token) = config.session_token.clone().or_else(|| env("AWS_SESSION_TOKEN")) {
-                    builder = builder.with_token(token);
+        let keys = match config.credentials.clone() {
+            S3Credentials::Keys {
+                access_key_id,
+                secret_access_key,
+                session_token,
+            } => Some((access_key_id, secret_access_key, session_token)),
+            S3Credentials::Anonymous => None,
+            S3Credentials::Environment => match (env("AWS_ACCESS_KEY_ID"), env("AWS_SECRET_ACCESS_KEY")) {
+                (Some(id), Some(secret)) => Some((id, secret, env("AWS_SESSION_TOKEN"))),
+                (None, None) => None,
+                (Some(_), None) | (None, Some(_)) => {
+                    return Err(invalid(
+                        "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY must be set together".into(),
+                    ))
+                }
+            },
+        };
+        builder = match keys {
+            Some((id, secret, token)) => {
+                let builder = builder.with_access_key_id(id).with_secret_access_key(secret);
+                match token {
+                    Some(token) => builder.with_token(token),
+                    None => builder,
                 }
             }
-            // No credentials at all: a public bucket, read with unsigned requests.
-            (None, None) => builder = builder.with_skip_signature(true),
-            (Some(_), None) | (None, Some(_)) => {
-                return Err(invalid(
-                    "s3 credentials need both an access key ID and a secret access key".into(),
-                ))
-            }
-        }
+            None => builder.with_skip_signature(true),
+        };
         let store = builder
             .build()
             .map_err(|e| invalid(format!("s3 bucket {}: {}", config.bucket, one_line(&e))))?;

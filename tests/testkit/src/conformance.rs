@@ -630,12 +630,16 @@ pub async fn push_with_wrong_digest_is_refused(h: &dyn Harness, _seed: &Seed) {
         return;
     }
     let name = h.name();
-    let claimed = random_bytes(20, 50_000);
-    let digest = Digest::sha256(&claimed);
-    let sent = tampered(&claimed);
-    let put = driver.put_blob(&name, &digest, sent.len() as u64, chunked(&sent, 4)).await;
-    expect_kind(put, ErrorKind::Corrupt, "put_blob with bytes that do not match the digest");
-    assert_eq!(driver.blob_size(&name, &digest).await.expect("blob size"), None, "a refused blob is visible");
+    // A small body (one request) and a large one (a multipart or chunked upload).
+    for (seed, size) in [(20, 50_000), (21, 12 << 20)] {
+        let claimed = random_bytes(seed, size);
+        let digest = Digest::sha256(&claimed);
+        let sent = tampered(&claimed);
+        let put = driver.put_blob(&name, &digest, size as u64, chunked(&sent, 12)).await;
+        expect_kind(put, ErrorKind::Corrupt, "put_blob with bytes that do not match the digest");
+        let visible = driver.blob_size(&name, &digest).await.expect("blob size");
+        assert_eq!(visible, None, "a refused blob of {size} bytes is visible");
+    }
 }
 
 /// A layer whose stored bytes no longer match its digest reads as `Corrupt` through a

@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ferry_drivers::s3::{S3Config, S3Layout};
+use ferry_drivers::s3::{S3Config, S3Credentials, S3Layout};
 use object_store::aws::AmazonS3Builder;
 use object_store::ObjectStore;
 
@@ -126,8 +126,11 @@ impl S3Server {
             region: REGION.into(),
             layout,
             allow_http: true,
-            access_key_id: Some(ACCESS_KEY_ID.into()),
-            secret_access_key: Some(SECRET_ACCESS_KEY.into()),
+            credentials: S3Credentials::Keys {
+                access_key_id: ACCESS_KEY_ID.into(),
+                secret_access_key: SECRET_ACCESS_KEY.into(),
+                session_token: None,
+            },
             ..S3Config::new(source_name, bucket)
         }
     }
