@@ -8,7 +8,7 @@
 
 use std::ffi::CString;
 use std::io::Read;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
@@ -146,7 +146,8 @@ struct MountPlan {
 
 /// Everything the child needs, computed before clone.
 struct Plan {
-    stdio: [Option<RawFd>; 3],
+    /// Copies of the streams to connect, numbered 3 or above so that dup2 cannot clobber them.
+    stdio: [Option<OwnedFd>; 3],
     rootfs: CString,
     mounts: Vec<MountPlan>,
     devices: Vec<(CString, libc::dev_t)>,
@@ -171,7 +172,7 @@ struct Plan {
 
 /// Runs `bundle` with ferry's runtime and returns the container's exit code.
 pub(super) fn run(bundle: &super::Bundle, stdio: Stdio) -> Result<i32> {
-    let plan = Plan::new(bundle, &stdio)?;
+    let mut plan = Plan::new(bundle, stdio)?;
     let argv: Vec<*const libc::c_char> = plan
         .argv
         .iter()
@@ -231,7 +232,8 @@ pub(super) fn run(bundle: &super::Bundle, stdio: Stdio) -> Result<i32> {
     };
     forwarder.set(child);
     drop(report_write);
-    drop(stdio);
+    // The container has its streams now; ours must not keep pipes open.
+    plan.stdio = Default::default();
 
     let mut record = Vec::with_capacity(12);
     let read = std::fs::File::from(report_read).read_to_end(&mut record);
@@ -254,7 +256,7 @@ pub(super) fn run(bundle: &super::Bundle, stdio: Stdio) -> Result<i32> {
 }
 
 impl Plan {
-    fn new(bundle: &super::Bundle, stdio: &Stdio) -> Result<Plan> {
+    fn new(bundle: &super::Bundle, stdio: Stdio) -> Result<Plan> {
         let spec: &Spec = &bundle.spec;
         let process = spec
             .process()
@@ -310,8 +312,11 @@ impl Plan {
             .find_map(|e| e.strip_prefix("PATH="))
             .unwrap_or(DEFAULT_PATH);
         Ok(Plan {
-            stdio: [&stdio.stdin, &stdio.stdout, &stdio.stderr]
-                .map(|fd| fd.as_ref().map(|fd| fd.as_raw_fd())),
+            stdio: [
+                high_fd(stdio.stdin)?,
+                high_fd(stdio.stdout)?,
+                high_fd(stdio.stderr)?,
+            ],
             rootfs: cstring(bundle.rootfs().as_os_str().as_bytes())?,
             mounts,
             devices: DEVICES
@@ -433,7 +438,7 @@ fn setup_and_exec(
         for (target, fd) in plan.stdio.iter().enumerate() {
             if let Some(fd) = fd {
                 check(
-                    libc::dup2(*fd, target as i32) as c_long,
+                    libc::dup2(fd.as_raw_fd(), target as i32) as c_long,
                     Step::Stdio,
                     target,
                 )?;
@@ -595,11 +600,7 @@ fn setup_and_exec(
             if plan.caps & (1 << cap) == 0 {
                 let dropped = libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0);
                 if dropped < 0 && nix::errno::Errno::last() != nix::errno::Errno::EINVAL {
-                    return Err((
-                        Step::Capabilities,
-                        cap,
-                        nix::errno::Errno::last_raw(),
-                    ));
+                    return Err((Step::Capabilities, cap, nix::errno::Errno::last_raw()));
                 }
             }
         }
@@ -696,6 +697,16 @@ struct CapData {
     effective: u32,
     permitted: u32,
     inheritable: u32,
+}
+
+/// A copy of `fd` numbered 3 or above (close-on-exec), so that dup2 onto 0–2 cannot clobber it.
+fn high_fd(fd: Option<OwnedFd>) -> Result<Option<OwnedFd>> {
+    // `try_clone` is fcntl(F_DUPFD_CLOEXEC, 3).
+    fd.map(|fd| {
+        fd.try_clone()
+            .map_err(|e| io_error("duplicate", Path::new("standard stream"), e))
+    })
+    .transpose()
 }
 
 /// mount(2) flags and the data string for OCI mount options.

@@ -401,14 +401,15 @@ impl SignalForwarder {
             );
             for signal in FORWARDED {
                 // SAFETY: the handler only reads atomics and calls kill(2).
-                let old = unsafe { sigaction(signal, &action) }.map_err(|e| {
-                    io_error(
-                        "install signal handler",
-                        Path::new(signal.as_str()),
-                        e.into(),
-                    )
-                })?;
-                state.1.push((signal, old));
+                match unsafe { sigaction(signal, &action) } {
+                    Ok(old) => state.1.push((signal, old)),
+                    Err(e) => {
+                        restore_handlers(&mut state.1);
+                        FORWARD_TO[slot].store(0, Ordering::SeqCst);
+                        let signal = Path::new(signal.as_str());
+                        return Err(io_error("install signal handler", signal, e.into()));
+                    }
+                }
             }
         }
         state.0 += 1;
@@ -427,12 +428,17 @@ impl Drop for SignalForwarder {
         FORWARD_TO[self.slot].store(0, Ordering::SeqCst);
         state.0 -= 1;
         if state.0 == 0 {
-            for (signal, old) in state.1.drain(..) {
-                // SAFETY: restores the disposition that was in place before `start`.
-                if let Err(e) = unsafe { sigaction(signal, &old) } {
-                    tracing::warn!("restoring the {signal} handler: {e}");
-                }
-            }
+            restore_handlers(&mut state.1);
+        }
+    }
+}
+
+/// Puts back the signal dispositions saved by [`SignalForwarder::start`].
+fn restore_handlers(saved: &mut Vec<(Signal, SigAction)>) {
+    for (signal, old) in saved.drain(..) {
+        // SAFETY: restores a disposition that was in place before.
+        if let Err(e) = unsafe { sigaction(signal, &old) } {
+            tracing::warn!("restoring the {signal} handler: {e}");
         }
     }
 }
