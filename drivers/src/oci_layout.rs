@@ -211,11 +211,12 @@ impl OciLayoutDriver {
         tmp.commit(root, name).map_err(|e| self.io_error("rename into", name, e))
     }
 
-    /// Streams `body` into blob `digest`, visible only once all `size` bytes check out (OCI-5).
+    /// Streams `body` into blob `digest` of an existing layout, visible only once all `size`
+    /// bytes check out (OCI-5).
     async fn write_blob(&self, digest: &Digest, size: u64, mut body: ByteStream) -> Result<()> {
         let this = self.clone();
         let tmp = blocking(move || {
-            let root = this.ensure_layout()?;
+            let root = this.open_root()?;
             TempFile::create(&root).map_err(|e| this.io_error("create temporary file in", TMP_DIR, e))
         })
         .await?;
@@ -430,7 +431,18 @@ impl Driver for OciLayoutDriver {
 
     async fn put_blob(&self, name: &str, digest: &Digest, size: u64, body: ByteStream) -> Result<()> {
         self.check_name(name)?;
-        if self.blob_size(name, digest).await? == Some(size) {
+        let this = self.clone();
+        let wanted = digest.clone();
+        let present = blocking(move || {
+            this.ensure_layout()?;
+            match this.open_blob(&wanted) {
+                Ok((_, size)) => Ok(Some(size)),
+                Err(e) if e.kind == ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(e),
+            }
+        })
+        .await?;
+        if present == Some(size) {
             return Ok(());
         }
         self.write_blob(digest, size, body).await
