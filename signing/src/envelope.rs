@@ -107,9 +107,9 @@ impl SignatureEnvelope {
         let signature = STANDARD
             .decode(&wire.signature)
             .map_err(|e| bad(format!("signature is not padded standard base64: {e}")))?;
-        let signature: [u8; 64] = signature.try_into().map_err(|s: Vec<u8>| {
-            bad(format!("signature is {} bytes, not 64", s.len()))
-        })?;
+        let signature: [u8; 64] = signature
+            .try_into()
+            .map_err(|s: Vec<u8>| bad(format!("signature is {} bytes, not 64", s.len())))?;
         let key_id = wire.key_id.map(|k| k.parse()).transpose()?;
         Ok(SignatureEnvelope {
             payload,
@@ -190,21 +190,32 @@ mod tests {
     fn err(bytes: &[u8]) -> String {
         match SignatureEnvelope::from_bytes(bytes) {
             Err(e @ (Error::InvalidEnvelope(_) | Error::InvalidKeyId(_))) => e.to_string(),
-            other => panic!("{}: expected an envelope error, got {other:?}", String::from_utf8_lossy(bytes)),
+            other => panic!(
+                "{}: expected an envelope error, got {other:?}",
+                String::from_utf8_lossy(bytes)
+            ),
         }
     }
 
     #[test]
     fn envelope_round_trips_sig_8() {
-        let e = SignatureEnvelope::from_bytes(&envelope_json("eyJ9", &sig64(), r#","key_id":"e744c0791320c328""#))
-            .unwrap();
+        let e = SignatureEnvelope::from_bytes(&envelope_json(
+            "eyJ9",
+            &sig64(),
+            r#","key_id":"e744c0791320c328""#,
+        ))
+        .unwrap();
         assert_eq!(e.key_id_hint().unwrap().to_string(), "e744c0791320c328");
         let bytes = e.to_bytes();
-        assert!(bytes.starts_with(br#"{"key_id":"e744c0791320c328","payload":"eyJ9","signature":""#));
+        assert!(
+            bytes.starts_with(br#"{"key_id":"e744c0791320c328","payload":"eyJ9","signature":""#)
+        );
         assert_eq!(SignatureEnvelope::from_bytes(&bytes).unwrap(), e);
         let no_hint = SignatureEnvelope::from_bytes(&envelope_json("eyJ9", &sig64(), "")).unwrap();
         assert_eq!(no_hint.key_id_hint(), None);
-        assert!(!String::from_utf8(no_hint.to_bytes()).unwrap().contains("key_id"));
+        assert!(!String::from_utf8(no_hint.to_bytes())
+            .unwrap()
+            .contains("key_id"));
     }
 
     #[test]
@@ -212,18 +223,43 @@ mod tests {
         let s = sig64();
         for (bytes, needle) in [
             (b"not json".to_vec(), "expected"),
-            (envelope_json("eyJ9", &s, r#","extra":1"#), "unknown field `extra`"),
-            (envelope_json("eyJ9", &s, r#","payload":"eyJ9""#), "duplicate field `payload`"),
-            (br#"{"payload":"eyJ9"}"#.to_vec(), "missing field `signature`"),
+            (
+                envelope_json("eyJ9", &s, r#","extra":1"#),
+                "unknown field `extra`",
+            ),
+            (
+                envelope_json("eyJ9", &s, r#","payload":"eyJ9""#),
+                "duplicate field `payload`",
+            ),
+            (
+                br#"{"payload":"eyJ9"}"#.to_vec(),
+                "missing field `signature`",
+            ),
             (envelope_json("", &s, ""), "empty payload"),
-            (envelope_json("eyJ9!", &s, ""), "payload is not padded standard base64"),
-            (envelope_json("eyJ", &s, ""), "payload is not padded standard base64"),
+            (
+                envelope_json("eyJ9!", &s, ""),
+                "payload is not padded standard base64",
+            ),
+            (
+                envelope_json("eyJ", &s, ""),
+                "payload is not padded standard base64",
+            ),
             (envelope_json("eyJ9", &s[..s.len() - 4], ""), "not 64"),
-            (envelope_json("eyJ9", &s.replace('+', "-"), ""), "signature is not padded"),
-            (envelope_json("eyJ9", &s, r#","key_id":"ABC""#), "invalid key id"),
+            (
+                envelope_json("eyJ9", &s.replace('+', "-"), ""),
+                "signature is not padded",
+            ),
+            (
+                envelope_json("eyJ9", &s, r#","key_id":"ABC""#),
+                "invalid key id",
+            ),
         ] {
             let e = err(&bytes);
-            assert!(e.contains(needle), "{}: {e}", String::from_utf8_lossy(&bytes));
+            assert!(
+                e.contains(needle),
+                "{}: {e}",
+                String::from_utf8_lossy(&bytes)
+            );
         }
     }
 

@@ -32,7 +32,9 @@ pub enum Error {
         path: PathBuf,
     },
     /// A private key file is accessible to group or others (SIG-4).
-    #[error("private key {path} has mode {mode:04o}, readable by group or others; run chmod 600 on it")]
+    #[error(
+        "private key {path} has mode {mode:04o}, readable by group or others; run chmod 600 on it"
+    )]
     KeyPermissions {
         /// The key file.
         path: PathBuf,
@@ -133,7 +135,8 @@ pub enum Error {
 }
 
 fn hint_str(hint: &Option<KeyId>) -> String {
-    hint.as_ref().map_or_else(|| "none".to_string(), KeyId::to_string)
+    hint.as_ref()
+        .map_or_else(|| "none".to_string(), KeyId::to_string)
 }
 
 pub(crate) fn ids(keys: &[KeyId]) -> String {

@@ -68,7 +68,11 @@ impl PublicKey {
         const WHAT: &str = "public key";
         let (_, pem) = read_key_file(path, WHAT)?;
         let key = VerifyingKey::from_public_key_pem(pem.trim_start()).map_err(|e| {
-            invalid(WHAT, path, format!("not an Ed25519 SPKI PEM public key ({e})"))
+            invalid(
+                WHAT,
+                path,
+                format!("not an Ed25519 SPKI PEM public key ({e})"),
+            )
         })?;
         if key.is_weak() {
             return Err(invalid(WHAT, path, "weak (small-order) Ed25519 key".into()));
@@ -128,7 +132,11 @@ impl PrivateKey {
         }
         // The parse error of a secret must not echo the secret; name only the kind of error.
         let key = SigningKey::from_pkcs8_pem(pem.trim_start()).map_err(|e| {
-            invalid(WHAT, path, format!("not an Ed25519 PKCS#8 PEM private key ({e})"))
+            invalid(
+                WHAT,
+                path,
+                format!("not an Ed25519 PKCS#8 PEM private key ({e})"),
+            )
         })?;
         Ok(PrivateKey::from_signing(key, path))
     }
@@ -195,8 +203,20 @@ pub fn generate_key(dir: &Path, name: &str) -> Result<KeyFiles> {
         .key
         .to_pkcs8_pem(LF)
         .expect("an Ed25519 private key always encodes as PKCS#8");
-    write_new(dir, &private_path, private_pem.as_bytes(), 0o600, "private key")?;
-    if let Err(e) = write_new(dir, &public_path, key.public.to_pem().as_bytes(), 0o644, "public key") {
+    write_new(
+        dir,
+        &private_path,
+        private_pem.as_bytes(),
+        0o600,
+        "private key",
+    )?;
+    if let Err(e) = write_new(
+        dir,
+        &public_path,
+        key.public.to_pem().as_bytes(),
+        0o644,
+        "public key",
+    ) {
         // Leave no half pair behind; the private key file is the one we just created.
         let _ = std::fs::remove_file(&private_path);
         return Err(e);
@@ -267,14 +287,22 @@ fn read_key_file(path: &Path, what: &'static str) -> Result<(u32, Zeroizing<Stri
         return Err(invalid(what, path, "not a regular file".into()));
     }
     if meta.len() > MAX_KEY_FILE {
-        return Err(invalid(what, path, format!("larger than {MAX_KEY_FILE} bytes")));
+        return Err(invalid(
+            what,
+            path,
+            format!("larger than {MAX_KEY_FILE} bytes"),
+        ));
     }
     let mut bytes = Zeroizing::new(Vec::new());
     file.take(MAX_KEY_FILE + 1)
         .read_to_end(&mut bytes)
         .map_err(io)?;
     if bytes.len() as u64 > MAX_KEY_FILE {
-        return Err(invalid(what, path, format!("larger than {MAX_KEY_FILE} bytes")));
+        return Err(invalid(
+            what,
+            path,
+            format!("larger than {MAX_KEY_FILE} bytes"),
+        ));
     }
     let text = std::str::from_utf8(&bytes)
         .map_err(|_| invalid(what, path, "not a UTF-8 PEM file".into()))?;
@@ -296,14 +324,24 @@ mod tests {
     #[test]
     fn key_id_is_sha256_prefix_of_raw_key_sig_3() {
         // The example of SIG-3: RFC 8410 §10.1's public key.
-        let raw = hex::decode("19bf44096984cdfe8541bac167dc3b96c85086aa30b6b6cb0c5c38ad703166e1").unwrap();
-        assert_eq!(KeyId::of_raw(&raw.try_into().unwrap()).to_string(), "e744c0791320c328");
+        let raw = hex::decode("19bf44096984cdfe8541bac167dc3b96c85086aa30b6b6cb0c5c38ad703166e1")
+            .unwrap();
+        assert_eq!(
+            KeyId::of_raw(&raw.try_into().unwrap()).to_string(),
+            "e744c0791320c328"
+        );
     }
 
     #[test]
     fn key_id_parsing_accepts_only_16_lowercase_hex() {
         assert!("e744c0791320c328".parse::<KeyId>().is_ok());
-        for bad in ["", "66687aadf862bd7", "66687aadf862bd77a", "66687AADF862BD77", "66687aadf862bd7g"] {
+        for bad in [
+            "",
+            "66687aadf862bd7",
+            "66687aadf862bd77a",
+            "66687AADF862BD77",
+            "66687aadf862bd7g",
+        ] {
             assert!(bad.parse::<KeyId>().is_err(), "{bad}");
         }
     }
@@ -313,7 +351,16 @@ mod tests {
         for good in ["a", "team", "release-2025.key_1", &"k".repeat(128)] {
             assert!(validate_key_name(good).is_ok(), "{good}");
         }
-        for bad in ["", ".hidden", "-x", "a/b", "../up", "a b", "é", &"k".repeat(129)] {
+        for bad in [
+            "",
+            ".hidden",
+            "-x",
+            "a/b",
+            "../up",
+            "a b",
+            "é",
+            &"k".repeat(129),
+        ] {
             assert!(validate_key_name(bad).is_err(), "{bad}");
         }
     }

@@ -85,8 +85,7 @@ pub(crate) fn parse(bytes: &[u8], key: &KeyId) -> Result<Claims> {
         key: key.clone(),
         reason,
     };
-    let value: Value =
-        serde_json::from_slice(bytes).map_err(|e| bad(format!("not JSON: {e}")))?;
+    let value: Value = serde_json::from_slice(bytes).map_err(|e| bad(format!("not JSON: {e}")))?;
     if canonical(&value).map_err(bad)? != bytes {
         return Err(bad(
             "not in canonical form (sorted keys, no whitespace, no duplicate keys, minimal escapes)".into(),
@@ -221,11 +220,24 @@ mod tests {
     #[test]
     fn built_payload_is_the_example_of_sig_6() {
         let created = UNIX_EPOCH + Duration::from_secs(1_735_787_045);
-        let bytes = build("registry.example.com/team/app", "1", D, Some(created), &key()).unwrap();
-        let spec = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../specs/signature.md"))
-            .unwrap();
+        let bytes = build(
+            "registry.example.com/team/app",
+            "1",
+            D,
+            Some(created),
+            &key(),
+        )
+        .unwrap();
+        let spec = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../specs/signature.md"
+        ))
+        .unwrap();
         let example = String::from_utf8(bytes).unwrap();
-        assert!(spec.contains(&format!("\n{example}\n")), "SIG-6 example differs: {example}");
+        assert!(
+            spec.contains(&format!("\n{example}\n")),
+            "SIG-6 example differs: {example}"
+        );
     }
 
     #[test]
@@ -246,7 +258,10 @@ mod tests {
             (1_735_787_045, "2025-01-02T03:04:05Z"),
             (4_102_444_799, "2099-12-31T23:59:59Z"),
         ] {
-            assert_eq!(rfc3339_utc(UNIX_EPOCH + Duration::from_secs(secs)).unwrap(), want);
+            assert_eq!(
+                rfc3339_utc(UNIX_EPOCH + Duration::from_secs(secs)).unwrap(),
+                want
+            );
         }
         assert!(rfc3339_utc(UNIX_EPOCH - Duration::from_secs(1)).is_err());
     }
@@ -254,16 +269,24 @@ mod tests {
     fn reason(bytes: &[u8]) -> String {
         match parse(bytes, &key()) {
             Err(Error::InvalidPayload { reason, .. }) => reason,
-            other => panic!("{}: expected InvalidPayload, got {other:?}", String::from_utf8_lossy(bytes)),
+            other => panic!(
+                "{}: expected InvalidPayload, got {other:?}",
+                String::from_utf8_lossy(bytes)
+            ),
         }
     }
 
     fn good() -> String {
-        format!(r#"{{"critical":{{"image":{{"name":"r.io/a","tag":"1"}},"manifest":{{"digest":"{D}"}},"type":"ferry signature v1"}}}}"#)
+        format!(
+            r#"{{"critical":{{"image":{{"name":"r.io/a","tag":"1"}},"manifest":{{"digest":"{D}"}},"type":"ferry signature v1"}}}}"#
+        )
     }
 
     fn with_optional(critical_only: &str, members: &str) -> String {
-        format!(r#"{},"optional":{{{members}}}}}"#, &critical_only[..critical_only.len() - 1])
+        format!(
+            r#"{},"optional":{{{members}}}}}"#,
+            &critical_only[..critical_only.len() - 1]
+        )
     }
 
     #[test]
@@ -271,17 +294,24 @@ mod tests {
         assert!(parse(good().as_bytes(), &key()).is_ok());
         let g = good();
         for bytes in [
-            format!("{g}\n"),                                      // trailing newline
-            format!(" {g}"),                                       // leading space
-            g.replacen("\"critical\":", "\"critical\" :", 1),     // inner whitespace
-            g.replacen(r#""name":"r.io/a","tag":"1""#, r#""tag":"1","name":"r.io/a""#, 1), // unsorted
-            g.replacen("r.io/a", r"r.io\/a", 1),                   // needless escape
-            g.replacen("ferry", r"\u0066erry", 1),                 // needless \u escape
+            format!("{g}\n"),                                 // trailing newline
+            format!(" {g}"),                                  // leading space
+            g.replacen("\"critical\":", "\"critical\" :", 1), // inner whitespace
+            g.replacen(
+                r#""name":"r.io/a","tag":"1""#,
+                r#""tag":"1","name":"r.io/a""#,
+                1,
+            ), // unsorted
+            g.replacen("r.io/a", r"r.io\/a", 1),              // needless escape
+            g.replacen("ferry", r"\u0066erry", 1),            // needless \u escape
             g.replacen(r#""tag":"1""#, r#""tag":"1","tag":"2""#, 1), // duplicate key
-            format!("\u{feff}{g}"),                                // byte order mark
+            format!("\u{feff}{g}"),                           // byte order mark
         ] {
             let r = reason(bytes.as_bytes());
-            assert!(r.contains("canonical") || r.contains("not JSON"), "{bytes}: {r}");
+            assert!(
+                r.contains("canonical") || r.contains("not JSON"),
+                "{bytes}: {r}"
+            );
         }
     }
 
@@ -306,7 +336,10 @@ mod tests {
         for n in ["1.0", "1e2", "-0", "01", "18446744073709551616"] {
             let bytes = with_optional(&g, &format!(r#""n":{n}"#));
             let r = reason(bytes.as_bytes());
-            assert!(r.contains("canonical") || r.contains("integer") || r.contains("not JSON"), "{n}: {r}");
+            assert!(
+                r.contains("canonical") || r.contains("integer") || r.contains("not JSON"),
+                "{n}: {r}"
+            );
         }
     }
 
@@ -326,7 +359,10 @@ mod tests {
         let opt = with_optional(&g, r#""created":"x","future":[1,{"a":null}]"#);
         assert!(parse(opt.as_bytes(), &key()).is_ok(), "{opt}");
         let opt_not_object = format!(r#"{},"optional":"x"}}"#, &g[..g.len() - 1]);
-        assert!(reason(opt_not_object.as_bytes()).contains("map"), "{opt_not_object}");
+        assert!(
+            reason(opt_not_object.as_bytes()).contains("map"),
+            "{opt_not_object}"
+        );
     }
 
     #[test]
@@ -334,7 +370,11 @@ mod tests {
         let g = good();
         let v2 = g.replacen("ferry signature v1", "ferry signature v2", 1);
         assert!(reason(v2.as_bytes()).contains("\"ferry signature v2\" is not"));
-        let other = g.replacen(r#""type":"ferry signature v1""#, r#""type":"atomic container signature""#, 1);
+        let other = g.replacen(
+            r#""type":"ferry signature v1""#,
+            r#""type":"atomic container signature""#,
+            1,
+        );
         assert!(reason(other.as_bytes()).contains("is not"));
         let missing = g.replacen(r#","type":"ferry signature v1""#, "", 1);
         assert!(reason(missing.as_bytes()).contains("critical.type is missing"));

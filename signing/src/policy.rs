@@ -148,8 +148,14 @@ impl Policy {
     /// `$XDG_CONFIG_HOME/ferry/policy.toml`, then [`SYSTEM_POLICY`]; none is
     /// [`Policy::accept_all`] (POL-10).
     pub fn load_default(explicit: Option<&Path>) -> Result<Policy> {
-        let var = |name| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
-        let named = explicit.map(Path::to_path_buf).or_else(|| var("FERRY_POLICY"));
+        let var = |name| {
+            std::env::var_os(name)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        };
+        let named = explicit
+            .map(Path::to_path_buf)
+            .or_else(|| var("FERRY_POLICY"));
         let config_home = var("XDG_CONFIG_HOME").or_else(|| var("HOME").map(|h| h.join(".config")));
         let searched = config_home
             .map(|c| c.join("ferry").join("policy.toml"))
@@ -186,18 +192,21 @@ impl Policy {
             let Some(prefix) = rule.prefix.clone() else {
                 return Err(at(start, "[[rule]] needs a prefix".into()));
             };
-            let line = line_of(&text, prefix.span().start);
+            let prefix_start = prefix.span().start;
             let prefix = prefix.into_inner();
-            validate_prefix(&prefix).map_err(|m| at(start, m))?;
+            validate_prefix(&prefix).map_err(|m| at(prefix_start, m))?;
             if let Some(other) = rules.iter().find(|r| r.prefix == prefix) {
                 return Err(at(
-                    start,
-                    format!("prefix {prefix:?} already has a rule on line {}", other.line),
+                    prefix_start,
+                    format!(
+                        "prefix {prefix:?} already has a rule on line {}",
+                        other.line
+                    ),
                 ));
             }
             rules.push(Rule {
                 prefix,
-                line,
+                line: line_of(&text, prefix_start),
                 requirement: requirement(rule, base, &at)?,
             });
         }
@@ -326,12 +335,11 @@ fn signed_by(
     let mut problems = Vec::new();
     for (i, envelope) in signatures.iter().enumerate() {
         match envelope.verify(keys, image, image.digest().expect("pinned")) {
-            // A key counts once, however many valid signatures it made.
-            Ok(key) if !signers.contains(&key) => signers.push(key),
-            Ok(_) => {}
+            Ok(key) => signers.push(key),
             Err(e) => problems.push(format!("signature {}: {e}", i + 1)),
         }
     }
+    // Each key counts once, however many valid signatures it made.
     let signed: Vec<KeyId> = keys
         .iter()
         .filter(|k| signers.contains(k))
@@ -367,10 +375,16 @@ fn requirement(
     let action = *rule.action.get_ref();
     if action != Action::SignedBy {
         if let Some(keys) = &rule.keys {
-            return Err(at(keys.span().start, "keys only apply to action \"signed-by\"".into()));
+            return Err(at(
+                keys.span().start,
+                "keys only apply to action \"signed-by\"".into(),
+            ));
         }
         if let Some(t) = &rule.threshold {
-            return Err(at(t.span().start, "threshold only applies to action \"signed-by\"".into()));
+            return Err(at(
+                t.span().start,
+                "threshold only applies to action \"signed-by\"".into(),
+            ));
         }
         return Ok(if action == Action::Accept {
             Requirement::Accept
@@ -379,7 +393,10 @@ fn requirement(
         });
     }
     let Some(key_paths) = rule.keys else {
-        return Err(at(rule.action.span().start, "action \"signed-by\" needs keys".into()));
+        return Err(at(
+            rule.action.span().start,
+            "action \"signed-by\" needs keys".into(),
+        ));
     };
     let list_start = key_paths.span().start;
     let mut keys: Vec<PublicKey> = Vec::new();
@@ -403,7 +420,10 @@ fn requirement(
         paths.push(path);
     }
     if keys.is_empty() {
-        return Err(at(list_start, "action \"signed-by\" needs at least one key".into()));
+        return Err(at(
+            list_start,
+            "action \"signed-by\" needs at least one key".into(),
+        ));
     }
     let threshold = match rule.threshold {
         None => 1,
@@ -445,7 +465,10 @@ fn validate_prefix(prefix: &str) -> std::result::Result<(), String> {
 
 /// Loads `named` if given (it must exist), else the first of `searched` that exists, else
 /// [`Policy::accept_all`] (POL-10).
-fn load_first(named: Option<PathBuf>, searched: impl IntoIterator<Item = PathBuf>) -> Result<Policy> {
+fn load_first(
+    named: Option<PathBuf>,
+    searched: impl IntoIterator<Item = PathBuf>,
+) -> Result<Policy> {
     if let Some(path) = named {
         return Policy::load(&path);
     }
@@ -519,7 +542,10 @@ mod tests {
         }
         for (bad, hint) in [
             ("busybox", "did you mean \"docker.io/library/busybox\""),
-            ("index.docker.io/library/x", "did you mean \"docker.io/library/x\""),
+            (
+                "index.docker.io/library/x",
+                "did you mean \"docker.io/library/x\"",
+            ),
             ("reg.io/app:1", "did you mean \"reg.io/app\""),
             ("reg.io/team/", "leading part"),
             ("reg.io//team", "leading part"),
@@ -541,7 +567,11 @@ mod tests {
     #[test]
     fn lookup_takes_the_named_file_then_the_first_existing_one_pol_10() {
         let dir = tempfile::tempdir().unwrap();
-        let reject = tmp_policy(dir.path(), "reject.toml", "[default]\naction = \"reject\"\n");
+        let reject = tmp_policy(
+            dir.path(),
+            "reject.toml",
+            "[default]\naction = \"reject\"\n",
+        );
         let missing = dir.path().join("missing.toml");
         let image = Reference::parse("reg.io/a:1").unwrap();
         let d = Digest::sha256(b"m");
@@ -550,7 +580,12 @@ mod tests {
         // Nothing anywhere: accept all.
         let p = load_first(None, [missing.clone(), dir.path().join("nope/policy.toml")]).unwrap();
         assert_eq!(p.source(), None);
-        assert_eq!(verdict(&p), Verdict::Accepted { how: Acceptance::Unsigned });
+        assert_eq!(
+            verdict(&p),
+            Verdict::Accepted {
+                how: Acceptance::Unsigned
+            }
+        );
         // The first searched file that exists wins.
         let p = load_first(None, [missing.clone(), reject.clone()]).unwrap();
         assert_eq!(p.source(), Some(reject.as_path()));

@@ -28,9 +28,15 @@ fn generated_private_key_is_0600_pkcs8_and_public_key_is_spki_sig_1_sig_2() {
     assert_eq!(mode(&files.private_key), 0o600);
     assert_eq!(mode(&files.public_key) & 0o600, 0o600);
     let private = std::fs::read_to_string(&files.private_key).unwrap();
-    assert!(private.starts_with("-----BEGIN PRIVATE KEY-----\n"), "{private}");
+    assert!(
+        private.starts_with("-----BEGIN PRIVATE KEY-----\n"),
+        "{private}"
+    );
     let public = std::fs::read_to_string(&files.public_key).unwrap();
-    assert!(public.starts_with("-----BEGIN PUBLIC KEY-----\n"), "{public}");
+    assert!(
+        public.starts_with("-----BEGIN PUBLIC KEY-----\n"),
+        "{public}"
+    );
     // Only the two files: no temporary file is left behind.
     let mut names: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
@@ -66,14 +72,23 @@ fn generation_refuses_to_overwrite_either_file_sig_2() {
     // Only the .pub exists: still refused, and no .key appears.
     std::fs::write(dir.path().join("p.pub"), "mine").unwrap();
     let e = generate_key(dir.path(), "p").unwrap_err();
-    assert!(matches!(&e, Error::KeyExists { path } if path.ends_with("p.pub")), "{e}");
+    assert!(
+        matches!(&e, Error::KeyExists { path } if path.ends_with("p.pub")),
+        "{e}"
+    );
     assert!(e.to_string().contains("p.pub"), "{e}");
     assert!(!dir.path().join("p.key").exists());
-    assert_eq!(std::fs::read_to_string(dir.path().join("p.pub")).unwrap(), "mine");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("p.pub")).unwrap(),
+        "mine"
+    );
 
     // A dangling symlink is not overwritten either.
     std::os::unix::fs::symlink(dir.path().join("elsewhere"), dir.path().join("l.key")).unwrap();
-    assert!(matches!(generate_key(dir.path(), "l"), Err(Error::KeyExists { .. })));
+    assert!(matches!(
+        generate_key(dir.path(), "l"),
+        Err(Error::KeyExists { .. })
+    ));
     assert!(!dir.path().join("elsewhere").exists());
 }
 
@@ -81,7 +96,13 @@ fn generation_refuses_to_overwrite_either_file_sig_2() {
 fn generation_rejects_names_that_are_not_plain_file_names_sig_1() {
     let dir = tempfile::tempdir().unwrap();
     for bad in ["../escape", "a/b", "", ".hidden"] {
-        assert!(matches!(generate_key(dir.path(), bad), Err(Error::InvalidKeyName { .. })), "{bad}");
+        assert!(
+            matches!(
+                generate_key(dir.path(), bad),
+                Err(Error::InvalidKeyName { .. })
+            ),
+            "{bad}"
+        );
     }
     assert!(!dir.path().parent().unwrap().join("escape.key").exists());
 }
@@ -131,7 +152,10 @@ fn private_key_readable_by_group_or_others_is_refused_sig_4() {
         match PrivateKey::load(&path) {
             Err(e @ Error::KeyPermissions { .. }) => {
                 let msg = e.to_string();
-                assert!(msg.contains("k.key") && msg.contains(&format!("{bad:04o}")), "{msg}");
+                assert!(
+                    msg.contains("k.key") && msg.contains(&format!("{bad:04o}")),
+                    "{msg}"
+                );
                 assert!(msg.contains("chmod 600"), "{msg}");
             }
             other => panic!("mode {bad:o}: expected KeyPermissions, got {other:?}"),
@@ -154,32 +178,65 @@ fn debug_of_a_private_key_prints_no_secret_sig_4() {
         RFC8410_SEED_HEX.to_string(),
         RFC8410_SEED_HEX.to_uppercase(),
         RFC8410_SEED_HEX[..8].to_string(),
-        format!("{:?}", &seed[..4]).trim_end_matches(']').to_string(),
+        format!("{:?}", &seed[..4])
+            .trim_end_matches(']')
+            .to_string(),
         pem_body.to_string(),
         STANDARD.encode(&seed)[..12].to_string(),
     ] {
         assert!(!debug.contains(&secret), "Debug leaks {secret}: {debug}");
     }
-    assert!(debug.contains("redacted") && debug.contains(&key.id().to_string()), "{debug}");
+    assert!(
+        debug.contains("redacted") && debug.contains(&key.id().to_string()),
+        "{debug}"
+    );
 }
 
 #[test]
 fn key_load_errors_name_the_file_and_the_problem_sig_4_sig_5() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let garbage = write_private(d, "garbage.key", "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n");
+    let garbage = write_private(
+        d,
+        "garbage.key",
+        "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+    );
     let public_pem = "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEAGb9ECWmEzf6FQbrBZ9w7lshQhqowtrbLDFw4rXAxZuE=\n-----END PUBLIC KEY-----\n";
     let public_as_private = write_private(d, "pub-as.key", public_pem);
     let private_as_public = write_private(d, "priv-as.pub", RFC8410_PRIVATE);
     let big = write_private(d, "big.key", &"A".repeat(17 * 1024));
     let cases: Vec<(ferry_signing::Result<()>, &str, &str)> = vec![
-        (PrivateKey::load(&d.join("missing.key")).map(drop), "missing.key", "No such file"),
-        (PrivateKey::load(&garbage).map(drop), "garbage.key", "PKCS#8"),
-        (PrivateKey::load(&public_as_private).map(drop), "pub-as.key", "PKCS#8"),
-        (PrivateKey::load(d).map(drop), d.to_str().unwrap(), "not a regular file"),
+        (
+            PrivateKey::load(&d.join("missing.key")).map(drop),
+            "missing.key",
+            "No such file",
+        ),
+        (
+            PrivateKey::load(&garbage).map(drop),
+            "garbage.key",
+            "PKCS#8",
+        ),
+        (
+            PrivateKey::load(&public_as_private).map(drop),
+            "pub-as.key",
+            "PKCS#8",
+        ),
+        (
+            PrivateKey::load(d).map(drop),
+            d.to_str().unwrap(),
+            "not a regular file",
+        ),
         (PrivateKey::load(&big).map(drop), "big.key", "larger than"),
-        (PublicKey::load(&private_as_public).map(drop), "priv-as.pub", "SPKI"),
-        (PublicKey::load(&d.join("missing.pub")).map(drop), "missing.pub", "No such file"),
+        (
+            PublicKey::load(&private_as_public).map(drop),
+            "priv-as.pub",
+            "SPKI",
+        ),
+        (
+            PublicKey::load(&d.join("missing.pub")).map(drop),
+            "missing.pub",
+            "No such file",
+        ),
     ];
     for (result, file, problem) in cases {
         let e = result.unwrap_err().to_string();
@@ -194,7 +251,10 @@ fn weak_public_keys_are_refused_sig_5() {
     let mut identity = [0u8; 32];
     identity[0] = 1;
     der.extend_from_slice(&identity);
-    let pem = format!("-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n", STANDARD.encode(&der));
+    let pem = format!(
+        "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n",
+        STANDARD.encode(&der)
+    );
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("weak.pub");
     std::fs::write(&path, pem).unwrap();

@@ -17,7 +17,8 @@ MC4CAQAwBQYDK2VwBCIEINTuctv5E1hK1bbY8fdp+K06/nwoy/HU++CXqI9EdVhC
 -----END PRIVATE KEY-----
 ";
 /// Its seed, in hex.
-pub const RFC8410_SEED_HEX: &str = "d4ee72dbf913584ad5b6d8f1f769f8ad3afe7c28cbf1d4fbe097a88f44755842";
+pub const RFC8410_SEED_HEX: &str =
+    "d4ee72dbf913584ad5b6d8f1f769f8ad3afe7c28cbf1d4fbe097a88f44755842";
 
 /// A key pair generated into `dir` as `name.key`/`name.pub`.
 pub struct TestKey {
