@@ -232,7 +232,7 @@ fn falls_back(e: &Error) -> bool {
 /// The error after every source failed: one line listing each source's failure.
 fn exhausted(what: &str, failures: Vec<Error>) -> Error {
     match failures.len() {
-        0 => Error::new(ErrorKind::Invalid, "route", format!("no source configured for {what}")),
+        0 => Error::new(ErrorKind::Invalid, "", format!("no source configured for {what}")),
         1 => failures.into_iter().next().expect("one failure"),
         _ => {
             let kind = if failures.iter().all(|f| f.kind == ErrorKind::NotFound) {
@@ -241,7 +241,7 @@ fn exhausted(what: &str, failures: Vec<Error>) -> Error {
                 ErrorKind::Unavailable
             };
             let detail: Vec<String> = failures.iter().map(|f| f.to_string()).collect();
-            Error::new(kind, "route", format!("{what}: every source failed: {}", detail.join("; ")))
+            Error::new(kind, "", format!("{what}: every source failed: {}", detail.join("; ")))
         }
     }
 }
@@ -381,6 +381,9 @@ impl Transfer<'_> {
                             .collect(),
                         resolve: Vec::new(),
                     };
+                    if rest.content.is_empty() {
+                        return Err(exhausted(&format!("blob {}@{digest}", self.name), failures));
+                    }
                     let retry = Transfer {
                         store: self.store,
                         sources: &rest,

@@ -138,7 +138,9 @@ fn tampered_layer_in_registry_is_rejected_and_nothing_of_it_is_kept() {
     assert_eq!(out.status.code(), Some(1));
     let err = stderr_of(&out);
     assert!(err.contains(&layer) && err.contains("digest mismatch"), "{err}");
-    assert_eq!(err.trim().lines().count(), 1, "one-line error: {err}");
+    let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("ferry: ")).collect();
+    assert_eq!(errors.len(), 1, "one error line: {err}");
+    assert!(errors[0].contains(&layer) && errors[0].contains("digest mismatch"), "{err}");
     assert!(!committed_blobs(root.path()).contains(&layer[7..].to_string()));
     assert!(images(root.path()).is_empty());
 }
