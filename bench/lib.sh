@@ -35,25 +35,30 @@ build_images() {
   umoci config --image "$L:busybox" --config.cmd /bin/sh
 
   echo "bench: debootstrap --variant=minbase (needs Debian's package mirror)" >&2
-  debootstrap --variant=minbase bookworm "$CACHE/deb-tree" >/dev/null
+  local T="$CACHE/deb-tree" tars="$CACHE/tars"
+  debootstrap --variant=minbase bookworm "$T" >/dev/null
+  rm -rf "$T/var/cache/apt"/* "$T/var/lib/apt/lists"/*
+  mkdir -p "$tars"
+  # Three layers, as real images stack: /usr, the rest, a small change.
+  tar -C "$T" -cf "$tars/usr.tar" usr
+  tar -C "$T" --exclude=./usr -cf "$tars/rest.tar" .
+  mkdir -p "$CACHE/small/etc" && echo bench > "$CACHE/small/etc/bench-release"
+  tar -C "$CACHE/small" -cf "$tars/small.tar" etc
   umoci new --image "$L:deb"
-  umoci unpack --image "$L:deb" "$B" >/dev/null
-  # Layer 1: /usr; layer 2: the rest; layer 3: a small change (as real images stack).
-  cp -a "$CACHE/deb-tree/usr" "$B/rootfs/"
-  umoci repack --image "$L:deb" "$B"
-  (cd "$CACHE/deb-tree" && for d in *; do [ "$d" = usr ] || cp -a "$d" "$B/rootfs/"; done)
-  umoci repack --image "$L:deb" "$B"
-  echo "bench" > "$B/rootfs/etc/bench-release"; rm -rf "$B/rootfs/var/cache/apt"/*
-  umoci repack --image "$L:deb" "$B"
+  for t in usr rest small; do umoci raw add-layer --image "$L:deb" "$tars/$t.tar"; done
   umoci config --image "$L:deb" --config.cmd /bin/bash
-  rm -rf "$B"
-  umoci unpack --image "$L:deb" "$B" >/dev/null
+  # big: deb plus four incompressible 230 MiB layers (~1 GB).
+  skopeo copy --quiet "oci:$L:deb" "oci:$L:big"
   for i in 1 2 3 4; do
-    mkdir -p "$B/rootfs/data$i"
-    head -c $((230 * 1024 * 1024)) /dev/urandom > "$B/rootfs/data$i/blob.bin"
-    umoci repack --image "$L:big" "$B"
+    mkdir -p "$CACHE/data/data$i"
+    head -c $((230 * 1024 * 1024)) /dev/urandom > "$CACHE/data/data$i/blob.bin"
+    tar -C "$CACHE/data" -cf "$tars/data$i.tar" "data$i"
+    rm -rf "$CACHE/data/data$i"
+    umoci raw add-layer --image "$L:big" "$tars/data$i.tar"
+    rm -f "$tars/data$i.tar"
   done
-  rm -rf "$B" "$CACHE/deb-tree"
+  umoci gc --layout "$L"
+  rm -rf "$T" "$tars" "$CACHE/small" "$CACHE/data"
 }
 
 # start_registry: a plain-HTTP registry on 127.0.0.1; sets REGISTRY=127.0.0.1:PORT.
