@@ -64,14 +64,20 @@ pub fn sign(
     })
 }
 
-/// The tag of `reference`, after checking it agrees with `manifest_digest` (SIG-10 step 1).
-pub(crate) fn tag_of<'r>(reference: &'r Reference, manifest_digest: &Digest) -> Result<&'r str> {
-    if reference.digest().is_some_and(|d| d != manifest_digest) {
-        return Err(Error::DigestConflict {
+/// Fails if `reference` pins a digest other than `manifest_digest` (SIG-10 step 1, POL-7).
+pub(crate) fn check_pin(reference: &Reference, manifest_digest: &Digest) -> Result<()> {
+    match reference.digest() {
+        Some(d) if d != manifest_digest => Err(Error::DigestConflict {
             image: reference.to_string(),
             manifest: manifest_digest.clone(),
-        });
+        }),
+        _ => Ok(()),
     }
+}
+
+/// The tag of `reference`, after checking it agrees with `manifest_digest` (SIG-10 step 1).
+fn tag_of<'r>(reference: &'r Reference, manifest_digest: &Digest) -> Result<&'r str> {
+    check_pin(reference, manifest_digest)?;
     reference.tag().ok_or_else(|| Error::NoTag {
         image: reference.to_string(),
     })
@@ -110,7 +116,11 @@ impl SignatureEnvelope {
         let signature: [u8; 64] = signature
             .try_into()
             .map_err(|s: Vec<u8>| bad(format!("signature is {} bytes, not 64", s.len())))?;
-        let key_id = wire.key_id.map(|k| k.parse()).transpose()?;
+        let key_id = wire
+            .key_id
+            .map(|k| k.parse())
+            .transpose()
+            .map_err(|e: Error| bad(format!("key_id: {e}")))?;
         Ok(SignatureEnvelope {
             payload,
             signature: Signature::from_bytes(&signature),
@@ -189,7 +199,7 @@ mod tests {
 
     fn err(bytes: &[u8]) -> String {
         match SignatureEnvelope::from_bytes(bytes) {
-            Err(e @ (Error::InvalidEnvelope(_) | Error::InvalidKeyId(_))) => e.to_string(),
+            Err(e @ Error::InvalidEnvelope(_)) => e.to_string(),
             other => panic!(
                 "{}: expected an envelope error, got {other:?}",
                 String::from_utf8_lossy(bytes)

@@ -7,6 +7,7 @@ use ferry_core::{Digest, Reference};
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::envelope::check_pin;
 use crate::error::ids;
 use crate::{Error, KeyId, PublicKey, Result, SignatureEnvelope};
 
@@ -241,12 +242,7 @@ impl Policy {
         manifest_digest: &Digest,
         signatures: &[SignatureEnvelope],
     ) -> Result<Verdict> {
-        if reference.digest().is_some_and(|d| d != manifest_digest) {
-            return Err(Error::DigestConflict {
-                image: reference.to_string(),
-                manifest: manifest_digest.clone(),
-            });
-        }
+        check_pin(reference, manifest_digest)?;
         let image = reference.pinned(manifest_digest.clone());
         let (rule, requirement) = self.rule_for(&reference.name());
         let verdict = match requirement {
@@ -256,9 +252,14 @@ impl Policy {
             Requirement::Reject => Verdict::Rejected {
                 reason: format!("image {image}: rejected by {rule}"),
             },
-            Requirement::SignedBy { keys, threshold } => {
-                signed_by(&image, &rule, keys, *threshold, signatures)
-            }
+            Requirement::SignedBy { keys, threshold } => signed_by(
+                reference,
+                manifest_digest,
+                &rule,
+                keys,
+                *threshold,
+                signatures,
+            ),
         };
         tracing::debug!(image = %image, rule = %rule, verdict = ?verdict, "evaluated");
         Ok(verdict)
@@ -315,7 +316,8 @@ impl Policy {
 /// The verdict of a `signed-by` rule: `threshold` distinct keys of `keys` must have made a
 /// valid signature among `signatures` (POL-6, SIG-10).
 fn signed_by(
-    image: &Reference,
+    reference: &Reference,
+    manifest_digest: &Digest,
     rule: &str,
     keys: &[PublicKey],
     threshold: usize,
@@ -326,6 +328,7 @@ fn signed_by(
         "{rule} requires valid signatures by {threshold} of the keys [{}]",
         ids(&key_ids)
     );
+    let image = reference.pinned(manifest_digest.clone());
     if image.tag().is_none() {
         return Verdict::Rejected {
             reason: format!("image {image}: {needs}, but has no tag for a signature to bind"),
@@ -334,7 +337,7 @@ fn signed_by(
     let mut signers: Vec<&PublicKey> = Vec::new();
     let mut problems = Vec::new();
     for (i, envelope) in signatures.iter().enumerate() {
-        match envelope.verify(keys, image, image.digest().expect("pinned")) {
+        match envelope.verify(keys, reference, manifest_digest) {
             Ok(key) => signers.push(key),
             Err(e) => problems.push(format!("signature {}: {e}", i + 1)),
         }
