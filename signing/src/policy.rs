@@ -189,8 +189,8 @@ impl Policy {
         let mut rules: Vec<Rule> = Vec::new();
         for rule in file.rule {
             let start = rule.span().start;
-            let rule = rule.into_inner();
-            let Some(prefix) = rule.prefix.clone() else {
+            let mut rule = rule.into_inner();
+            let Some(prefix) = rule.prefix.take() else {
                 return Err(at(start, "[[rule]] needs a prefix".into()));
             };
             let prefix_start = prefix.span().start;
