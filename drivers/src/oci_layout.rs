@@ -25,7 +25,9 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _, AsyncWriteExt as _};
 use tokio_util::io::ReaderStream;
 
-use crate::{BlobBody, ByteRange, ByteStream, Capabilities, Driver, Error, ErrorKind, ManifestBytes, Result};
+use crate::{
+    BlobBody, ByteRange, ByteStream, Capabilities, Driver, Error, ErrorKind, ManifestBytes, Result,
+};
 
 /// Name of the file holding the layout version (OCI image layout spec).
 const LAYOUT_FILE: &str = "oci-layout";
@@ -103,7 +105,10 @@ impl OciLayoutDriver {
             if e.kind() == io::ErrorKind::NotFound {
                 Error::unavailable(
                     &self.source_name,
-                    format!("OCI layout {} does not exist (not mounted?)", self.root.display()),
+                    format!(
+                        "OCI layout {} does not exist (not mounted?)",
+                        self.root.display()
+                    ),
                 )
             } else {
                 self.io_error("open", ".", e)
@@ -118,13 +123,20 @@ impl OciLayoutDriver {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 return Err(Error::unavailable(
                     &self.source_name,
-                    format!("{} is not an OCI layout: it has no {INDEX_FILE}", self.root.display()),
+                    format!(
+                        "{} is not an OCI layout: it has no {INDEX_FILE}",
+                        self.root.display()
+                    ),
                 ))
             }
             Err(e) => return Err(self.io_error("read", INDEX_FILE, e)),
         };
-        let index: Value = serde_json::from_slice(&bytes)
-            .map_err(|e| self.invalid(format!("{INDEX_FILE} in OCI layout {} is not JSON: {e}", self.root.display())))?;
+        let index: Value = serde_json::from_slice(&bytes).map_err(|e| {
+            self.invalid(format!(
+                "{INDEX_FILE} in OCI layout {} is not JSON: {e}",
+                self.root.display()
+            ))
+        })?;
         if !index.get("manifests").is_some_and(Value::is_array) {
             return Err(self.invalid(format!(
                 "{INDEX_FILE} in OCI layout {} has no \"manifests\" array",
@@ -138,7 +150,10 @@ impl OciLayoutDriver {
     fn tags_in<'a>(&self, index: &'a Value, name: &str) -> Vec<(String, &'a Value)> {
         manifests(index)
             .filter_map(|entry| {
-                let ref_name = entry.get("annotations")?.get(ANNOTATION_REF_NAME)?.as_str()?;
+                let ref_name = entry
+                    .get("annotations")?
+                    .get(ANNOTATION_REF_NAME)?
+                    .as_str()?;
                 let tag = match parse_ref_name(ref_name)? {
                     RefName::Full(r) if r.name() == name => r.tag()?.to_string(),
                     RefName::Plain(tag) if self.plain_tag_name.as_deref() == Some(name) => tag,
@@ -153,15 +168,23 @@ impl OciLayoutDriver {
     fn open_blob(&self, digest: &Digest) -> Result<(File, u64)> {
         let root = self.open_root()?;
         let rel = blob_rel(digest);
-        let file = open_beneath(&root, &[BLOBS_DIR, digest.algorithm().as_str(), digest.hex()])
-            .map_err(|e| match e.kind() {
-                io::ErrorKind::NotFound => Error::not_found(
-                    &self.source_name,
-                    format!("blob {digest} ({rel} in OCI layout {})", self.root.display()),
+        let file = open_beneath(
+            &root,
+            &[BLOBS_DIR, digest.algorithm().as_str(), digest.hex()],
+        )
+        .map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => Error::not_found(
+                &self.source_name,
+                format!(
+                    "blob {digest} ({rel} in OCI layout {})",
+                    self.root.display()
                 ),
-                _ => self.io_error("open", &rel, e),
-            })?;
-        let meta = file.metadata().map_err(|e| self.io_error("stat", &rel, e))?;
+            ),
+            _ => self.io_error("open", &rel, e),
+        })?;
+        let meta = file
+            .metadata()
+            .map_err(|e| self.io_error("stat", &rel, e))?;
         if !meta.is_file() {
             return Err(self.invalid(format!(
                 "{rel} in OCI layout {} is not a regular file",
@@ -195,20 +218,27 @@ impl OciLayoutDriver {
     /// Takes the layout's writer lock (OCI-6); released when the guard drops.
     fn lock(&self, root: &Dir) -> Result<Flock<File>> {
         let file = root
-            .openat(LOCK_FILE, OFlag::O_RDWR | OFlag::O_CREAT, Mode::from_bits_truncate(0o644))
+            .openat(
+                LOCK_FILE,
+                OFlag::O_RDWR | OFlag::O_CREAT,
+                Mode::from_bits_truncate(0o644),
+            )
             .map(File::from)
             .map_err(|e| self.io_error("open", LOCK_FILE, e))?;
-        Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, errno)| self.io_error("lock", LOCK_FILE, errno.into()))
+        Flock::lock(file, FlockArg::LockExclusive)
+            .map_err(|(_, errno)| self.io_error("lock", LOCK_FILE, errno.into()))
     }
 
     /// Writes `bytes` to `name` in the layout's top directory via a temporary file and rename.
     fn write_atomically(&self, root: &Dir, name: &str, bytes: &[u8]) -> Result<()> {
-        let mut tmp = TempFile::create(root).map_err(|e| self.io_error("create temporary file in", TMP_DIR, e))?;
+        let mut tmp = TempFile::create(root)
+            .map_err(|e| self.io_error("create temporary file in", TMP_DIR, e))?;
         tmp.file
             .write_all(bytes)
             .and_then(|()| tmp.file.sync_all())
             .map_err(|e| self.io_error("write", &tmp.rel(), e))?;
-        tmp.commit(root, name).map_err(|e| self.io_error("rename into", name, e))
+        tmp.commit(root, name)
+            .map_err(|e| self.io_error("rename into", name, e))
     }
 
     /// Streams `body` into blob `digest` of an existing layout, visible only once all `size`
@@ -217,11 +247,16 @@ impl OciLayoutDriver {
         let this = self.clone();
         let tmp = blocking(move || {
             let root = this.open_root()?;
-            TempFile::create(&root).map_err(|e| this.io_error("create temporary file in", TMP_DIR, e))
+            TempFile::create(&root)
+                .map_err(|e| this.io_error("create temporary file in", TMP_DIR, e))
         })
         .await?;
         let rel = tmp.rel();
-        let mut file = tokio::fs::File::from_std(tmp.file.try_clone().map_err(|e| self.io_error("open", &rel, e))?);
+        let mut file = tokio::fs::File::from_std(
+            tmp.file
+                .try_clone()
+                .map_err(|e| self.io_error("open", &rel, e))?,
+        );
         let mut hasher = Hasher::new(digest.algorithm());
         let mut written = 0u64;
         while let Some(chunk) = body.next().await {
@@ -234,7 +269,9 @@ impl OciLayoutDriver {
                 ));
             }
             hasher.update(&chunk);
-            file.write_all(&chunk).await.map_err(|e| self.io_error("write", &rel, e))?;
+            file.write_all(&chunk)
+                .await
+                .map_err(|e| self.io_error("write", &rel, e))?;
         }
         if written != size {
             return Err(Error::corrupt(
@@ -249,13 +286,17 @@ impl OciLayoutDriver {
                 format!("blob {digest}: digest mismatch: the body hashes to {actual}; not stored"),
             ));
         }
-        file.sync_all().await.map_err(|e| self.io_error("sync", &rel, e))?;
+        file.sync_all()
+            .await
+            .map_err(|e| self.io_error("sync", &rel, e))?;
         drop(file);
         let this = self.clone();
         let digest = digest.clone();
         blocking(move || {
             let root = this.open_root()?;
-            let blobs = root.sub_or_create(BLOBS_DIR).map_err(|e| this.io_error("create", BLOBS_DIR, e))?;
+            let blobs = root
+                .sub_or_create(BLOBS_DIR)
+                .map_err(|e| this.io_error("create", BLOBS_DIR, e))?;
             let alg = digest.algorithm().as_str();
             let dir = blobs
                 .sub_or_create(alg)
@@ -286,10 +327,12 @@ impl OciLayoutDriver {
                 None => false,
             }
         });
-        let mut entry = serde_json::to_value(desc).map_err(|e| self.invalid(format!("descriptor to JSON: {e}")))?;
+        let mut entry = serde_json::to_value(desc)
+            .map_err(|e| self.invalid(format!("descriptor to JSON: {e}")))?;
         entry["annotations"] = serde_json::json!({ ANNOTATION_REF_NAME: format!("{name}:{tag}") });
         manifests.push(entry);
-        let bytes = serde_json::to_vec(&index).map_err(|e| self.invalid(format!("{INDEX_FILE} to JSON: {e}")))?;
+        let bytes = serde_json::to_vec(&index)
+            .map_err(|e| self.invalid(format!("{INDEX_FILE} to JSON: {e}")))?;
         self.write_atomically(&root, INDEX_FILE, &bytes)
     }
 }
@@ -320,11 +363,16 @@ impl Driver for OciLayoutDriver {
             let Some((_, entry)) = tags.iter().rev().find(|(t, _)| *t == tag) else {
                 return Err(Error::not_found(
                     &this.source_name,
-                    format!("{name}:{tag} (no such ref name in {INDEX_FILE} of OCI layout {})", this.root.display()),
+                    format!(
+                        "{name}:{tag} (no such ref name in {INDEX_FILE} of OCI layout {})",
+                        this.root.display()
+                    ),
                 ));
             };
             let desc: Descriptor = serde_json::from_value((*entry).clone()).map_err(|e| {
-                this.invalid(format!("{INDEX_FILE} entry for {name}:{tag} is not a valid descriptor: {e}"))
+                this.invalid(format!(
+                    "{INDEX_FILE} entry for {name}:{tag} is not a valid descriptor: {e}"
+                ))
             })?;
             Digest::try_from(desc.digest()).map_err(|e| Error::from_core(&this.source_name, e))?;
             Ok(desc)
@@ -381,7 +429,9 @@ impl Driver for OciLayoutDriver {
             )));
         }
         // A range reaching past the end is cut at the end, as HTTP servers do.
-        let len = range.len.map_or(size - range.offset, |l| l.min(size - range.offset));
+        let len = range
+            .len
+            .map_or(size - range.offset, |l| l.min(size - range.offset));
         let mut file = tokio::fs::File::from_std(file);
         file.seek(io::SeekFrom::Start(range.offset))
             .await
@@ -415,11 +465,18 @@ impl Driver for OciLayoutDriver {
         let name = name.to_string();
         blocking(move || {
             let index = this.read_index(&this.open_root()?)?;
-            let mut tags: Vec<String> = this.tags_in(&index, &name).into_iter().map(|(t, _)| t).collect();
+            let mut tags: Vec<String> = this
+                .tags_in(&index, &name)
+                .into_iter()
+                .map(|(t, _)| t)
+                .collect();
             if tags.is_empty() {
                 return Err(Error::not_found(
                     &this.source_name,
-                    format!("image {name} (no ref name in {INDEX_FILE} of OCI layout {})", this.root.display()),
+                    format!(
+                        "image {name} (no ref name in {INDEX_FILE} of OCI layout {})",
+                        this.root.display()
+                    ),
                 ));
             }
             tags.sort();
@@ -429,7 +486,13 @@ impl Driver for OciLayoutDriver {
         .await
     }
 
-    async fn put_blob(&self, name: &str, digest: &Digest, size: u64, body: ByteStream) -> Result<()> {
+    async fn put_blob(
+        &self,
+        name: &str,
+        digest: &Digest,
+        size: u64,
+        body: ByteStream,
+    ) -> Result<()> {
         self.check_name(name)?;
         let this = self.clone();
         let wanted = digest.clone();
@@ -448,7 +511,13 @@ impl Driver for OciLayoutDriver {
         self.write_blob(digest, size, body).await
     }
 
-    async fn put_manifest(&self, name: &str, tag: Option<&str>, media_type: &str, bytes: &[u8]) -> Result<Digest> {
+    async fn put_manifest(
+        &self,
+        name: &str,
+        tag: Option<&str>,
+        media_type: &str,
+        bytes: &[u8],
+    ) -> Result<Digest> {
         check_name_tag(&self.source_name, name, tag)?;
         let blob = ManifestBlob::parse(bytes.to_vec(), Some(media_type), None)
             .map_err(|e| Error::from_core(&self.source_name, e))?;
@@ -460,8 +529,13 @@ impl Driver for OciLayoutDriver {
         }
         let size = bytes.len() as u64;
         let body = bytes::Bytes::copy_from_slice(bytes);
-        self.put_blob(name, &blob.digest, size, Box::pin(futures::stream::once(async { Ok(body) })))
-            .await?;
+        self.put_blob(
+            name,
+            &blob.digest,
+            size,
+            Box::pin(futures::stream::once(async { Ok(body) })),
+        )
+        .await?;
         if let Some(tag) = tag {
             let this = self.clone();
             let (name, tag, desc) = (name.to_string(), tag.to_string(), blob.descriptor());
@@ -472,14 +546,21 @@ impl Driver for OciLayoutDriver {
 }
 
 /// Checks that `name` is a full, normalized image name and `tag` (if any) a valid tag.
-pub(crate) fn check_name_tag(source_name: &str, name: &str, tag: Option<&str>) -> Result<Reference> {
+pub(crate) fn check_name_tag(
+    source_name: &str,
+    name: &str,
+    tag: Option<&str>,
+) -> Result<Reference> {
     let reference = Reference::with_name(name, Some(tag.unwrap_or("latest")), None)
         .map_err(|e| Error::new(ErrorKind::Invalid, source_name, e.to_string()))?;
     if reference.name() != name {
         return Err(Error::new(
             ErrorKind::Invalid,
             source_name,
-            format!("image name {name:?} is not a full name (expected {:?})", reference.name()),
+            format!(
+                "image name {name:?} is not a full name (expected {:?})",
+                reference.name()
+            ),
         ));
     }
     Ok(reference)
@@ -507,19 +588,31 @@ fn parse_ref_name(s: &str) -> Option<RefName> {
 
 /// The entries of `index.json`'s `manifests` array.
 fn manifests(index: &Value) -> impl Iterator<Item = &Value> {
-    index.get("manifests").and_then(Value::as_array).into_iter().flatten()
+    index
+        .get("manifests")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
 }
 
 /// `blobs/<alg>/<hex>`, for messages.
 fn blob_rel(digest: &Digest) -> String {
-    format!("{BLOBS_DIR}/{}/{}", digest.algorithm().as_str(), digest.hex())
+    format!(
+        "{BLOBS_DIR}/{}/{}",
+        digest.algorithm().as_str(),
+        digest.hex()
+    )
 }
 
 /// Runs blocking file-system work off the async threads.
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| Error::new(ErrorKind::Invalid, "", format!("OCI layout task failed: {e}")))?
+    tokio::task::spawn_blocking(f).await.map_err(|e| {
+        Error::new(
+            ErrorKind::Invalid,
+            "",
+            format!("OCI layout task failed: {e}"),
+        )
+    })?
 }
 
 /// A directory held open by descriptor; paths below it are opened relative to it.
@@ -537,7 +630,11 @@ fn owned(fd: RawFd) -> OwnedFd {
 impl Dir {
     /// Opens the directory at `path` (the configured layout path may be a symlink).
     fn open(path: &Path) -> io::Result<Dir> {
-        let fd = nix::fcntl::open(path, OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty())?;
+        let fd = nix::fcntl::open(
+            path,
+            OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )?;
         Ok(Dir { fd: owned(fd) })
     }
 
@@ -557,7 +654,11 @@ impl Dir {
 
     /// Opens subdirectory `name`, creating it first if needed.
     fn sub_or_create(&self, name: &str) -> io::Result<Dir> {
-        match nix::sys::stat::mkdirat(Some(self.fd.as_raw_fd()), name, Mode::from_bits_truncate(0o755)) {
+        match nix::sys::stat::mkdirat(
+            Some(self.fd.as_raw_fd()),
+            name,
+            Mode::from_bits_truncate(0o755),
+        ) {
             Ok(()) | Err(Errno::EEXIST) => self.sub(name),
             Err(e) => Err(e.into()),
         }
@@ -565,7 +666,12 @@ impl Dir {
 
     /// Moves `from` in this directory to `to` in `dir`, replacing it.
     fn rename(&self, from: &str, dir: &Dir, to: &str) -> io::Result<()> {
-        nix::fcntl::renameat(Some(self.fd.as_raw_fd()), from, Some(dir.fd.as_raw_fd()), to)?;
+        nix::fcntl::renameat(
+            Some(self.fd.as_raw_fd()),
+            from,
+            Some(dir.fd.as_raw_fd()),
+            to,
+        )?;
         Ok(())
     }
 
@@ -578,7 +684,11 @@ impl Dir {
 
 /// Whether `name` exists in `dir` (as anything, symlinks not followed).
 fn exists(dir: &Dir, name: &str) -> io::Result<bool> {
-    match nix::sys::stat::fstatat(Some(dir.fd.as_raw_fd()), name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW) {
+    match nix::sys::stat::fstatat(
+        Some(dir.fd.as_raw_fd()),
+        name,
+        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+    ) {
         Ok(_) => Ok(true),
         Err(Errno::ENOENT) => Ok(false),
         Err(e) => Err(e.into()),
@@ -605,7 +715,10 @@ fn read_limited(root: &Dir, components: &[&str], limit: u64) -> io::Result<Vec<u
     let file = open_beneath(root, components)?;
     let meta = file.metadata()?;
     if !meta.is_file() {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "not a regular file"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "not a regular file",
+        ));
     }
     if meta.len() > limit {
         return Err(io::Error::new(

@@ -18,13 +18,15 @@ use futures::{StreamExt as _, TryStreamExt as _};
 use object_store::aws::AmazonS3Builder;
 use object_store::path::Path;
 use object_store::{
-    Attribute, Attributes, ClientOptions, GetOptions, GetRange, ObjectStore, PutMultipartOptions, PutOptions,
-    PutPayload, RetryConfig, WriteMultipart,
+    Attribute, Attributes, ClientOptions, GetOptions, GetRange, ObjectStore, PutMultipartOptions,
+    PutOptions, PutPayload, RetryConfig, WriteMultipart,
 };
 use serde::{Deserialize, Serialize};
 
 use crate::oci_layout::check_name_tag;
-use crate::{BlobBody, ByteRange, ByteStream, Capabilities, Driver, Error, ErrorKind, ManifestBytes, Result};
+use crate::{
+    BlobBody, ByteRange, ByteStream, Capabilities, Driver, Error, ErrorKind, ManifestBytes, Result,
+};
 
 /// Blobs up to this size are uploaded with one PUT; larger ones as a multipart upload.
 const SINGLE_PUT_MAX: u64 = 8 * 1024 * 1024;
@@ -175,7 +177,9 @@ impl S3Driver {
                 )));
             }
             // S3-compatible stores rarely have per-bucket DNS names: use path-style URLs.
-            builder = builder.with_endpoint(endpoint).with_virtual_hosted_style_request(false);
+            builder = builder
+                .with_endpoint(endpoint)
+                .with_virtual_hosted_style_request(false);
         }
         let env = |var: &str| std::env::var(var).ok().filter(|v| !v.is_empty());
         let keys = match config.credentials.clone() {
@@ -185,19 +189,24 @@ impl S3Driver {
                 session_token,
             } => Some((access_key_id, secret_access_key, session_token)),
             S3Credentials::Anonymous => None,
-            S3Credentials::Environment => match (env("AWS_ACCESS_KEY_ID"), env("AWS_SECRET_ACCESS_KEY")) {
-                (Some(id), Some(secret)) => Some((id, secret, env("AWS_SESSION_TOKEN"))),
-                (None, None) => None,
-                (Some(_), None) | (None, Some(_)) => {
-                    return Err(invalid(
-                        "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY must be set together".into(),
-                    ))
+            S3Credentials::Environment => {
+                match (env("AWS_ACCESS_KEY_ID"), env("AWS_SECRET_ACCESS_KEY")) {
+                    (Some(id), Some(secret)) => Some((id, secret, env("AWS_SESSION_TOKEN"))),
+                    (None, None) => None,
+                    (Some(_), None) | (None, Some(_)) => {
+                        return Err(invalid(
+                            "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY must be set together"
+                                .into(),
+                        ))
+                    }
                 }
-            },
+            }
         };
         builder = match keys {
             Some((id, secret, token)) => {
-                let builder = builder.with_access_key_id(id).with_secret_access_key(secret);
+                let builder = builder
+                    .with_access_key_id(id)
+                    .with_secret_access_key(secret);
                 match token {
                     Some(token) => builder.with_token(token),
                     None => builder,
@@ -247,7 +256,11 @@ impl S3Driver {
             // Connection failures, timeouts, 5xx after retries, broken bodies.
             _ => ErrorKind::Unavailable,
         };
-        Error::new(kind, &self.source_name, format!("{op} {}: {}", self.url(key), one_line(e)))
+        Error::new(
+            kind,
+            &self.source_name,
+            format!("{op} {}: {}", self.url(key), one_line(e)),
+        )
     }
 
     /// The key of blob `digest` (S3-2, S3-7).
@@ -255,14 +268,20 @@ impl S3Driver {
         let (alg, hex) = (digest.algorithm().as_str(), digest.hex());
         match self.layout {
             S3Layout::Ferry => self.key(&format!("blobs/{alg}/{hex}")),
-            S3Layout::Distribution => self.key(&format!("{DISTRIBUTION_ROOT}/blobs/{alg}/{}/{hex}/data", &hex[..2])),
+            S3Layout::Distribution => self.key(&format!(
+                "{DISTRIBUTION_ROOT}/blobs/{alg}/{}/{hex}/data",
+                &hex[..2]
+            )),
         }
     }
 
     /// The distribution repository directory of image `name` (S3-7): its path without host.
     fn repository_dir(&self, name: &str) -> Result<String> {
         let reference = check_name_tag(&self.source_name, name, None)?;
-        Ok(format!("{DISTRIBUTION_ROOT}/repositories/{}", reference.repository()))
+        Ok(format!(
+            "{DISTRIBUTION_ROOT}/repositories/{}",
+            reference.repository()
+        ))
     }
 
     /// Whether distribution repository `name` links `digest` as a layer or manifest (S3-7).
@@ -293,7 +312,12 @@ impl S3Driver {
                 if !self.linked(name, what, digest).await? {
                     return Err(Error::not_found(
                         &self.source_name,
-                        format!("{} {digest} in repository {} of {}", what.noun(), self.repository_dir(name)?, self.url(&key)),
+                        format!(
+                            "{} {digest} in repository {} of {}",
+                            what.noun(),
+                            self.repository_dir(name)?,
+                            self.url(&key)
+                        ),
                     ));
                 }
             }
@@ -303,7 +327,11 @@ impl S3Driver {
 
     /// Reads a small object whole, refusing one larger than `limit`.
     async fn read_small(&self, key: &Path, limit: u64) -> Result<(Vec<u8>, Attributes)> {
-        let got = self.store.get(key).await.map_err(|e| self.store_error("GET", key, &e))?;
+        let got = self
+            .store
+            .get(key)
+            .await
+            .map_err(|e| self.store_error("GET", key, &e))?;
         if got.meta.size > limit {
             return Err(self.invalid(format!(
                 "{} has {} bytes, more than the {limit} expected",
@@ -312,7 +340,10 @@ impl S3Driver {
             )));
         }
         let attributes = got.attributes.clone();
-        let bytes = got.bytes().await.map_err(|e| self.store_error("GET", key, &e))?;
+        let bytes = got
+            .bytes()
+            .await
+            .map_err(|e| self.store_error("GET", key, &e))?;
         Ok((bytes.to_vec(), attributes))
     }
 
@@ -320,7 +351,10 @@ impl S3Driver {
     async fn read_manifest(&self, key: &Path, digest: &Digest) -> Result<ManifestBytes> {
         let (bytes, attributes) = match self.read_small(key, MAX_MANIFEST_SIZE).await {
             Err(e) if e.kind == ErrorKind::NotFound => {
-                return Err(Error::not_found(&self.source_name, format!("manifest {digest} ({})", self.url(key))))
+                return Err(Error::not_found(
+                    &self.source_name,
+                    format!("manifest {digest} ({})", self.url(key)),
+                ))
             }
             other => other?,
         };
@@ -328,11 +362,19 @@ impl S3Driver {
         if &actual != digest {
             return Err(Error::corrupt(
                 &self.source_name,
-                format!("manifest {digest} at {}: digest mismatch: the object hashes to {actual}", self.url(key)),
+                format!(
+                    "manifest {digest} at {}: digest mismatch: the object hashes to {actual}",
+                    self.url(key)
+                ),
             ));
         }
-        let content_type = attributes.get(&Attribute::ContentType).map(|v| v.to_string());
-        Ok(ManifestBytes { bytes, content_type })
+        let content_type = attributes
+            .get(&Attribute::ContentType)
+            .map(|v| v.to_string());
+        Ok(ManifestBytes {
+            bytes,
+            content_type,
+        })
     }
 
     /// Ferry layout: the tag object of `name:tag` (S3-3).
@@ -341,7 +383,13 @@ impl S3Driver {
     }
 
     /// Ferry layout: uploads `body` to blob `digest`, stored only if it checks out (S3-6).
-    async fn upload_blob(&self, digest: &Digest, size: u64, body: ByteStream, content_type: Option<&str>) -> Result<()> {
+    async fn upload_blob(
+        &self,
+        digest: &Digest,
+        size: u64,
+        body: ByteStream,
+        content_type: Option<&str>,
+    ) -> Result<()> {
         let key = self.blob_key(digest)?;
         let mut attributes = Attributes::new();
         if let Some(t) = content_type {
@@ -349,7 +397,10 @@ impl S3Driver {
         }
         let mut check = BodyCheck::new(self, digest, size);
         if size <= SINGLE_PUT_MAX {
-            let chunks: Vec<Bytes> = body.and_then(|chunk| futures::future::ready(check.feed(&chunk).map(|()| chunk))).try_collect().await?;
+            let chunks: Vec<Bytes> = body
+                .and_then(|chunk| futures::future::ready(check.feed(&chunk).map(|()| chunk)))
+                .try_collect()
+                .await?;
             check.finish()?;
             let options = PutOptions {
                 attributes,
@@ -396,7 +447,10 @@ impl S3Driver {
                 .map_err(|e| self.store_error("complete multipart upload of", &key, &e)),
             Err(e) => {
                 if let Err(abort) = writer.abort().await {
-                    tracing::warn!("{}", self.store_error("abort multipart upload of", &key, &abort));
+                    tracing::warn!(
+                        "{}",
+                        self.store_error("abort multipart upload of", &key, &abort)
+                    );
                 }
                 Err(e)
             }
@@ -447,7 +501,10 @@ impl<'a> BodyCheck<'a> {
         if self.seen > self.size {
             return Err(Error::corrupt(
                 &self.driver.source_name,
-                format!("blob {}: body is longer than the declared {} bytes", self.digest, self.size),
+                format!(
+                    "blob {}: body is longer than the declared {} bytes",
+                    self.digest, self.size
+                ),
             ));
         }
         self.hasher.update(chunk);
@@ -458,14 +515,21 @@ impl<'a> BodyCheck<'a> {
         if self.seen != self.size {
             return Err(Error::corrupt(
                 &self.driver.source_name,
-                format!("blob {}: body has {} bytes, declared {}", self.digest, self.seen, self.size),
+                format!(
+                    "blob {}: body has {} bytes, declared {}",
+                    self.digest, self.seen, self.size
+                ),
             ));
         }
-        let actual = std::mem::replace(&mut self.hasher, Hasher::new(self.digest.algorithm())).finish();
+        let actual =
+            std::mem::replace(&mut self.hasher, Hasher::new(self.digest.algorithm())).finish();
         if &actual != self.digest {
             return Err(Error::corrupt(
                 &self.driver.source_name,
-                format!("blob {}: digest mismatch: the body hashes to {actual}; not stored", self.digest),
+                format!(
+                    "blob {}: digest mismatch: the body hashes to {actual}; not stored",
+                    self.digest
+                ),
             ));
         }
         Ok(())
@@ -494,12 +558,19 @@ impl Driver for S3Driver {
                 let key = self.tag_key(name, tag)?;
                 let (bytes, _) = match self.read_small(&key, MAX_SMALL_OBJECT).await {
                     Err(e) if e.kind == ErrorKind::NotFound => {
-                        return Err(Error::not_found(&self.source_name, format!("{name}:{tag} ({})", self.url(&key))))
+                        return Err(Error::not_found(
+                            &self.source_name,
+                            format!("{name}:{tag} ({})", self.url(&key)),
+                        ))
                     }
                     other => other?,
                 };
-                let record: TagRecord = serde_json::from_slice(&bytes)
-                    .map_err(|e| self.invalid(format!("tag object {} is not a tag record: {e}", self.url(&key))))?;
+                let record: TagRecord = serde_json::from_slice(&bytes).map_err(|e| {
+                    self.invalid(format!(
+                        "tag object {} is not a tag record: {e}",
+                        self.url(&key)
+                    ))
+                })?;
                 Ok(Descriptor::new(
                     record.media_type.as_str().into(),
                     record.size,
@@ -507,17 +578,25 @@ impl Driver for S3Driver {
                 ))
             }
             S3Layout::Distribution => {
-                let key = self.key(&format!("{}/_manifests/tags/{tag}/current/link", self.repository_dir(name)?))?;
+                let key = self.key(&format!(
+                    "{}/_manifests/tags/{tag}/current/link",
+                    self.repository_dir(name)?
+                ))?;
                 let (bytes, _) = match self.read_small(&key, MAX_SMALL_OBJECT).await {
                     Err(e) if e.kind == ErrorKind::NotFound => {
-                        return Err(Error::not_found(&self.source_name, format!("{name}:{tag} ({})", self.url(&key))))
+                        return Err(Error::not_found(
+                            &self.source_name,
+                            format!("{name}:{tag} ({})", self.url(&key)),
+                        ))
                     }
                     other => other?,
                 };
                 let text = String::from_utf8_lossy(&bytes);
                 let digest = Digest::parse(text.trim())
                     .map_err(|e| self.invalid(format!("tag link {}: {e}", self.url(&key))))?;
-                let manifest = self.read_manifest(&self.blob_key(&digest)?, &digest).await?;
+                let manifest = self
+                    .read_manifest(&self.blob_key(&digest)?, &digest)
+                    .await?;
                 // The manifest's own mediaType field decides (S3-7).
                 let blob = ManifestBlob::parse(manifest.bytes, None, Some(&digest))
                     .map_err(|e| Error::from_core(&self.source_name, e))?;
@@ -527,7 +606,9 @@ impl Driver for S3Driver {
     }
 
     async fn fetch_manifest(&self, name: &str, digest: &Digest) -> Result<ManifestBytes> {
-        let key = self.readable_blob_key(name, digest, Linked::Manifest).await?;
+        let key = self
+            .readable_blob_key(name, digest, Linked::Manifest)
+            .await?;
         self.read_manifest(&key, digest).await
     }
 
@@ -548,12 +629,17 @@ impl Driver for S3Driver {
             range,
             ..GetOptions::default()
         };
-        let got = self.store.get_opts(&key, options).await.map_err(|e| match e {
-            object_store::Error::NotFound { .. } => {
-                Error::not_found(&self.source_name, format!("blob {digest} ({})", self.url(&key)))
-            }
-            e => self.store_error("GET", &key, &e),
-        })?;
+        let got = self
+            .store
+            .get_opts(&key, options)
+            .await
+            .map_err(|e| match e {
+                object_store::Error::NotFound { .. } => Error::not_found(
+                    &self.source_name,
+                    format!("blob {digest} ({})", self.url(&key)),
+                ),
+                e => self.store_error("GET", &key, &e),
+            })?;
         let len = got.range.end - got.range.start;
         let (driver, key) = (self.clone(), key.clone());
         let stream = got
@@ -582,7 +668,9 @@ impl Driver for S3Driver {
         check_name_tag(&self.source_name, name, None)?;
         let dir = match self.layout {
             S3Layout::Ferry => self.key(&format!("names/{name}/tags"))?,
-            S3Layout::Distribution => self.key(&format!("{}/_manifests/tags", self.repository_dir(name)?))?,
+            S3Layout::Distribution => {
+                self.key(&format!("{}/_manifests/tags", self.repository_dir(name)?))?
+            }
         };
         let listed = self
             .store
@@ -591,7 +679,11 @@ impl Driver for S3Driver {
             .map_err(|e| self.store_error("LIST", &dir, &e))?;
         let mut tags: Vec<String> = match self.layout {
             // Ferry: one object per tag. Distribution: one "directory" per tag.
-            S3Layout::Ferry => listed.objects.iter().filter_map(|o| o.location.filename().map(str::to_string)).collect(),
+            S3Layout::Ferry => listed
+                .objects
+                .iter()
+                .filter_map(|o| o.location.filename().map(str::to_string))
+                .collect(),
             S3Layout::Distribution => listed
                 .common_prefixes
                 .iter()
@@ -599,15 +691,27 @@ impl Driver for S3Driver {
                 .collect(),
         };
         if tags.is_empty() {
-            return Err(Error::not_found(&self.source_name, format!("image {name} (no tags below {})", self.url(&dir))));
+            return Err(Error::not_found(
+                &self.source_name,
+                format!("image {name} (no tags below {})", self.url(&dir)),
+            ));
         }
         tags.sort();
         Ok(tags)
     }
 
-    async fn put_blob(&self, name: &str, digest: &Digest, size: u64, body: ByteStream) -> Result<()> {
+    async fn put_blob(
+        &self,
+        name: &str,
+        digest: &Digest,
+        size: u64,
+        body: ByteStream,
+    ) -> Result<()> {
         if self.layout != S3Layout::Ferry {
-            return Err(Error::unsupported(&self.source_name, "writing to a distribution-layout bucket"));
+            return Err(Error::unsupported(
+                &self.source_name,
+                "writing to a distribution-layout bucket",
+            ));
         }
         check_name_tag(&self.source_name, name, None)?;
         if self.blob_size(name, digest).await? == Some(size) {
@@ -616,9 +720,18 @@ impl Driver for S3Driver {
         self.upload_blob(digest, size, body, None).await
     }
 
-    async fn put_manifest(&self, name: &str, tag: Option<&str>, media_type: &str, bytes: &[u8]) -> Result<Digest> {
+    async fn put_manifest(
+        &self,
+        name: &str,
+        tag: Option<&str>,
+        media_type: &str,
+        bytes: &[u8],
+    ) -> Result<Digest> {
         if self.layout != S3Layout::Ferry {
-            return Err(Error::unsupported(&self.source_name, "writing to a distribution-layout bucket"));
+            return Err(Error::unsupported(
+                &self.source_name,
+                "writing to a distribution-layout bucket",
+            ));
         }
         check_name_tag(&self.source_name, name, tag)?;
         let blob = ManifestBlob::parse(bytes.to_vec(), Some(media_type), None)
@@ -631,8 +744,13 @@ impl Driver for S3Driver {
         }
         let size = bytes.len() as u64;
         let body = Bytes::copy_from_slice(bytes);
-        self.upload_blob(&blob.digest, size, Box::pin(futures::stream::once(async { Ok(body) })), Some(media_type))
-            .await?;
+        self.upload_blob(
+            &blob.digest,
+            size,
+            Box::pin(futures::stream::once(async { Ok(body) })),
+            Some(media_type),
+        )
+        .await?;
         if let Some(tag) = tag {
             // The tag is written last: it never points at a manifest that is not there (S3-3).
             let key = self.tag_key(name, tag)?;
@@ -641,7 +759,8 @@ impl Driver for S3Driver {
                 media_type: media_type.to_string(),
                 size,
             };
-            let json = serde_json::to_vec(&record).map_err(|e| self.invalid(format!("tag record to JSON: {e}")))?;
+            let json = serde_json::to_vec(&record)
+                .map_err(|e| self.invalid(format!("tag record to JSON: {e}")))?;
             let mut attributes = Attributes::new();
             attributes.insert(Attribute::ContentType, "application/json".into());
             let options = PutOptions {
@@ -659,7 +778,11 @@ impl Driver for S3Driver {
 
 /// An error's message on one line, cut at 500 characters.
 fn one_line(e: &dyn std::fmt::Display) -> String {
-    let s = e.to_string().split_whitespace().collect::<Vec<_>>().join(" ");
+    let s = e
+        .to_string()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
     match s.char_indices().nth(500) {
         Some((i, _)) => format!("{}…", &s[..i]),
         None => s,

@@ -5,7 +5,9 @@
 use std::sync::Arc;
 
 use ferry_drivers::registry::{Credentials, RegistryConfig, RegistryDriver};
-use ferry_testkit::conformance::{self, OciLayoutHarness, RegistryHarness, S3DistributionHarness, S3FerryHarness};
+use ferry_testkit::conformance::{
+    self, OciLayoutHarness, RegistryHarness, S3DistributionHarness, S3FerryHarness,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oci_layout_driver_conforms() {

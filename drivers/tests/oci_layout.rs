@@ -21,7 +21,11 @@ fn body(bytes: &[u8]) -> ByteStream {
     Box::pin(futures::stream::once(async { Ok(bytes) }))
 }
 
-async fn read(driver: &dyn Driver, digest: &Digest, range: ByteRange) -> ferry_drivers::Result<Vec<u8>> {
+async fn read(
+    driver: &dyn Driver,
+    digest: &Digest,
+    range: ByteRange,
+) -> ferry_drivers::Result<Vec<u8>> {
     let mut stream = driver.fetch_blob(NAME, digest, range).await?.stream;
     let mut out = Vec::new();
     while let Some(chunk) = stream.next().await {
@@ -44,7 +48,12 @@ fn manifest(config: &[u8]) -> Vec<u8> {
 /// Pushes a one-config image as `name:tag`; returns the manifest digest.
 async fn push(driver: &dyn Driver, name: &str, tag: &str, config: &[u8]) -> Digest {
     driver
-        .put_blob(name, &Digest::sha256(config), config.len() as u64, body(config))
+        .put_blob(
+            name,
+            &Digest::sha256(config),
+            config.len() as u64,
+            body(config),
+        )
         .await
         .expect("put config");
     driver
@@ -54,7 +63,8 @@ async fn push(driver: &dyn Driver, name: &str, tag: &str, config: &[u8]) -> Dige
 }
 
 fn index(layout: &Path) -> serde_json::Value {
-    serde_json::from_slice(&std::fs::read(layout.join("index.json")).expect("index.json")).expect("json")
+    serde_json::from_slice(&std::fs::read(layout.join("index.json")).expect("index.json"))
+        .expect("json")
 }
 
 fn ref_names(layout: &Path) -> Vec<String> {
@@ -62,7 +72,11 @@ fn ref_names(layout: &Path) -> Vec<String> {
         .as_array()
         .expect("manifests")
         .iter()
-        .filter_map(|m| m["annotations"]["org.opencontainers.image.ref.name"].as_str().map(str::to_string))
+        .filter_map(|m| {
+            m["annotations"]["org.opencontainers.image.ref.name"]
+                .as_str()
+                .map(str::to_string)
+        })
         .collect()
 }
 
@@ -73,21 +87,33 @@ async fn many_images_share_one_layout_under_full_names() {
     let layout = dir.path().join("stick");
     let seed = Seed::get();
     for name in [NAME, "127.0.0.1:5000/other/app"] {
-        run_ok(Command::new("skopeo").args(["copy", "--quiet", "--preserve-digests"]).arg(format!(
-            "oci:{}:{SMALL}",
-            seed.layout().display()
-        )).arg(format!("oci:{}:{name}:1", layout.display())));
+        run_ok(
+            Command::new("skopeo")
+                .args(["copy", "--quiet", "--preserve-digests"])
+                .arg(format!("oci:{}:{SMALL}", seed.layout().display()))
+                .arg(format!("oci:{}:{name}:1", layout.display())),
+        );
     }
     // A short name as other tools may write it.
     let driver = OciLayoutDriver::new("usb", &layout);
-    let busybox = push(&driver, "docker.io/library/busybox", "1.36", b"{\"busybox\":1}").await;
+    let busybox = push(
+        &driver,
+        "docker.io/library/busybox",
+        "1.36",
+        b"{\"busybox\":1}",
+    )
+    .await;
     let mut idx = index(&layout);
     for entry in idx["manifests"].as_array_mut().expect("manifests") {
         if entry["digest"] == busybox.to_string() {
             entry["annotations"]["org.opencontainers.image.ref.name"] = "busybox:1.36".into();
         }
     }
-    std::fs::write(layout.join("index.json"), serde_json::to_vec(&idx).expect("json")).expect("write index");
+    std::fs::write(
+        layout.join("index.json"),
+        serde_json::to_vec(&idx).expect("json"),
+    )
+    .expect("write index");
 
     let small = &seed.image(SMALL).manifest.digest;
     for name in [NAME, "127.0.0.1:5000/other/app"] {
@@ -95,9 +121,15 @@ async fn many_images_share_one_layout_under_full_names() {
         assert_eq!(&descriptor_digest(&desc).expect("digest"), small);
         assert_eq!(driver.list_tags(name).await.expect("tags"), ["1"]);
     }
-    let desc = driver.resolve("docker.io/library/busybox", "1.36").await.expect("resolve short ref name");
+    let desc = driver
+        .resolve("docker.io/library/busybox", "1.36")
+        .await
+        .expect("resolve short ref name");
     assert_eq!(descriptor_digest(&desc).expect("digest"), busybox);
-    let err = driver.resolve("registry.example.com/team/other", "1").await.unwrap_err();
+    let err = driver
+        .resolve("registry.example.com/team/other", "1")
+        .await
+        .unwrap_err();
     assert_eq!(err.kind, ErrorKind::NotFound, "{err}");
     // Names must be full: a short one is a caller's mistake.
     let err = driver.resolve("busybox", "1.36").await.unwrap_err();
@@ -110,25 +142,41 @@ async fn plain_tags_belong_only_to_the_configured_name() {
     let dir = tempfile::tempdir().expect("tempdir");
     let layout = dir.path().join("layout");
     let seed = Seed::get();
-    run_ok(Command::new("skopeo").args(["copy", "--quiet", "--preserve-digests"]).arg(format!(
-        "oci:{}:{SMALL}",
-        seed.layout().display()
-    )).arg(format!("oci:{}:1", layout.display())));
+    run_ok(
+        Command::new("skopeo")
+            .args(["copy", "--quiet", "--preserve-digests"])
+            .arg(format!("oci:{}:{SMALL}", seed.layout().display()))
+            .arg(format!("oci:{}:1", layout.display())),
+    );
 
     let unnamed = OciLayoutDriver::new("usb", &layout);
-    assert_eq!(unnamed.resolve(NAME, "1").await.unwrap_err().kind, ErrorKind::NotFound);
+    assert_eq!(
+        unnamed.resolve(NAME, "1").await.unwrap_err().kind,
+        ErrorKind::NotFound
+    );
 
-    let named = OciLayoutDriver::new("usb", &layout).with_plain_tags_of(NAME).expect("name");
+    let named = OciLayoutDriver::new("usb", &layout)
+        .with_plain_tags_of(NAME)
+        .expect("name");
     let desc = named.resolve(NAME, "1").await.expect("resolve plain tag");
-    assert_eq!(descriptor_digest(&desc).expect("digest"), seed.image(SMALL).manifest.digest);
+    assert_eq!(
+        descriptor_digest(&desc).expect("digest"),
+        seed.image(SMALL).manifest.digest
+    );
     assert_eq!(named.list_tags(NAME).await.expect("tags"), ["1"]);
-    let other = named.resolve("registry.example.com/team/other", "1").await.unwrap_err();
+    let other = named
+        .resolve("registry.example.com/team/other", "1")
+        .await
+        .unwrap_err();
     assert_eq!(other.kind, ErrorKind::NotFound, "{other}");
 
     // Tagging `1` again replaces the plain entry with a full one.
     let digest = push(&named, NAME, "1", b"{\"v\":2}").await;
     assert_eq!(ref_names(&layout), [format!("{NAME}:1")]);
-    assert_eq!(descriptor_digest(&named.resolve(NAME, "1").await.expect("resolve")).expect("digest"), digest);
+    assert_eq!(
+        descriptor_digest(&named.resolve(NAME, "1").await.expect("resolve")).expect("digest"),
+        digest
+    );
 }
 
 /// OCI-4, OCI-5: tagging replaces the entry, keeps foreign entries and fields, and skopeo
@@ -139,26 +187,50 @@ async fn tagging_replaces_the_entry_and_skopeo_reads_the_result() {
     let layout = dir.path().join("new");
     let driver = OciLayoutDriver::new("usb", &layout);
     let first = push(&driver, NAME, "1", b"{\"v\":1}").await;
-    assert!(layout.join("oci-layout").exists(), "the first write creates the layout");
+    assert!(
+        layout.join("oci-layout").exists(),
+        "the first write creates the layout"
+    );
 
     let mut idx = index(&layout);
     idx["annotations"] = serde_json::json!({"org.example.keep": "me"});
     let unnamed = idx["manifests"][0].clone();
     let mut unnamed = unnamed.as_object().expect("entry").clone();
     unnamed.remove("annotations");
-    idx["manifests"].as_array_mut().expect("manifests").push(unnamed.into());
-    std::fs::write(layout.join("index.json"), serde_json::to_vec(&idx).expect("json")).expect("write index");
+    idx["manifests"]
+        .as_array_mut()
+        .expect("manifests")
+        .push(unnamed.into());
+    std::fs::write(
+        layout.join("index.json"),
+        serde_json::to_vec(&idx).expect("json"),
+    )
+    .expect("write index");
 
     let second = push(&driver, NAME, "1", b"{\"v\":2}").await;
     assert_ne!(first, second);
     let idx = index(&layout);
     assert_eq!(idx["annotations"]["org.example.keep"], "me");
-    assert_eq!(idx["manifests"].as_array().expect("manifests").len(), 2, "{idx}");
+    assert_eq!(
+        idx["manifests"].as_array().expect("manifests").len(),
+        2,
+        "{idx}"
+    );
     assert_eq!(ref_names(&layout), [format!("{NAME}:1")]);
 
-    let raw = run_ok(Command::new("skopeo").args(["inspect", "--raw"]).arg(format!("oci:{}:{NAME}:1", layout.display())));
+    let raw = run_ok(
+        Command::new("skopeo")
+            .args(["inspect", "--raw"])
+            .arg(format!("oci:{}:{NAME}:1", layout.display())),
+    );
     assert_eq!(raw.as_bytes(), manifest(b"{\"v\":2}"));
-    assert!(std::fs::read_dir(layout.join(".ferry-tmp")).expect("tmp dir").next().is_none(), "temporary files left");
+    assert!(
+        std::fs::read_dir(layout.join(".ferry-tmp"))
+            .expect("tmp dir")
+            .next()
+            .is_none(),
+        "temporary files left"
+    );
 }
 
 /// OCI-5: a refused blob leaves neither a blob nor a temporary file.
@@ -167,12 +239,21 @@ async fn refused_blob_leaves_no_file() {
     let dir = tempfile::tempdir().expect("tempdir");
     let driver = OciLayoutDriver::new("usb", dir.path());
     let digest = Digest::sha256(b"claimed");
-    let err = driver.put_blob(NAME, &digest, 7, body(b"claimeD")).await.unwrap_err();
+    let err = driver
+        .put_blob(NAME, &digest, 7, body(b"claimeD"))
+        .await
+        .unwrap_err();
     assert_eq!(err.kind, ErrorKind::Corrupt, "{err}");
-    let err = driver.put_blob(NAME, &digest, 7, body(b"claimed and more")).await.unwrap_err();
+    let err = driver
+        .put_blob(NAME, &digest, 7, body(b"claimed and more"))
+        .await
+        .unwrap_err();
     assert_eq!(err.kind, ErrorKind::Corrupt, "{err}");
     assert!(!dir.path().join("blobs/sha256").join(digest.hex()).exists());
-    assert!(std::fs::read_dir(dir.path().join(".ferry-tmp")).expect("tmp dir").next().is_none());
+    assert!(std::fs::read_dir(dir.path().join(".ferry-tmp"))
+        .expect("tmp dir")
+        .next()
+        .is_none());
 }
 
 /// OCI-6: concurrent writers, through separate driver instances, keep every tag.
@@ -181,12 +262,23 @@ async fn concurrent_writers_keep_every_tag() {
     let dir = tempfile::tempdir().expect("tempdir");
     let writes = (0..16).map(|i| {
         let driver = Arc::new(OciLayoutDriver::new(format!("writer-{i}"), dir.path()));
-        tokio::spawn(async move { push(driver.as_ref(), NAME, &format!("t{i}"), format!("{{\"i\":{i}}}").as_bytes()).await })
+        tokio::spawn(async move {
+            push(
+                driver.as_ref(),
+                NAME,
+                &format!("t{i}"),
+                format!("{{\"i\":{i}}}").as_bytes(),
+            )
+            .await
+        })
     });
     for w in futures::future::join_all(writes).await {
         w.expect("writer task");
     }
-    let tags = OciLayoutDriver::new("usb", dir.path()).list_tags(NAME).await.expect("tags");
+    let tags = OciLayoutDriver::new("usb", dir.path())
+        .list_tags(NAME)
+        .await
+        .expect("tags");
     assert_eq!(tags.len(), 16, "{tags:?}");
 }
 
@@ -205,29 +297,51 @@ async fn symlinks_and_fifos_inside_the_layout_are_refused() {
     let secret = b"outside bytes";
     let digest = Digest::sha256(secret);
     std::fs::write(outside.join("secret"), secret).expect("write");
-    std::os::unix::fs::symlink(outside.join("secret"), layout.join("blobs/sha256").join(digest.hex())).expect("symlink");
+    std::os::unix::fs::symlink(
+        outside.join("secret"),
+        layout.join("blobs/sha256").join(digest.hex()),
+    )
+    .expect("symlink");
     let err = read(&driver, &digest, ByteRange::WHOLE).await.unwrap_err();
     assert_eq!(err.kind, ErrorKind::Invalid, "{err}");
     assert!(err.message.contains("symlink"), "{err}");
 
     // A FIFO as a blob: refused at once instead of blocking.
     let fifo = Digest::sha256(b"fifo");
-    nix::unistd::mkfifo(&layout.join("blobs/sha256").join(fifo.hex()), nix::sys::stat::Mode::from_bits_truncate(0o644)).expect("mkfifo");
+    nix::unistd::mkfifo(
+        &layout.join("blobs/sha256").join(fifo.hex()),
+        nix::sys::stat::Mode::from_bits_truncate(0o644),
+    )
+    .expect("mkfifo");
     let err = driver.blob_size(NAME, &fifo).await.unwrap_err();
     assert_eq!(err.kind, ErrorKind::Invalid, "{err}");
 
     // `blobs/sha256` replaced by a symlink to a directory outside: no read, no write there.
     std::fs::rename(layout.join("blobs/sha256"), outside.join("sha256")).expect("move blobs");
-    std::os::unix::fs::symlink(outside.join("sha256"), layout.join("blobs/sha256")).expect("symlink");
+    std::os::unix::fs::symlink(outside.join("sha256"), layout.join("blobs/sha256"))
+        .expect("symlink");
     let err = driver.resolve(NAME, "1").await.map(drop);
     assert!(err.is_ok(), "index.json is still readable: {err:?}");
-    let manifest_digest = descriptor_digest(&driver.resolve(NAME, "1").await.expect("resolve")).expect("digest");
-    let err = driver.fetch_manifest(NAME, &manifest_digest).await.unwrap_err();
+    let manifest_digest =
+        descriptor_digest(&driver.resolve(NAME, "1").await.expect("resolve")).expect("digest");
+    let err = driver
+        .fetch_manifest(NAME, &manifest_digest)
+        .await
+        .unwrap_err();
     assert_eq!(err.kind, ErrorKind::Invalid, "{err}");
     let new = b"new blob";
-    let err = driver.put_blob(NAME, &Digest::sha256(new), new.len() as u64, body(new)).await.unwrap_err();
+    let err = driver
+        .put_blob(NAME, &Digest::sha256(new), new.len() as u64, body(new))
+        .await
+        .unwrap_err();
     assert_eq!(err.kind, ErrorKind::Invalid, "{err}");
-    assert!(!outside.join("sha256").join(Digest::sha256(new).hex()).exists(), "wrote through a symlink");
+    assert!(
+        !outside
+            .join("sha256")
+            .join(Digest::sha256(new).hex())
+            .exists(),
+        "wrote through a symlink"
+    );
 }
 
 /// OCI-8: a layout that is not there (a stick not mounted) is unavailable, not empty.
@@ -239,7 +353,10 @@ async fn missing_layout_is_unavailable() {
     assert_eq!(err.kind, ErrorKind::Unavailable, "{err}");
     assert!(err.to_string().contains("not-mounted"), "{err}");
     let empty = OciLayoutDriver::new("usb", dir.path());
-    assert_eq!(empty.list_tags(NAME).await.unwrap_err().kind, ErrorKind::Unavailable);
+    assert_eq!(
+        empty.list_tags(NAME).await.unwrap_err().kind,
+        ErrorKind::Unavailable
+    );
 }
 
 /// OCI-9: a manifest whose bytes do not match is corrupt; OCI-10: ranges past the end are
@@ -251,10 +368,32 @@ async fn manifests_are_verified_and_ranges_are_cut_at_the_end() {
     let digest = push(&driver, NAME, "1", b"{\"x\":1}").await;
     let config = b"{\"x\":1}";
     let config_digest = Digest::sha256(config);
-    let got = read(&driver, &config_digest, ByteRange { offset: 2, len: Some(100) }).await.expect("range");
+    let got = read(
+        &driver,
+        &config_digest,
+        ByteRange {
+            offset: 2,
+            len: Some(100),
+        },
+    )
+    .await
+    .expect("range");
     assert_eq!(got, &config[2..]);
-    assert!(read(&driver, &config_digest, ByteRange::from(config.len() as u64)).await.expect("empty").is_empty());
-    let err = read(&driver, &config_digest, ByteRange::from(config.len() as u64 + 1)).await.unwrap_err();
+    assert!(read(
+        &driver,
+        &config_digest,
+        ByteRange::from(config.len() as u64)
+    )
+    .await
+    .expect("empty")
+    .is_empty());
+    let err = read(
+        &driver,
+        &config_digest,
+        ByteRange::from(config.len() as u64 + 1),
+    )
+    .await
+    .unwrap_err();
     assert_eq!(err.kind, ErrorKind::Invalid, "{err}");
 
     let path = dir.path().join("blobs/sha256").join(digest.hex());

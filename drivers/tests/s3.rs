@@ -42,7 +42,12 @@ async fn ferry_layout_keys_match_the_spec() {
     let driver = S3Driver::new(config).expect("driver");
     let config_bytes = b"{\"os\":\"linux\"}";
     driver
-        .put_blob(NAME, &Digest::sha256(config_bytes), config_bytes.len() as u64, body(config_bytes))
+        .put_blob(
+            NAME,
+            &Digest::sha256(config_bytes),
+            config_bytes.len() as u64,
+            body(config_bytes),
+        )
         .await
         .expect("put config");
     let manifest = manifest(config_bytes);
@@ -52,16 +57,33 @@ async fn ferry_layout_keys_match_the_spec() {
         .expect("put manifest");
 
     let raw = s3.store("images");
-    let blob = |d: &Digest| ObjectPath::parse(format!("site/a/blobs/sha256/{}", d.hex())).expect("key");
-    let got = raw.get(&blob(&Digest::sha256(config_bytes))).await.expect("config object");
+    let blob =
+        |d: &Digest| ObjectPath::parse(format!("site/a/blobs/sha256/{}", d.hex())).expect("key");
+    let got = raw
+        .get(&blob(&Digest::sha256(config_bytes)))
+        .await
+        .expect("config object");
     assert_eq!(got.bytes().await.expect("bytes").as_ref(), config_bytes);
     let got = raw.get(&blob(&digest)).await.expect("manifest object");
-    let content_type = got.attributes.get(&Attribute::ContentType).map(|v| v.to_string());
+    let content_type = got
+        .attributes
+        .get(&Attribute::ContentType)
+        .map(|v| v.to_string());
     assert_eq!(content_type.as_deref(), Some(media::OCI_MANIFEST));
-    assert_eq!(got.bytes().await.expect("bytes").as_ref(), manifest.as_slice());
+    assert_eq!(
+        got.bytes().await.expect("bytes").as_ref(),
+        manifest.as_slice()
+    );
     let tag = ObjectPath::parse(format!("site/a/names/{NAME}/tags/1.0")).expect("key");
-    let record: serde_json::Value =
-        serde_json::from_slice(&raw.get(&tag).await.expect("tag object").bytes().await.expect("bytes")).expect("json");
+    let record: serde_json::Value = serde_json::from_slice(
+        &raw.get(&tag)
+            .await
+            .expect("tag object")
+            .bytes()
+            .await
+            .expect("bytes"),
+    )
+    .expect("json");
     assert_eq!(
         record,
         serde_json::json!({"digest": digest.to_string(), "mediaType": media::OCI_MANIFEST, "size": manifest.len()})
@@ -69,7 +91,9 @@ async fn ferry_layout_keys_match_the_spec() {
 
     // A malformed tag record is invalid, not a crash or a miss.
     let bad = ObjectPath::parse(format!("site/a/names/{NAME}/tags/bad")).expect("key");
-    raw.put(&bad, PutPayload::from_static(b"not json")).await.expect("put");
+    raw.put(&bad, PutPayload::from_static(b"not json"))
+        .await
+        .expect("put");
     let err = driver.resolve(NAME, "bad").await.unwrap_err();
     assert_eq!(err.kind, ErrorKind::Invalid, "{err}");
     assert!(err.message.contains("s3://images/site/a/names/"), "{err}");
@@ -89,17 +113,44 @@ async fn distribution_layout_reads_by_repository_links() {
     })
     .await
     .expect("push");
-    let driver = S3Driver::new(s3.config("s3-registry", "registry", S3Layout::Distribution)).expect("driver");
+    let driver = S3Driver::new(s3.config("s3-registry", "registry", S3Layout::Distribution))
+        .expect("driver");
     let image = seed.image(SMALL);
 
-    let desc = driver.resolve("docker.io/library/busybox", SMALL).await.expect("resolve");
-    assert_eq!(descriptor_digest(&desc).expect("digest"), image.manifest.digest);
+    let desc = driver
+        .resolve("docker.io/library/busybox", SMALL)
+        .await
+        .expect("resolve");
+    assert_eq!(
+        descriptor_digest(&desc).expect("digest"),
+        image.manifest.digest
+    );
     let other = "docker.io/library/other";
     let layer = &image.layers[0].digest;
-    assert_eq!(driver.fetch_blob(other, layer, ByteRange::WHOLE).await.unwrap_err().kind, ErrorKind::NotFound);
-    assert_eq!(driver.fetch_manifest(other, &image.manifest.digest).await.unwrap_err().kind, ErrorKind::NotFound);
+    assert_eq!(
+        driver
+            .fetch_blob(other, layer, ByteRange::WHOLE)
+            .await
+            .unwrap_err()
+            .kind,
+        ErrorKind::NotFound
+    );
+    assert_eq!(
+        driver
+            .fetch_manifest(other, &image.manifest.digest)
+            .await
+            .unwrap_err()
+            .kind,
+        ErrorKind::NotFound
+    );
     assert_eq!(driver.blob_size(other, layer).await.expect("size"), None);
-    assert_eq!(driver.blob_size("docker.io/library/busybox", layer).await.expect("size"), Some(image.layers[0].size));
+    assert_eq!(
+        driver
+            .blob_size("docker.io/library/busybox", layer)
+            .await
+            .expect("size"),
+        Some(image.layers[0].size)
+    );
 }
 
 /// S3-8: an endpoint nobody listens on is unavailable, quickly.
@@ -117,7 +168,11 @@ async fn unreachable_endpoint_is_unavailable() {
     let err = driver.resolve(NAME, "1").await.unwrap_err();
     assert_eq!(err.kind, ErrorKind::Unavailable, "{err}");
     assert!(!err.message.contains('\n'), "{err}");
-    assert!(started.elapsed() < Duration::from_secs(40), "took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(40),
+        "took {:?}",
+        started.elapsed()
+    );
 }
 
 /// S3-8: requests moto refuses (an unsigned GET of an existing object: 403) are unauthorized.
@@ -126,7 +181,10 @@ async fn refused_requests_are_unauthorized() {
     let s3 = S3Server::start().expect("moto");
     s3.create_bucket("private").expect("bucket");
     let tag = ObjectPath::parse(format!("names/{NAME}/tags/1")).expect("key");
-    s3.store("private").put(&tag, PutPayload::from_static(b"{}")).await.expect("put");
+    s3.store("private")
+        .put(&tag, PutPayload::from_static(b"{}"))
+        .await
+        .expect("put");
     let config = S3Config {
         credentials: S3Credentials::Anonymous,
         ..s3.config("s3", "private", S3Layout::Ferry)

@@ -83,7 +83,9 @@ pub struct SeedImage {
 impl SeedImage {
     /// Manifest, config and layers.
     pub fn blobs(&self) -> impl Iterator<Item = &SeedBlob> {
-        [&self.manifest, &self.config].into_iter().chain(&self.layers)
+        [&self.manifest, &self.config]
+            .into_iter()
+            .chain(&self.layers)
     }
 }
 
@@ -99,7 +101,9 @@ impl Seed {
     pub fn get() -> &'static Seed {
         static SEED: OnceLock<Seed> = OnceLock::new();
         SEED.get_or_init(|| {
-            let layout = target_dir().join("testkit").join(format!("conformance-seed-{SEED_VERSION}"));
+            let layout = target_dir()
+                .join("testkit")
+                .join(format!("conformance-seed-{SEED_VERSION}"));
             if !layout.join("index.json").exists() {
                 build_seed(&layout);
             }
@@ -108,8 +112,13 @@ impl Seed {
     }
 
     fn load(layout: PathBuf) -> Seed {
-        let blob = |digest: &str| std::fs::read(blob_path(&layout, &Digest::parse(digest).expect("digest"))).expect("seed blob");
-        let index: serde_json::Value = serde_json::from_slice(&std::fs::read(layout.join("index.json")).expect("index.json")).expect("json");
+        let blob = |digest: &str| {
+            std::fs::read(blob_path(&layout, &Digest::parse(digest).expect("digest")))
+                .expect("seed blob")
+        };
+        let index: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(layout.join("index.json")).expect("index.json"))
+                .expect("json");
         let to_blob = |d: &serde_json::Value| SeedBlob {
             digest: Digest::parse(d["digest"].as_str().expect("digest")).expect("digest"),
             size: d["size"].as_u64().expect("size"),
@@ -120,12 +129,22 @@ impl Seed {
             .expect("manifests")
             .iter()
             .map(|entry| {
-                let manifest: serde_json::Value = serde_json::from_slice(&blob(entry["digest"].as_str().expect("digest"))).expect("manifest");
+                let manifest: serde_json::Value =
+                    serde_json::from_slice(&blob(entry["digest"].as_str().expect("digest")))
+                        .expect("manifest");
                 SeedImage {
-                    tag: entry["annotations"]["org.opencontainers.image.ref.name"].as_str().expect("ref name").to_string(),
+                    tag: entry["annotations"]["org.opencontainers.image.ref.name"]
+                        .as_str()
+                        .expect("ref name")
+                        .to_string(),
                     manifest: to_blob(entry),
                     config: to_blob(&manifest["config"]),
-                    layers: manifest["layers"].as_array().expect("layers").iter().map(to_blob).collect(),
+                    layers: manifest["layers"]
+                        .as_array()
+                        .expect("layers")
+                        .iter()
+                        .map(to_blob)
+                        .collect(),
                 }
             })
             .collect();
@@ -144,7 +163,10 @@ impl Seed {
 
     /// The seed image tagged `tag`.
     pub fn image(&self, tag: &str) -> &SeedImage {
-        self.images.iter().find(|i| i.tag == tag).unwrap_or_else(|| panic!("no seed image {tag}"))
+        self.images
+            .iter()
+            .find(|i| i.tag == tag)
+            .unwrap_or_else(|| panic!("no seed image {tag}"))
     }
 
     /// The file holding blob `digest`.
@@ -174,7 +196,10 @@ impl Seed {
 }
 
 fn blob_path(layout: &Path, digest: &Digest) -> PathBuf {
-    layout.join("blobs").join(digest.algorithm().as_str()).join(digest.hex())
+    layout
+        .join("blobs")
+        .join(digest.algorithm().as_str())
+        .join(digest.hex())
 }
 
 /// A deterministic pseudo-random byte source (xorshift64*), so the seed is the same
@@ -235,7 +260,11 @@ fn build_seed(dir: &Path) {
     let work = tempfile::tempdir_in(parent).expect("tempdir");
     let layout = work.path().join("layout");
     std::fs::create_dir_all(layout.join("blobs/sha256")).expect("mkdir blobs");
-    std::fs::write(layout.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).expect("oci-layout");
+    std::fs::write(
+        layout.join("oci-layout"),
+        r#"{"imageLayoutVersion":"1.0.0"}"#,
+    )
+    .expect("oci-layout");
     let host = Platform::host();
     let mut entries = Vec::new();
     let images: [(&str, Vec<(u64, u64)>); 3] = [
@@ -258,9 +287,7 @@ fn build_seed(dir: &Path) {
             config["variant"] = v.as_str().into();
         }
         let config = write_blob(&layout, &serde_json::to_vec(&config).expect("json"));
-        let descriptor = |(digest, size): &(Digest, u64), media_type: &str| {
-            serde_json::json!({"mediaType": media_type, "digest": digest.to_string(), "size": size})
-        };
+        let descriptor = |(digest, size): &(Digest, u64), media_type: &str| serde_json::json!({"mediaType": media_type, "digest": digest.to_string(), "size": size});
         let manifest = serde_json::json!({
             "schemaVersion": 2,
             "mediaType": media::OCI_MANIFEST,
@@ -274,12 +301,19 @@ fn build_seed(dir: &Path) {
         entries.push(entry);
     }
     let index = serde_json::json!({"schemaVersion": 2, "mediaType": media::OCI_INDEX, "manifests": entries});
-    std::fs::write(layout.join("index.json"), serde_json::to_vec(&index).expect("json")).expect("index.json");
+    std::fs::write(
+        layout.join("index.json"),
+        serde_json::to_vec(&index).expect("json"),
+    )
+    .expect("index.json");
     match std::fs::rename(&layout, dir) {
         Ok(()) => {}
         // Another test process built it first: theirs is the same.
         Err(_) if dir.join("index.json").exists() => {}
-        Err(e) => panic!("cannot move the conformance seed into {}: {e}", dir.display()),
+        Err(e) => panic!(
+            "cannot move the conformance seed into {}: {e}",
+            dir.display()
+        ),
     }
 }
 
@@ -287,7 +321,10 @@ fn build_seed(dir: &Path) {
 /// annotation changes), anything else gets its middle byte inverted.
 pub fn tampered(bytes: &[u8]) -> Vec<u8> {
     let mut out = bytes.to_vec();
-    match bytes.windows(PADDING.len()).position(|w| w == PADDING.as_bytes()) {
+    match bytes
+        .windows(PADDING.len())
+        .position(|w| w == PADDING.as_bytes())
+    {
         Some(i) => out[i] = b'b',
         None => out[bytes.len() / 2] ^= 0xff,
     }
@@ -317,7 +354,10 @@ pub async fn run(h: &dyn Harness) {
     let source = h.driver().source_name().to_string();
     let started = Instant::now();
     h.seed(seed).await;
-    eprintln!("conformance [{source}]: seeded in {:.1?}", started.elapsed());
+    eprintln!(
+        "conformance [{source}]: seeded in {:.1?}",
+        started.elapsed()
+    );
     let mut failures = Vec::new();
     macro_rules! case {
         ($f:ident) => {
@@ -351,7 +391,10 @@ pub async fn run(h: &dyn Harness) {
 async fn check(failures: &mut Vec<String>, source: &str, case: &str, f: impl Future<Output = ()>) {
     let started = Instant::now();
     match AssertUnwindSafe(f).catch_unwind().await {
-        Ok(()) => eprintln!("conformance [{source}] {case}: ok ({:.1?})", started.elapsed()),
+        Ok(()) => eprintln!(
+            "conformance [{source}] {case}: ok ({:.1?})",
+            started.elapsed()
+        ),
         Err(panic) => {
             let message = panic
                 .downcast_ref::<String>()
@@ -366,7 +409,11 @@ async fn check(failures: &mut Vec<String>, source: &str, case: &str, f: impl Fut
 
 /// Reads blob `digest` whole, hashing chunk by chunk: `Corrupt` if the bytes do not match
 /// the digest. This is the verifying read the suite holds every driver's bytes to.
-pub async fn verified_read(driver: &dyn Driver, name: &str, digest: &Digest) -> ferry_drivers::Result<u64> {
+pub async fn verified_read(
+    driver: &dyn Driver,
+    name: &str,
+    digest: &Digest,
+) -> ferry_drivers::Result<u64> {
     let body = driver.fetch_blob(name, digest, ByteRange::WHOLE).await?;
     let (actual, len, _) = digest_stream(body.stream, digest.algorithm()).await?;
     if &actual != digest {
@@ -379,7 +426,10 @@ pub async fn verified_read(driver: &dyn Driver, name: &str, digest: &Digest) -> 
 }
 
 /// Hashes a stream without holding it: (digest, length, largest chunk).
-async fn digest_stream(mut stream: ByteStream, algorithm: ferry_core::Algorithm) -> ferry_drivers::Result<(Digest, u64, usize)> {
+async fn digest_stream(
+    mut stream: ByteStream,
+    algorithm: ferry_core::Algorithm,
+) -> ferry_drivers::Result<(Digest, u64, usize)> {
     let mut hasher = Hasher::new(algorithm);
     let (mut len, mut largest) = (0u64, 0usize);
     while let Some(chunk) = stream.next().await {
@@ -402,17 +452,28 @@ async fn read_body(body: BlobBody) -> Vec<u8> {
         bytes.extend_from_slice(&chunk);
     }
     if let Some(len) = declared {
-        assert_eq!(len, bytes.len() as u64, "body length differs from the declared one");
+        assert_eq!(
+            len,
+            bytes.len() as u64,
+            "body length differs from the declared one"
+        );
     }
     bytes
 }
 
-fn expect_kind<T: std::fmt::Debug>(result: ferry_drivers::Result<T>, kind: ErrorKind, what: &str) -> Error {
+fn expect_kind<T: std::fmt::Debug>(
+    result: ferry_drivers::Result<T>,
+    kind: ErrorKind,
+    what: &str,
+) -> Error {
     match result {
         Ok(v) => panic!("{what}: expected a {kind:?} error, got {v:?}"),
         Err(e) => {
             assert_eq!(e.kind, kind, "{what}: wrong error kind: {e}");
-            assert!(!e.message.contains('\n'), "{what}: error message spans lines: {e}");
+            assert!(
+                !e.message.contains('\n'),
+                "{what}: error message spans lines: {e}"
+            );
             e
         }
     }
@@ -427,35 +488,64 @@ fn missing_digest() -> Digest {
 pub async fn resolve_finds_seeded_tags(h: &dyn Harness, seed: &Seed) {
     let driver = h.driver();
     for image in seed.images() {
-        let desc = driver.resolve(&h.name(), &image.tag).await.expect("resolve seeded tag");
-        assert_eq!(descriptor_digest(&desc).expect("digest"), image.manifest.digest, "{}", image.tag);
+        let desc = driver
+            .resolve(&h.name(), &image.tag)
+            .await
+            .expect("resolve seeded tag");
+        assert_eq!(
+            descriptor_digest(&desc).expect("digest"),
+            image.manifest.digest,
+            "{}",
+            image.tag
+        );
         assert_eq!(desc.size(), image.manifest.size, "{}", image.tag);
-        assert_eq!(desc.media_type().to_string(), media::OCI_MANIFEST, "{}", image.tag);
+        assert_eq!(
+            desc.media_type().to_string(),
+            media::OCI_MANIFEST,
+            "{}",
+            image.tag
+        );
     }
 }
 
 /// A tag (or a name) the source does not have is `NotFound`.
 pub async fn resolve_missing_tag_is_not_found(h: &dyn Harness, _seed: &Seed) {
     let driver = h.driver();
-    expect_kind(driver.resolve(&h.name(), "no-such-tag").await, ErrorKind::NotFound, "missing tag");
+    expect_kind(
+        driver.resolve(&h.name(), "no-such-tag").await,
+        ErrorKind::NotFound,
+        "missing tag",
+    );
     let other = format!("{}-missing", h.name());
-    expect_kind(driver.resolve(&other, SMALL).await, ErrorKind::NotFound, "missing name");
+    expect_kind(
+        driver.resolve(&other, SMALL).await,
+        ErrorKind::NotFound,
+        "missing name",
+    );
 }
 
 /// A manifest comes back byte for byte, parseable, with its media type.
 pub async fn fetch_manifest_returns_exact_bytes(h: &dyn Harness, seed: &Seed) {
     for image in seed.images() {
         let digest = &image.manifest.digest;
-        let got = h.driver().fetch_manifest(&h.name(), digest).await.expect("fetch manifest");
+        let got = h
+            .driver()
+            .fetch_manifest(&h.name(), digest)
+            .await
+            .expect("fetch manifest");
         assert_eq!(got.bytes, seed.read_blob(digest), "{}", image.tag);
-        let blob = ManifestBlob::parse(got.bytes, got.content_type.as_deref(), Some(digest)).expect("parse manifest");
+        let blob = ManifestBlob::parse(got.bytes, got.content_type.as_deref(), Some(digest))
+            .expect("parse manifest");
         assert_eq!(blob.media_type, media::OCI_MANIFEST);
     }
 }
 
 /// A manifest the source does not have is `NotFound`.
 pub async fn fetch_missing_manifest_is_not_found(h: &dyn Harness, _seed: &Seed) {
-    let got = h.driver().fetch_manifest(&h.name(), &missing_digest()).await;
+    let got = h
+        .driver()
+        .fetch_manifest(&h.name(), &missing_digest())
+        .await;
     expect_kind(got, ErrorKind::NotFound, "missing manifest");
 }
 
@@ -463,8 +553,17 @@ pub async fn fetch_missing_manifest_is_not_found(h: &dyn Harness, _seed: &Seed) 
 pub async fn fetch_blob_whole(h: &dyn Harness, seed: &Seed) {
     let image = seed.image(SMALL);
     for blob in std::iter::once(&image.config).chain(&image.layers) {
-        let body = h.driver().fetch_blob(&h.name(), &blob.digest, ByteRange::WHOLE).await.expect("fetch blob");
-        assert_eq!(read_body(body).await, seed.read_blob(&blob.digest), "blob {}", blob.digest);
+        let body = h
+            .driver()
+            .fetch_blob(&h.name(), &blob.digest, ByteRange::WHOLE)
+            .await
+            .expect("fetch blob");
+        assert_eq!(
+            read_body(body).await,
+            seed.read_blob(&blob.digest),
+            "blob {}",
+            blob.digest
+        );
     }
 }
 
@@ -479,15 +578,40 @@ pub async fn fetch_blob_ranges(h: &dyn Harness, seed: &Seed) {
     let size = bytes.len() as u64;
     let cases = [
         (ByteRange::from(1000), 1000..bytes.len()),
-        (ByteRange { offset: 12_345, len: Some(4096) }, 12_345..12_345 + 4096),
-        (ByteRange { offset: 0, len: Some(1) }, 0..1),
-        (ByteRange { offset: size - 10, len: Some(10) }, bytes.len() - 10..bytes.len()),
+        (
+            ByteRange {
+                offset: 12_345,
+                len: Some(4096),
+            },
+            12_345..12_345 + 4096,
+        ),
+        (
+            ByteRange {
+                offset: 0,
+                len: Some(1),
+            },
+            0..1,
+        ),
+        (
+            ByteRange {
+                offset: size - 10,
+                len: Some(10),
+            },
+            bytes.len() - 10..bytes.len(),
+        ),
         (ByteRange::from(size - 1), bytes.len() - 1..bytes.len()),
     ];
     for (range, expected) in cases {
-        let body = driver.fetch_blob(&h.name(), &layer.digest, range).await.expect("fetch range");
+        let body = driver
+            .fetch_blob(&h.name(), &layer.digest, range)
+            .await
+            .expect("fetch range");
         let got = read_body(body).await;
-        assert!(got == bytes[expected.clone()], "range {range:?}: got {} bytes, not bytes {expected:?}", got.len());
+        assert!(
+            got == bytes[expected.clone()],
+            "range {range:?}: got {} bytes, not bytes {expected:?}",
+            got.len()
+        );
     }
 }
 
@@ -496,15 +620,27 @@ pub async fn blob_size_present_and_missing(h: &dyn Harness, seed: &Seed) {
     let driver = h.driver();
     let image = seed.image(SMALL);
     for blob in std::iter::once(&image.config).chain(&image.layers) {
-        let size = driver.blob_size(&h.name(), &blob.digest).await.expect("blob size");
+        let size = driver
+            .blob_size(&h.name(), &blob.digest)
+            .await
+            .expect("blob size");
         assert_eq!(size, Some(blob.size), "blob {}", blob.digest);
     }
-    assert_eq!(driver.blob_size(&h.name(), &missing_digest()).await.expect("blob size"), None);
+    assert_eq!(
+        driver
+            .blob_size(&h.name(), &missing_digest())
+            .await
+            .expect("blob size"),
+        None
+    );
 }
 
 /// A blob the source does not have is `NotFound`.
 pub async fn fetch_missing_blob_is_not_found(h: &dyn Harness, _seed: &Seed) {
-    let got = h.driver().fetch_blob(&h.name(), &missing_digest(), ByteRange::WHOLE).await;
+    let got = h
+        .driver()
+        .fetch_blob(&h.name(), &missing_digest(), ByteRange::WHOLE)
+        .await;
     expect_kind(got, ErrorKind::NotFound, "missing blob");
 }
 
@@ -513,14 +649,26 @@ pub async fn concurrent_fetches_all_verify(h: &dyn Harness, seed: &Seed) {
     let driver = h.driver();
     let name = h.name();
     let image = seed.image(SMALL);
-    let blobs: Vec<&SeedBlob> = std::iter::once(&image.config).chain(&image.layers).collect();
+    let blobs: Vec<&SeedBlob> = std::iter::once(&image.config)
+        .chain(&image.layers)
+        .collect();
     let fetches = (0..CONCURRENT_FETCHES).map(|i| {
         let blob = blobs[i % blobs.len()];
         let (driver, name) = (driver.clone(), name.clone());
-        async move { (blob, verified_read(driver.as_ref(), &name, &blob.digest).await) }
+        async move {
+            (
+                blob,
+                verified_read(driver.as_ref(), &name, &blob.digest).await,
+            )
+        }
     });
     for (blob, result) in futures::future::join_all(fetches).await {
-        assert_eq!(result.expect("concurrent fetch"), blob.size, "blob {}", blob.digest);
+        assert_eq!(
+            result.expect("concurrent fetch"),
+            blob.size,
+            "blob {}",
+            blob.digest
+        );
     }
 }
 
@@ -528,14 +676,23 @@ pub async fn concurrent_fetches_all_verify(h: &dyn Harness, seed: &Seed) {
 pub async fn large_blob_streams_in_bounded_chunks(h: &dyn Harness, seed: &Seed) {
     let layer = &seed.image(BIG).layers[0];
     let started = Instant::now();
-    let body = h.driver().fetch_blob(&h.name(), &layer.digest, ByteRange::WHOLE).await.expect("fetch big blob");
+    let body = h
+        .driver()
+        .fetch_blob(&h.name(), &layer.digest, ByteRange::WHOLE)
+        .await
+        .expect("fetch big blob");
     if let Some(len) = body.len {
         assert_eq!(len, layer.size);
     }
-    let (digest, len, largest) = digest_stream(body.stream, layer.digest.algorithm()).await.expect("stream big blob");
+    let (digest, len, largest) = digest_stream(body.stream, layer.digest.algorithm())
+        .await
+        .expect("stream big blob");
     assert_eq!(len, layer.size);
     assert_eq!(digest, layer.digest);
-    assert!(largest <= MAX_CHUNK, "a chunk of {largest} bytes (limit {MAX_CHUNK})");
+    assert!(
+        largest <= MAX_CHUNK,
+        "a chunk of {largest} bytes (limit {MAX_CHUNK})"
+    );
     let secs = started.elapsed().as_secs_f64();
     eprintln!(
         "conformance [{}]: {} MiB in {secs:.2}s ({:.0} MiB/s), largest chunk {largest} bytes",
@@ -553,10 +710,18 @@ pub async fn list_tags_names_seeded_tags(h: &dyn Harness, seed: &Seed) {
     }
     let tags = driver.list_tags(&h.name()).await.expect("list tags");
     for image in seed.images() {
-        assert!(tags.contains(&image.tag), "{} missing from {tags:?}", image.tag);
+        assert!(
+            tags.contains(&image.tag),
+            "{} missing from {tags:?}",
+            image.tag
+        );
     }
     let other = format!("{}-missing", h.name());
-    expect_kind(driver.list_tags(&other).await, ErrorKind::NotFound, "tags of a missing name");
+    expect_kind(
+        driver.list_tags(&other).await,
+        ErrorKind::NotFound,
+        "tags of a missing name",
+    );
 }
 
 /// A body in `parts` chunks.
@@ -575,12 +740,31 @@ pub async fn push_then_read_back(h: &dyn Harness, _seed: &Seed) {
     let name = h.name();
     let small = random_bytes(10, 200_003);
     let large = random_bytes(11, 20 << 20);
-    let config = br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#.to_vec();
+    let config =
+        br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#
+            .to_vec();
     if !driver.capabilities().write {
-        let put = driver.put_blob(&name, &Digest::sha256(&small), small.len() as u64, chunked(&small, 1)).await;
-        expect_kind(put, ErrorKind::Unsupported, "put_blob on a read-only source");
-        let put = driver.put_manifest(&name, Some("pushed"), media::OCI_MANIFEST, b"{}").await;
-        expect_kind(put, ErrorKind::Unsupported, "put_manifest on a read-only source");
+        let put = driver
+            .put_blob(
+                &name,
+                &Digest::sha256(&small),
+                small.len() as u64,
+                chunked(&small, 1),
+            )
+            .await;
+        expect_kind(
+            put,
+            ErrorKind::Unsupported,
+            "put_blob on a read-only source",
+        );
+        let put = driver
+            .put_manifest(&name, Some("pushed"), media::OCI_MANIFEST, b"{}")
+            .await;
+        expect_kind(
+            put,
+            ErrorKind::Unsupported,
+            "put_manifest on a read-only source",
+        );
         return;
     }
     for (bytes, parts) in [(&small, 3), (&large, 20), (&config, 1)] {
@@ -589,8 +773,16 @@ pub async fn push_then_read_back(h: &dyn Harness, _seed: &Seed) {
             .put_blob(&name, &digest, bytes.len() as u64, chunked(bytes, parts))
             .await
             .expect("put blob");
-        assert_eq!(driver.blob_size(&name, &digest).await.expect("blob size"), Some(bytes.len() as u64));
-        assert_eq!(verified_read(driver.as_ref(), &name, &digest).await.expect("read back"), bytes.len() as u64);
+        assert_eq!(
+            driver.blob_size(&name, &digest).await.expect("blob size"),
+            Some(bytes.len() as u64)
+        );
+        assert_eq!(
+            verified_read(driver.as_ref(), &name, &digest)
+                .await
+                .expect("read back"),
+            bytes.len() as u64
+        );
     }
     let manifest = |layers: &[&Vec<u8>]| {
         let descriptor = |b: &[u8], t: &str| serde_json::json!({"mediaType": t, "digest": Digest::sha256(b).to_string(), "size": b.len()});
@@ -605,21 +797,47 @@ pub async fn push_then_read_back(h: &dyn Harness, _seed: &Seed) {
     let first = manifest(&[&small, &large]);
     let second = manifest(&[&small]);
     for bytes in [&first, &second] {
-        let digest = driver.put_manifest(&name, Some("pushed"), media::OCI_MANIFEST, bytes).await.expect("put manifest");
+        let digest = driver
+            .put_manifest(&name, Some("pushed"), media::OCI_MANIFEST, bytes)
+            .await
+            .expect("put manifest");
         assert_eq!(digest, Digest::sha256(bytes));
-        let desc = driver.resolve(&name, "pushed").await.expect("resolve pushed tag");
-        assert_eq!(descriptor_digest(&desc).expect("digest"), digest, "the tag moves to the last manifest pushed");
+        let desc = driver
+            .resolve(&name, "pushed")
+            .await
+            .expect("resolve pushed tag");
+        assert_eq!(
+            descriptor_digest(&desc).expect("digest"),
+            digest,
+            "the tag moves to the last manifest pushed"
+        );
         assert_eq!(desc.size(), bytes.len() as u64);
-        let got = driver.fetch_manifest(&name, &digest).await.expect("fetch pushed manifest");
+        let got = driver
+            .fetch_manifest(&name, &digest)
+            .await
+            .expect("fetch pushed manifest");
         assert_eq!(&got.bytes, bytes);
     }
     // A manifest pushed without a tag is there by digest.
     let untagged = manifest(&[&large]);
-    let digest = driver.put_manifest(&name, None, media::OCI_MANIFEST, &untagged).await.expect("put untagged manifest");
-    assert_eq!(driver.fetch_manifest(&name, &digest).await.expect("fetch untagged").bytes, untagged);
+    let digest = driver
+        .put_manifest(&name, None, media::OCI_MANIFEST, &untagged)
+        .await
+        .expect("put untagged manifest");
+    assert_eq!(
+        driver
+            .fetch_manifest(&name, &digest)
+            .await
+            .expect("fetch untagged")
+            .bytes,
+        untagged
+    );
     if driver.capabilities().list_tags {
         let tags = driver.list_tags(&name).await.expect("list tags");
-        assert!(tags.contains(&"pushed".to_string()), "pushed tag missing from {tags:?}");
+        assert!(
+            tags.contains(&"pushed".to_string()),
+            "pushed tag missing from {tags:?}"
+        );
     }
 }
 
@@ -635,8 +853,14 @@ pub async fn push_with_wrong_digest_is_refused(h: &dyn Harness, _seed: &Seed) {
         let claimed = random_bytes(seed, size);
         let digest = Digest::sha256(&claimed);
         let sent = tampered(&claimed);
-        let put = driver.put_blob(&name, &digest, size as u64, chunked(&sent, 12)).await;
-        expect_kind(put, ErrorKind::Corrupt, "put_blob with bytes that do not match the digest");
+        let put = driver
+            .put_blob(&name, &digest, size as u64, chunked(&sent, 12))
+            .await;
+        expect_kind(
+            put,
+            ErrorKind::Corrupt,
+            "put_blob with bytes that do not match the digest",
+        );
         let visible = driver.blob_size(&name, &digest).await.expect("blob size");
         assert_eq!(visible, None, "a refused blob of {size} bytes is visible");
     }
@@ -648,24 +872,49 @@ pub async fn corrupt_layer_fails_the_pull(h: &dyn Harness, seed: &Seed) {
     let driver = h.driver();
     let name = h.name();
     let layer = &seed.image(VICTIM).layers[0];
-    h.tamper(&layer.digest, tampered(&seed.read_blob(&layer.digest))).await;
+    h.tamper(&layer.digest, tampered(&seed.read_blob(&layer.digest)))
+        .await;
     let read = verified_read(driver.as_ref(), &name, &layer.digest).await;
-    expect_kind(read, ErrorKind::Corrupt, "verified read of a tampered layer");
+    expect_kind(
+        read,
+        ErrorKind::Corrupt,
+        "verified read of a tampered layer",
+    );
     let root = tempfile::tempdir().expect("store dir");
     let store = Arc::new(Store::open(root.path()).expect("open store"));
     let reference = Reference::parse(&format!("{name}:{VICTIM}")).expect("reference");
-    let pulled = pull(&store, &Sources::single(driver.clone()), &reference, &PullOptions::default(), &Silent).await;
+    let pulled = pull(
+        &store,
+        &Sources::single(driver.clone()),
+        &reference,
+        &PullOptions::default(),
+        &Silent,
+    )
+    .await;
     // The aggregate error's kind is the pull engine's business (its own tests); what the
     // driver must allow is that the engine sees the mismatch.
-    let err = pulled.map(|p| p.record).expect_err("pull of an image with a tampered layer succeeded");
-    assert!(err.message.contains("digest mismatch"), "pull failed, but not for the digest: {err}");
-    assert_eq!(store.blob_size(&layer.digest).expect("store blob size"), None, "the store kept a corrupt layer");
+    let err = pulled
+        .map(|p| p.record)
+        .expect_err("pull of an image with a tampered layer succeeded");
+    assert!(
+        err.message.contains("digest mismatch"),
+        "pull failed, but not for the digest: {err}"
+    );
+    assert_eq!(
+        store.blob_size(&layer.digest).expect("store blob size"),
+        None,
+        "the store kept a corrupt layer"
+    );
 }
 
 /// A manifest whose stored bytes no longer match its digest is refused as `Corrupt`.
 pub async fn corrupt_manifest_is_refused(h: &dyn Harness, seed: &Seed) {
     let manifest = &seed.image(VICTIM).manifest;
-    h.tamper(&manifest.digest, tampered(&seed.read_blob(&manifest.digest))).await;
+    h.tamper(
+        &manifest.digest,
+        tampered(&seed.read_blob(&manifest.digest)),
+    )
+    .await;
     let got = h.driver().fetch_manifest(&h.name(), &manifest.digest).await;
     expect_kind(got, ErrorKind::Corrupt, "fetch of a tampered manifest");
 }
@@ -684,7 +933,10 @@ pub struct OciLayoutHarness {
 impl OciLayoutHarness {
     /// A harness on an empty temporary directory.
     pub fn new() -> Self {
-        let dir = tempfile::Builder::new().prefix("ferry-oci-layout-").tempdir().expect("temp dir");
+        let dir = tempfile::Builder::new()
+            .prefix("ferry-oci-layout-")
+            .tempdir()
+            .expect("temp dir");
         let driver = Arc::new(OciLayoutDriver::new("usb", dir.path().join("layout")));
         OciLayoutHarness { dir, driver }
     }
@@ -707,7 +959,11 @@ impl Harness for OciLayoutHarness {
     }
 
     async fn seed(&self, seed: &'static Seed) {
-        let dest = format!("oci:{}:{}", self.dir.path().join("layout").display(), self.name());
+        let dest = format!(
+            "oci:{}:{}",
+            self.dir.path().join("layout").display(),
+            self.name()
+        );
         blocking(move || seed.copy_all(&dest, true)).await;
     }
 
@@ -730,14 +986,21 @@ impl Bucket {
 
     async fn put(&self, rel: &str, bytes: Vec<u8>) {
         let key = self.key(rel);
-        self.store.put(&key, PutPayload::from(bytes)).await.unwrap_or_else(|e| panic!("put {key}: {e}"));
+        self.store
+            .put(&key, PutPayload::from(bytes))
+            .await
+            .unwrap_or_else(|e| panic!("put {key}: {e}"));
     }
 
     /// Uploads a seed file 4 MiB at a time (multipart), never holding it whole.
     async fn put_file(&self, rel: &str, path: &Path) {
         use tokio::io::AsyncReadExt as _;
         let key = self.key(rel);
-        let upload = self.store.put_multipart(&key).await.unwrap_or_else(|e| panic!("upload {key}: {e}"));
+        let upload = self
+            .store
+            .put_multipart(&key)
+            .await
+            .unwrap_or_else(|e| panic!("upload {key}: {e}"));
         let mut writer = WriteMultipart::new_with_chunk_size(upload, 8 << 20);
         let mut file = tokio::fs::File::open(path).await.expect("open seed blob");
         let mut buf = vec![0u8; 4 << 20];
@@ -746,10 +1009,16 @@ impl Bucket {
             if n == 0 {
                 break;
             }
-            writer.wait_for_capacity(2).await.unwrap_or_else(|e| panic!("upload {key}: {e}"));
+            writer
+                .wait_for_capacity(2)
+                .await
+                .unwrap_or_else(|e| panic!("upload {key}: {e}"));
             writer.write(&buf[..n]);
         }
-        writer.finish().await.unwrap_or_else(|e| panic!("upload {key}: {e}"));
+        writer
+            .finish()
+            .await
+            .unwrap_or_else(|e| panic!("upload {key}: {e}"));
     }
 }
 
@@ -770,7 +1039,11 @@ impl S3FerryHarness {
         let s3 = S3Server::start().expect("start moto");
         s3.create_bucket(BUCKET).expect("create bucket");
         let prefix = "team/images";
-        let driver = S3Driver::new(S3Config { prefix: prefix.into(), ..s3.config("s3", BUCKET, S3Layout::Ferry) }).expect("s3 driver");
+        let driver = S3Driver::new(S3Config {
+            prefix: prefix.into(),
+            ..s3.config("s3", BUCKET, S3Layout::Ferry)
+        })
+        .expect("s3 driver");
         let bucket = Bucket {
             store: s3.store(BUCKET),
             prefix: prefix.into(),
@@ -796,8 +1069,14 @@ impl Harness for S3FerryHarness {
     async fn seed(&self, seed: &'static Seed) {
         for image in seed.images() {
             for blob in image.blobs() {
-                let rel = format!("blobs/{}/{}", blob.digest.algorithm().as_str(), blob.digest.hex());
-                self.bucket.put_file(&rel, &seed.blob_path(&blob.digest)).await;
+                let rel = format!(
+                    "blobs/{}/{}",
+                    blob.digest.algorithm().as_str(),
+                    blob.digest.hex()
+                );
+                self.bucket
+                    .put_file(&rel, &seed.blob_path(&blob.digest))
+                    .await;
             }
             let record = serde_json::json!({
                 "digest": image.manifest.digest.to_string(),
@@ -805,7 +1084,9 @@ impl Harness for S3FerryHarness {
                 "size": image.manifest.size,
             });
             let rel = format!("names/{}/tags/{}", self.name(), image.tag);
-            self.bucket.put(&rel, serde_json::to_vec(&record).expect("json")).await;
+            self.bucket
+                .put(&rel, serde_json::to_vec(&record).expect("json"))
+                .await;
         }
     }
 
@@ -856,7 +1137,8 @@ impl Harness for S3DistributionHarness {
     }
 
     async fn seed(&self, seed: &'static Seed) {
-        let registry = S3Registry::start(&self.s3, BUCKET, &self.bucket.prefix).expect("start registry on moto");
+        let registry = S3Registry::start(&self.s3, BUCKET, &self.bucket.prefix)
+            .expect("start registry on moto");
         let dest = format!("docker://{}/{REPOSITORY}", registry.host());
         blocking(move || {
             seed.copy_all(&dest, false);
@@ -867,7 +1149,11 @@ impl Harness for S3DistributionHarness {
 
     async fn tamper(&self, digest: &Digest, bytes: Vec<u8>) {
         let hex = digest.hex();
-        let rel = format!("docker/registry/v2/blobs/{}/{}/{hex}/data", digest.algorithm().as_str(), &hex[..2]);
+        let rel = format!(
+            "docker/registry/v2/blobs/{}/{}/{hex}/data",
+            digest.algorithm().as_str(),
+            &hex[..2]
+        );
         self.bucket.put(&rel, bytes).await;
     }
 }

@@ -39,8 +39,11 @@ pub fn moto_server_bin() -> io::Result<PathBuf> {
             return Ok(bin);
         }
     }
-    let on_path = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).map(|d| d.join("moto_server")).find(|b| b.exists()));
+    let on_path = std::env::var_os("PATH").map(|p| {
+        std::env::split_paths(&p)
+            .map(|d| d.join("moto_server"))
+            .find(|b| b.exists())
+    });
     on_path.flatten().ok_or_else(|| {
         io::Error::new(
             io::ErrorKind::NotFound,
@@ -64,7 +67,10 @@ impl S3Server {
         // A port freed just now may be taken before moto binds it: try a few.
         for _ in 0..3 {
             let port = free_port();
-            let log = tempfile::Builder::new().prefix("ferry-moto-").suffix(".log").tempfile()?;
+            let log = tempfile::Builder::new()
+                .prefix("ferry-moto-")
+                .suffix(".log")
+                .tempfile()?;
             let child = Command::new(&bin)
                 .args(["-H", "127.0.0.1", "-p", &port.to_string()])
                 .env("AWS_ACCESS_KEY_ID", ACCESS_KEY_ID)
@@ -75,7 +81,9 @@ impl S3Server {
                 .stdout(log.reopen()?)
                 .stderr(log.reopen()?)
                 .spawn()
-                .map_err(|e| io::Error::new(e.kind(), format!("cannot run {}: {e}", bin.display())))?;
+                .map_err(|e| {
+                    io::Error::new(e.kind(), format!("cannot run {}: {e}", bin.display()))
+                })?;
             let mut server = S3Server { child, port, log };
             match server.wait_ready() {
                 Ok(()) => return Ok(server),
@@ -89,13 +97,19 @@ impl S3Server {
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             if let Some(status) = self.child.try_wait()? {
-                return Err(io::Error::other(format!("moto_server exited ({status}): {}", self.log())));
+                return Err(io::Error::other(format!(
+                    "moto_server exited ({status}): {}",
+                    self.log()
+                )));
             }
             if http_status("GET", self.port, "/").is_ok_and(|s| s == 200) {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                return Err(io::Error::other(format!("moto_server not ready after {READY_TIMEOUT:?}: {}", self.log())));
+                return Err(io::Error::other(format!(
+                    "moto_server not ready after {READY_TIMEOUT:?}: {}",
+                    self.log()
+                )));
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -115,7 +129,9 @@ impl S3Server {
     pub fn create_bucket(&self, name: &str) -> io::Result<()> {
         match http_status("PUT", self.port, &format!("/{name}"))? {
             200 => Ok(()),
-            status => Err(io::Error::other(format!("creating bucket {name} on moto: HTTP {status}"))),
+            status => Err(io::Error::other(format!(
+                "creating bucket {name} on moto: HTTP {status}"
+            ))),
         }
     }
 
@@ -178,7 +194,9 @@ impl S3Registry {
         };
         let mut last_err = None;
         for _ in 0..3 {
-            let dir = tempfile::Builder::new().prefix("ferry-s3-registry-").tempdir()?;
+            let dir = tempfile::Builder::new()
+                .prefix("ferry-s3-registry-")
+                .tempdir()?;
             let port = free_port();
             let config = dir.path().join("config.yml");
             std::fs::write(
@@ -198,7 +216,14 @@ impl S3Registry {
                 .stdout(log.try_clone()?)
                 .stderr(log)
                 .spawn()
-                .map_err(|e| io::Error::new(e.kind(), format!("cannot run docker-registry (apt-get install docker-registry): {e}")))?;
+                .map_err(|e| {
+                    io::Error::new(
+                        e.kind(),
+                        format!(
+                            "cannot run docker-registry (apt-get install docker-registry): {e}"
+                        ),
+                    )
+                })?;
             let mut registry = S3Registry { child, port, dir };
             match registry.wait_ready() {
                 Ok(()) => return Ok(registry),
@@ -212,13 +237,19 @@ impl S3Registry {
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             if let Some(status) = self.child.try_wait()? {
-                return Err(io::Error::other(format!("docker-registry exited ({status}): {}", self.log())));
+                return Err(io::Error::other(format!(
+                    "docker-registry exited ({status}): {}",
+                    self.log()
+                )));
             }
             if http_status("GET", self.port, "/v2/").is_ok_and(|s| s == 200) {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                return Err(io::Error::other(format!("docker-registry not ready after {READY_TIMEOUT:?}: {}", self.log())));
+                return Err(io::Error::other(format!(
+                    "docker-registry not ready after {READY_TIMEOUT:?}: {}",
+                    self.log()
+                )));
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -260,5 +291,10 @@ fn http_status(method: &str, port: u16, path: &str) -> io::Result<u16> {
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
-        .ok_or_else(|| io::Error::other(format!("not an HTTP response: {:?}", response.chars().take(100).collect::<String>())))
+        .ok_or_else(|| {
+            io::Error::other(format!(
+                "not an HTTP response: {:?}",
+                response.chars().take(100).collect::<String>()
+            ))
+        })
 }
