@@ -57,6 +57,7 @@ pub(super) fn flock(file: &File, mode: Mode, wait: Wait, path: &Path) -> Result<
 /// When this returns, the locked file is the one at `path`: a holder that renamed or removed
 /// it while we waited makes us start over on the new file (STORE-5).
 pub(super) fn lock_partial(path: &Path) -> Result<File> {
+    let mut unfrozen = false;
     loop {
         let opened = OpenOptions::new()
             .read(true)
@@ -67,8 +68,9 @@ pub(super) fn lock_partial(path: &Path) -> Result<File> {
             .open(path);
         let file = match opened {
             Ok(file) => file,
-            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied && !unfrozen => {
                 unfreeze_partial(path)?;
+                unfrozen = true;
                 continue;
             }
             Err(e) => return Err(Error::io("open ingest", path, e)),
