@@ -131,13 +131,24 @@ impl S3Config {
 }
 
 /// A bucket as a source (and, in the ferry layout, a sink) of images.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct S3Driver {
     source_name: String,
     bucket: String,
     prefix: String,
     layout: S3Layout,
     store: Arc<dyn ObjectStore>,
+}
+
+impl std::fmt::Debug for S3Driver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Driver")
+            .field("source_name", &self.source_name)
+            .field("bucket", &self.bucket)
+            .field("prefix", &self.prefix)
+            .field("layout", &self.layout)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What a tag object of the ferry layout holds (S3-3).
