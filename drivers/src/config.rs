@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use toml::Spanned;
 
+pub use crate::s3::S3Layout;
 use crate::{Error, ErrorKind, Result};
 
 /// The route prefix that matches every name.
@@ -97,16 +98,6 @@ pub enum DriverConfig {
     },
 }
 
-/// How an S3 bucket is laid out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum S3Layout {
-    /// ferry's own layout (`specs/s3-layout.md`), readable and writable.
-    Ferry,
-    /// The bucket a CNCF distribution registry writes; read-only.
-    Distribution,
-}
-
 /// Where a registry source's credentials come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CredentialsConfig {
@@ -177,7 +168,7 @@ struct RawSource {
 #[derive(Deserialize)]
 #[serde(untagged)]
 enum RawCredentials {
-    Named(Spanned<String>),
+    Named(String),
     PasswordFile(RawPasswordFile),
 }
 
@@ -400,12 +391,12 @@ fn convert_source(name: &str, raw: RawSource, loc: &Locator, at: usize) -> Resul
     let missing = |field: &str| loc.err(at, format!("source {name:?}: driver {driver:?} needs {field:?}"));
     let credentials = match &raw.credentials {
         None => CredentialsConfig::DockerConfig,
-        Some(RawCredentials::Named(s)) => match s.get_ref().as_str() {
+        Some(RawCredentials::Named(s)) => match s.as_str() {
             "docker-config" => CredentialsConfig::DockerConfig,
             "anonymous" | "none" => CredentialsConfig::Anonymous,
             other => {
                 return Err(loc.err(
-                    s.span().start,
+                    at,
                     format!("source {name:?}: credentials {other:?}: expected \"docker-config\", \"anonymous\" or {{ username, password_file }}"),
                 ))
             }
@@ -591,12 +582,12 @@ path = "/media/usb/images"
     fn errors_name_file_and_line() {
         // SITE-3
         let cases = [
-            (EXAMPLE.replace("insecure = false", "insecure = false\ncolour = \"blue\""), "sites.toml:21", "colour"),
-            (EXAMPLE.replace("driver = \"mirror\"", "driver = \"ftp\""), "sites.toml:24", "unknown driver"),
+            (EXAMPLE.replace("insecure = false", "insecure = false\ncolour = \"blue\""), "sites.toml:15", "colour"),
+            (EXAMPLE.replace("driver = \"mirror\"", "driver = \"ftp\""), "sites.toml:19", "unknown driver"),
             (EXAMPLE.replace("\"usb\", \"lan", "\"usbstick\", \"lan"), "sites.toml:4", "unknown source \"usbstick\""),
-            (EXAMPLE.replace("https://registry.example.com\"", "registry.example.com\""), "sites.toml:17", "bad url"),
-            (EXAMPLE.replace("path = \"/media/usb/images\"", "url = \"http://x\""), "sites.toml:35", "does not apply"),
-            (EXAMPLE.replace("mirror/{name}", "mirror"), "sites.toml:19", "{name}"),
+            (EXAMPLE.replace("https://registry.example.com\"", "registry.example.com\""), "sites.toml:13", "bad url"),
+            (EXAMPLE.replace("path = \"/media/usb/images\"", "url = \"http://x\""), "sites.toml:29", "does not apply"),
+            (EXAMPLE.replace("mirror/{name}", "mirror"), "sites.toml:15", "{name}"),
         ];
         for (text, at, needle) in cases {
             let err = SiteConfig::parse(&text, "sites.toml").unwrap_err().to_string();

@@ -10,6 +10,7 @@ pub mod oci_layout;
 pub mod progress;
 pub mod pull;
 pub mod registry;
+pub mod route;
 pub mod s3;
 
 use std::pin::Pin;

@@ -1,12 +1,11 @@
 //! `ferry pull REF [--platform P]`.
 
 use std::process::ExitCode;
-use std::sync::Arc;
-
-use anyhow::{Context, Result};
+use anyhow::Result;
 use ferry_core::Platform;
-use ferry_drivers::pull::{pull, PullOptions, Sources};
-use ferry_drivers::registry::RegistryDriver;
+use ferry_drivers::config::SiteConfig;
+use ferry_drivers::pull::{pull, PullOptions};
+use ferry_drivers::route::sources_for;
 
 use crate::commands::{open_store, parse_reference};
 use crate::output::ProgressPrinter;
@@ -36,9 +35,8 @@ pub async fn run(cli: &Cli, args: &Args) -> Result<ExitCode> {
         },
         concurrency: args.concurrency,
     };
-    let driver = RegistryDriver::for_host(reference.registry())
-        .with_context(|| format!("registry for {reference}"))?;
-    let sources = Sources::single(Arc::new(driver));
+    let config = SiteConfig::load(cli.config.as_deref())?;
+    let sources = sources_for(&config, &reference)?;
     let printer = ProgressPrinter::new(cli.json);
     let pulled = pull(&store, &sources, &reference, &options, &printer).await;
     printer.finish();
