@@ -14,9 +14,9 @@ pub const MAX_CONFIG_SIZE: u64 = 8 * 1024 * 1024;
 #[derive(Debug, Clone)]
 pub enum Manifest {
     /// An image: one config and its layers.
-    Image(ImageManifest),
+    Image(Box<ImageManifest>),
     /// An index (OCI) or manifest list (Docker) of per-platform manifests.
-    Index(ImageIndex),
+    Index(Box<ImageIndex>),
 }
 
 /// Manifest bytes exactly as stored, with their digest and media type.
@@ -37,7 +37,11 @@ impl ManifestBlob {
     ///
     /// `content_type` is the transport's media type (HTTP `Content-Type`); the
     /// manifest's own `mediaType` field wins when present.
-    pub fn parse(bytes: Vec<u8>, content_type: Option<&str>, expected: Option<&Digest>) -> Result<Self, Error> {
+    pub fn parse(
+        bytes: Vec<u8>,
+        content_type: Option<&str>,
+        expected: Option<&Digest>,
+    ) -> Result<Self, Error> {
         if bytes.len() as u64 > MAX_MANIFEST_SIZE {
             return Err(Error::TooLarge {
                 what: "manifest".into(),
@@ -56,10 +60,11 @@ impl ManifestBlob {
                 });
             }
         }
-        let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| Error::InvalidManifest {
-            digest: digest.clone(),
-            reason: format!("not JSON: {e}"),
-        })?;
+        let value: serde_json::Value =
+            serde_json::from_slice(&bytes).map_err(|e| Error::InvalidManifest {
+                digest: digest.clone(),
+                reason: format!("not JSON: {e}"),
+            })?;
         let invalid = |reason: String| Error::InvalidManifest {
             digest: digest.clone(),
             reason,
@@ -88,14 +93,16 @@ impl ManifestBlob {
             return Err(Error::Schema1);
         }
         let manifest = if media::is_index(&media_type) {
-            Manifest::Index(serde_json::from_value(value).map_err(|e| invalid(format!("bad index: {e}")))?)
+            Manifest::Index(Box::new(
+                serde_json::from_value(value).map_err(|e| invalid(format!("bad index: {e}")))?,
+            ))
         } else if media::is_manifest(&media_type) {
-            let m: ImageManifest =
-                serde_json::from_value(value).map_err(|e| invalid(format!("bad image manifest: {e}")))?;
+            let m: ImageManifest = serde_json::from_value(value)
+                .map_err(|e| invalid(format!("bad image manifest: {e}")))?;
             for d in std::iter::once(m.config()).chain(m.layers()) {
                 Digest::try_from(d.digest()).map_err(|e| invalid(e.to_string()))?;
             }
-            Manifest::Image(m)
+            Manifest::Image(Box::new(m))
         } else {
             return Err(Error::UnsupportedMediaType {
                 media_type: media_type.chars().take(200).collect(),
@@ -148,7 +155,8 @@ impl Platform {
     /// Parses `os/arch[/variant]`.
     pub fn parse(s: &str) -> Result<Self, Error> {
         let parts: Vec<&str> = s.split('/').collect();
-        let ok = |p: &&str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        let ok =
+            |p: &&str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
         match parts.as_slice() {
             [os, arch] if ok(os) && ok(arch) => Ok(Platform {
                 os: os.to_string(),
@@ -266,10 +274,17 @@ mod tests {
     #[test]
     fn refuses_schema1_huge_and_unknown() {
         let s1 = br#"{"schemaVersion":1,"name":"x","tag":"y","fsLayers":[]}"#.to_vec();
-        assert!(ManifestBlob::parse(s1, None, None).unwrap_err().to_string().contains("schema 1"));
+        assert!(ManifestBlob::parse(s1, None, None)
+            .unwrap_err()
+            .to_string()
+            .contains("schema 1"));
         let huge = vec![b' '; MAX_MANIFEST_SIZE as usize + 1];
-        assert!(matches!(ManifestBlob::parse(huge, None, None), Err(Error::TooLarge { .. })));
-        let unknown = br#"{"schemaVersion":2,"mediaType":"application/x-weird","layers":[]}"#.to_vec();
+        assert!(matches!(
+            ManifestBlob::parse(huge, None, None),
+            Err(Error::TooLarge { .. })
+        ));
+        let unknown =
+            br#"{"schemaVersion":2,"mediaType":"application/x-weird","layers":[]}"#.to_vec();
         assert!(ManifestBlob::parse(unknown, None, None)
             .unwrap_err()
             .to_string()
@@ -290,13 +305,25 @@ mod tests {
             m = media::OCI_MANIFEST
         );
         let blob = ManifestBlob::parse(index.into_bytes(), None, None).unwrap();
-        let Manifest::Index(idx) = &blob.manifest else { panic!() };
+        let Manifest::Index(idx) = &blob.manifest else {
+            panic!()
+        };
         let amd = Platform::parse("linux/amd64").unwrap().select(idx).unwrap();
         assert_eq!(amd.digest().to_string(), CONFIG);
-        let arm = Platform::parse("linux/arm64/v8").unwrap().select(idx).unwrap();
+        let arm = Platform::parse("linux/arm64/v8")
+            .unwrap()
+            .select(idx)
+            .unwrap();
         assert_eq!(arm.digest().to_string(), LAYER);
-        let err = Platform::parse("linux/s390x").unwrap().select(idx).unwrap_err().to_string();
-        assert!(err.contains("linux/arm64") && err.contains("linux/s390x"), "{err}");
+        let err = Platform::parse("linux/s390x")
+            .unwrap()
+            .select(idx)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("linux/arm64") && err.contains("linux/s390x"),
+            "{err}"
+        );
         assert!(Platform::parse("linux").is_err());
     }
 }

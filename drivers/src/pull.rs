@@ -5,9 +5,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use ferry_core::manifest::{descriptor_digest, parse_config, MAX_CONFIG_SIZE};
+use ferry_core::media::{self, Compression};
 use ferry_core::oci_spec::image::{Descriptor, ImageConfiguration, ImageManifest};
 use ferry_core::store::ImageRecord;
-use ferry_core::media::{self, Compression};
 use ferry_core::{Digest, Manifest, ManifestBlob, Platform, Reference, Store};
 use futures::{StreamExt, TryStreamExt};
 
@@ -84,7 +84,9 @@ pub async fn pull(
     let top = match reference.digest() {
         Some(d) => d.clone(),
         None => {
-            let tag = reference.tag().unwrap_or(ferry_core::reference::DEFAULT_TAG);
+            let tag = reference
+                .tag()
+                .unwrap_or(ferry_core::reference::DEFAULT_TAG);
             progress.event(&Event::Resolving {
                 reference: reference.to_string(),
             });
@@ -137,17 +139,26 @@ pub async fn pull(
             },
         ));
     }
-    let blobs: Vec<(Descriptor, BlobKind)> = std::iter::once((config_desc.clone(), BlobKind::Config))
-        .chain(manifest.layers().iter().map(|l| (l.clone(), BlobKind::Layer)))
-        .collect();
+    let blobs: Vec<(Descriptor, BlobKind)> =
+        std::iter::once((config_desc.clone(), BlobKind::Config))
+            .chain(
+                manifest
+                    .layers()
+                    .iter()
+                    .map(|l| (l.clone(), BlobKind::Layer)),
+            )
+            .collect();
     size += blobs.iter().map(|(d, _)| d.size()).sum::<u64>();
-    let transferred: Vec<u64> = futures::stream::iter(blobs.iter().map(|(desc, kind)| transfer.blob(desc, *kind)))
-        .buffer_unordered(options.concurrency.max(1))
-        .try_collect()
-        .await?;
+    let transferred: Vec<u64> =
+        futures::stream::iter(blobs.iter().map(|(desc, kind)| transfer.blob(desc, *kind)))
+            .buffer_unordered(options.concurrency.max(1))
+            .try_collect()
+            .await?;
     transfer.transferred += transferred.iter().sum::<u64>();
 
-    let config_bytes = store.read_blob(&config_digest, MAX_CONFIG_SIZE).map_err(local)?;
+    let config_bytes = store
+        .read_blob(&config_digest, MAX_CONFIG_SIZE)
+        .map_err(local)?;
     let config = parse_config(&config_bytes, &config_digest).map_err(local)?;
     let platform = platform.or_else(|| {
         let mut p = format!("{}/{}", config.os(), config.architecture());
@@ -180,7 +191,7 @@ pub async fn pull(
     });
     Ok(Pulled {
         record,
-        manifest,
+        manifest: *manifest,
         config,
     })
 }
@@ -195,7 +206,7 @@ fn check_media_types(manifest: &ImageManifest) -> ferry_core::Result<()> {
         });
     }
     for layer in manifest.layers() {
-        Compression::of_layer(&layer.media_type().to_string()).map_err(|e| match e {
+        Compression::of_layer(layer.media_type().as_ref()).map_err(|e| match e {
             ferry_core::Error::UnsupportedMediaType { media_type, .. } => {
                 ferry_core::Error::UnsupportedMediaType {
                     media_type,
@@ -226,13 +237,20 @@ pub async fn resolve(resolvers: &[Arc<dyn Driver>], name: &str, tag: &str) -> Re
 
 /// Whether the next source should be tried after this failure.
 fn falls_back(e: &Error) -> bool {
-    matches!(e.kind, ErrorKind::NotFound | ErrorKind::Unavailable | ErrorKind::Corrupt)
+    matches!(
+        e.kind,
+        ErrorKind::NotFound | ErrorKind::Unavailable | ErrorKind::Corrupt
+    )
 }
 
 /// The error after every source failed: one line listing each source's failure.
 fn exhausted(what: &str, failures: Vec<Error>) -> Error {
     match failures.len() {
-        0 => Error::new(ErrorKind::Invalid, "", format!("no source configured for {what}")),
+        0 => Error::new(
+            ErrorKind::Invalid,
+            "",
+            format!("no source configured for {what}"),
+        ),
         1 => failures.into_iter().next().expect("one failure"),
         _ => {
             let kind = if failures.iter().all(|f| f.kind == ErrorKind::NotFound) {
@@ -241,7 +259,11 @@ fn exhausted(what: &str, failures: Vec<Error>) -> Error {
                 ErrorKind::Unavailable
             };
             let detail: Vec<String> = failures.iter().map(|f| f.to_string()).collect();
-            Error::new(kind, "", format!("{what}: every source failed: {}", detail.join("; ")))
+            Error::new(
+                kind,
+                "",
+                format!("{what}: every source failed: {}", detail.join("; ")),
+            )
         }
     }
 }
@@ -267,15 +289,23 @@ impl Transfer<'_> {
         }
         let mut failures = Vec::new();
         for source in &self.sources.content {
-            let fetched = source.fetch_manifest(self.name, digest).await.and_then(|m| {
-                ManifestBlob::parse(m.bytes, m.content_type.as_deref(), Some(digest))
-                    .map_err(|e| Error::from_core(source.source_name(), e))
-            });
+            let fetched = source
+                .fetch_manifest(self.name, digest)
+                .await
+                .and_then(|m| {
+                    ManifestBlob::parse(m.bytes, m.content_type.as_deref(), Some(digest))
+                        .map_err(|e| Error::from_core(source.source_name(), e))
+                });
             match fetched {
                 Ok(blob) => {
                     let size = blob.bytes.len() as u64;
                     self.store
-                        .put_blob(digest, &blob.bytes, &blob.media_type, Some(source.source_name()))
+                        .put_blob(
+                            digest,
+                            &blob.bytes,
+                            &blob.media_type,
+                            Some(source.source_name()),
+                        )
                         .map_err(local)?;
                     self.transferred += size;
                     self.progress.event(&Event::BlobDone {
@@ -294,7 +324,10 @@ impl Transfer<'_> {
                 Err(e) => return Err(e),
             }
         }
-        Err(exhausted(&format!("manifest {}@{digest}", self.name), failures))
+        Err(exhausted(
+            &format!("manifest {}@{digest}", self.name),
+            failures,
+        ))
     }
 
     /// Makes one blob present in the store; returns the bytes transferred.
@@ -319,7 +352,13 @@ impl Transfer<'_> {
         let wanted = digest.clone();
         let mut ingest = tokio::task::spawn_blocking(move || store.ingest(&wanted, Some(size)))
             .await
-            .map_err(|e| Error::new(ErrorKind::Invalid, "store", format!("ingest task failed: {e}")))?
+            .map_err(|e| {
+                Error::new(
+                    ErrorKind::Invalid,
+                    "store",
+                    format!("ingest task failed: {e}"),
+                )
+            })?
             .map_err(local)?;
         // Another process may have committed it while we waited for the ingest lock.
         if self.store.blob_size(&digest).map_err(local)? == Some(size) {
@@ -334,7 +373,16 @@ impl Transfer<'_> {
         let mut failures = Vec::new();
         let mut transferred = 0;
         for source in &self.sources.content {
-            match self.stream_into(source.as_ref(), &digest, size, &mut ingest, &mut transferred).await {
+            match self
+                .stream_into(
+                    source.as_ref(),
+                    &digest,
+                    size,
+                    &mut ingest,
+                    &mut transferred,
+                )
+                .await
+            {
                 Ok(()) => {}
                 Err(e) if falls_back(&e) => {
                     tracing::warn!("{e}; trying the next source");
@@ -349,7 +397,13 @@ impl Transfer<'_> {
                 let media_type = media_type.clone();
                 tokio::task::spawn_blocking(move || ingest.commit(&media_type, Some(&source_name)))
                     .await
-                    .map_err(|e| Error::new(ErrorKind::Invalid, "store", format!("commit task failed: {e}")))?
+                    .map_err(|e| {
+                        Error::new(
+                            ErrorKind::Invalid,
+                            "store",
+                            format!("commit task failed: {e}"),
+                        )
+                    })?
             };
             return match commit {
                 Ok(_) => {
@@ -454,7 +508,11 @@ impl Transfer<'_> {
                         ),
                     ))
                 }
-                Err(e) if e.kind == ErrorKind::Unavailable && attempts < RESUME_ATTEMPTS && ingest.offset() > offset => {
+                Err(e)
+                    if e.kind == ErrorKind::Unavailable
+                        && attempts < RESUME_ATTEMPTS
+                        && ingest.offset() > offset =>
+                {
                     attempts += 1;
                     tracing::warn!("{e}; resuming at byte {}", ingest.offset());
                 }
