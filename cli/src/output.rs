@@ -128,9 +128,9 @@ impl Progress for ProgressPrinter {
         }
         match event {
             Event::Resolving { reference } => self.line(format!("resolving {reference}")),
-            Event::Resolved { digest, media_type, .. } => {
-                self.line(format!("resolved  {digest} ({media_type})"))
-            }
+            Event::Resolved {
+                digest, media_type, ..
+            } => self.line(format!("resolved  {digest} ({media_type})")),
             Event::BlobStart {
                 digest,
                 kind,
@@ -178,7 +178,9 @@ impl Progress for ProgressPrinter {
             }
             Event::BlobProgress { digest, done, size } => {
                 let mut state = self.state.lock().expect("progress state");
-                let Some(s) = state.get_mut(digest) else { return };
+                let Some(s) = state.get_mut(digest) else {
+                    return;
+                };
                 if let Some(bar) = &s.bar {
                     bar.set_position(*done);
                 } else if s.last_report.elapsed() >= PLAIN_INTERVAL {
@@ -208,9 +210,16 @@ impl Progress for ProgressPrinter {
                     "already present".to_string()
                 } else {
                     let took = state.as_ref().map(|s| s.started.elapsed());
-                    let from = source.as_deref().map(|s| format!(" from {s:?}")).unwrap_or_default();
+                    let from = source
+                        .as_deref()
+                        .map(|s| format!(" from {s:?}"))
+                        .unwrap_or_default();
                     match took {
-                        Some(t) => format!("done ({} in {:.1}s{from})", human_size(*size), t.as_secs_f64()),
+                        Some(t) => format!(
+                            "done ({} in {:.1}s{from})",
+                            human_size(*size),
+                            t.as_secs_f64()
+                        ),
                         None => format!("done ({}{from})", human_size(*size)),
                     }
                 };

@@ -225,7 +225,10 @@ mod tests {
             ("sha256", "missing ':'"),
             ("md5:abcd", "unsupported algorithm"),
             ("sha256:abc", "needs 64 hex"),
-            (&EMPTY.to_uppercase().replace("SHA256", "sha256"), "lowercase"),
+            (
+                &EMPTY.to_uppercase().replace("SHA256", "sha256"),
+                "lowercase",
+            ),
             (&format!("{}g", &EMPTY[..EMPTY.len() - 1]), "lowercase"),
         ] {
             let err = Digest::parse(input).unwrap_err().to_string();

@@ -31,7 +31,12 @@ pub const DOCKER_SCHEMA1: &str = "application/vnd.docker.distribution.manifest.v
 pub const DOCKER_SCHEMA1_SIGNED: &str = "application/vnd.docker.distribution.manifest.v1+prettyjws";
 
 /// Every manifest media type ferry accepts, for HTTP `Accept` headers.
-pub const MANIFEST_TYPES: [&str; 4] = [OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST];
+pub const MANIFEST_TYPES: [&str; 4] = [
+    OCI_MANIFEST,
+    OCI_INDEX,
+    DOCKER_MANIFEST,
+    DOCKER_MANIFEST_LIST,
+];
 
 /// Whether `media_type` names an image manifest or an index.
 pub fn is_manifest(media_type: &str) -> bool {
@@ -82,7 +87,9 @@ impl Compression {
         if head.starts_with(&[0x1f, 0x8b]) {
             Compression::Gzip
         } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd])
-            || (head.len() >= 4 && (0x184D2A50..=0x184D2A5F).contains(&u32::from_le_bytes([head[0], head[1], head[2], head[3]])))
+            || (head.len() >= 4
+                && (0x184D2A50..=0x184D2A5F)
+                    .contains(&u32::from_le_bytes([head[0], head[1], head[2], head[3]])))
         {
             Compression::Zstd
         } else {
@@ -97,10 +104,22 @@ mod tests {
 
     #[test]
     fn layer_types_map_to_compression() {
-        assert_eq!(Compression::of_layer(OCI_LAYER_GZIP).unwrap(), Compression::Gzip);
-        assert_eq!(Compression::of_layer(DOCKER_LAYER_GZIP).unwrap(), Compression::Gzip);
-        assert_eq!(Compression::of_layer(OCI_LAYER_ZSTD).unwrap(), Compression::Zstd);
-        assert_eq!(Compression::of_layer(OCI_LAYER_TAR).unwrap(), Compression::None);
+        assert_eq!(
+            Compression::of_layer(OCI_LAYER_GZIP).unwrap(),
+            Compression::Gzip
+        );
+        assert_eq!(
+            Compression::of_layer(DOCKER_LAYER_GZIP).unwrap(),
+            Compression::Gzip
+        );
+        assert_eq!(
+            Compression::of_layer(OCI_LAYER_ZSTD).unwrap(),
+            Compression::Zstd
+        );
+        assert_eq!(
+            Compression::of_layer(OCI_LAYER_TAR).unwrap(),
+            Compression::None
+        );
         let err = Compression::of_layer("text/plain").unwrap_err().to_string();
         assert!(err.contains("text/plain"), "{err}");
     }
@@ -108,8 +127,14 @@ mod tests {
     #[test]
     fn sniffs_magic_bytes() {
         assert_eq!(Compression::sniff(&[0x1f, 0x8b, 8]), Compression::Gzip);
-        assert_eq!(Compression::sniff(&[0x28, 0xb5, 0x2f, 0xfd]), Compression::Zstd);
-        assert_eq!(Compression::sniff(&[0x50, 0x2a, 0x4d, 0x18]), Compression::Zstd);
+        assert_eq!(
+            Compression::sniff(&[0x28, 0xb5, 0x2f, 0xfd]),
+            Compression::Zstd
+        );
+        assert_eq!(
+            Compression::sniff(&[0x50, 0x2a, 0x4d, 0x18]),
+            Compression::Zstd
+        );
         assert_eq!(Compression::sniff(b"bin/"), Compression::None);
     }
 }

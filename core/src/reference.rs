@@ -93,7 +93,11 @@ impl Reference {
     }
 
     /// A reference built from parts that were validated elsewhere (a name and a tag or digest).
-    pub fn with_name(name: &str, tag: Option<&str>, digest: Option<&Digest>) -> Result<Self, Error> {
+    pub fn with_name(
+        name: &str,
+        tag: Option<&str>,
+        digest: Option<&Digest>,
+    ) -> Result<Self, Error> {
         let mut s = name.to_string();
         if let Some(t) = tag {
             s.push(':');
@@ -201,11 +205,15 @@ fn validate_registry(registry: &str) -> Result<(), String> {
         }
         for label in host.split('.') {
             let ok = !label.is_empty()
-                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
                 && !label.starts_with('-')
                 && !label.ends_with('-');
             if !ok {
-                return Err("registry host must be dot-separated letters, digits and inner '-'".into());
+                return Err(
+                    "registry host must be dot-separated letters, digits and inner '-'".into(),
+                );
             }
         }
     }
@@ -292,7 +300,10 @@ mod tests {
     fn normalizes_docker_hub_short_names() {
         assert_eq!(norm("busybox"), "docker.io/library/busybox:latest");
         assert_eq!(norm("user/app:1"), "docker.io/user/app:1");
-        assert_eq!(norm("index.docker.io/busybox"), "docker.io/library/busybox:latest");
+        assert_eq!(
+            norm("index.docker.io/busybox"),
+            "docker.io/library/busybox:latest"
+        );
     }
 
     #[test]
@@ -336,8 +347,14 @@ mod tests {
             }
         }
         let long = format!("reg.io/{}", "a".repeat(300));
-        assert!(Reference::parse(&long).unwrap_err().to_string().contains("longer than"));
+        assert!(Reference::parse(&long)
+            .unwrap_err()
+            .to_string()
+            .contains("longer than"));
         let tag = format!("x:{}", "t".repeat(129));
-        assert!(Reference::parse(&tag).unwrap_err().to_string().contains("tag longer"));
+        assert!(Reference::parse(&tag)
+            .unwrap_err()
+            .to_string()
+            .contains("tag longer"));
     }
 }

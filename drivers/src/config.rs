@@ -183,7 +183,13 @@ struct RawPasswordFile {
 fn allowed_fields(driver: &str) -> Option<&'static [&'static str]> {
     Some(match driver {
         "registry" => &["url", "insecure", "repository", "credentials"],
-        "mirror" => &["endpoints", "insecure", "repository", "credentials", "cooldown_secs"],
+        "mirror" => &[
+            "endpoints",
+            "insecure",
+            "repository",
+            "credentials",
+            "cooldown_secs",
+        ],
         "s3" => &["bucket", "endpoint", "region", "prefix", "layout"],
         "oci-layout" => &["path"],
         "peer" => &["peers"],
@@ -224,12 +230,19 @@ struct Locator<'a> {
 
 impl Locator<'_> {
     fn at(&self, offset: usize) -> String {
-        let line = self.text[..offset.min(self.text.len())].matches('\n').count() + 1;
+        let line = self.text[..offset.min(self.text.len())]
+            .matches('\n')
+            .count()
+            + 1;
         format!("{}:{line}", self.file)
     }
 
     fn err(&self, offset: usize, msg: impl std::fmt::Display) -> Error {
-        Error::new(ErrorKind::Invalid, "", format!("{}: {msg}", self.at(offset)))
+        Error::new(
+            ErrorKind::Invalid,
+            "",
+            format!("{}: {msg}", self.at(offset)),
+        )
     }
 }
 
@@ -259,7 +272,11 @@ impl SiteConfig {
         match Self::locate(explicit) {
             Some(path) => {
                 let text = std::fs::read_to_string(&path).map_err(|e| {
-                    Error::new(ErrorKind::Invalid, "", format!("site config {}: {e}", path.display()))
+                    Error::new(
+                        ErrorKind::Invalid,
+                        "",
+                        format!("site config {}: {e}", path.display()),
+                    )
                 })?;
                 let mut config = Self::parse(&text, &path.display().to_string())?;
                 config.path = Some(path);
@@ -298,7 +315,10 @@ impl SiteConfig {
             let prefix = r.prefix.get_ref().clone();
             validate_prefix(&prefix).map_err(|why| loc.err(r.prefix.span().start, why))?;
             if routes.iter().any(|x: &Route| x.prefix == prefix) {
-                return Err(loc.err(r.prefix.span().start, format!("route {prefix:?} is defined twice")));
+                return Err(loc.err(
+                    r.prefix.span().start,
+                    format!("route {prefix:?} is defined twice"),
+                ));
             }
             if r.sources.is_empty() {
                 return Err(loc.err(at, format!("route {prefix:?} has no sources")));
@@ -309,7 +329,8 @@ impl SiteConfig {
                         if sources.contains_key(s.get_ref()) {
                             Ok(s.get_ref().clone())
                         } else {
-                            Err(loc.err(s.span().start, format!("unknown source {:?}", s.get_ref())))
+                            Err(loc
+                                .err(s.span().start, format!("unknown source {:?}", s.get_ref())))
                         }
                     })
                     .collect()
@@ -337,7 +358,13 @@ impl SiteConfig {
         self.routes
             .iter()
             .filter(|r| prefix_matches(&r.prefix, name))
-            .max_by_key(|r| if r.prefix == DEFAULT_PREFIX { 0 } else { r.prefix.len() + 1 })
+            .max_by_key(|r| {
+                if r.prefix == DEFAULT_PREFIX {
+                    0
+                } else {
+                    r.prefix.len() + 1
+                }
+            })
     }
 }
 
@@ -367,12 +394,19 @@ fn validate_prefix(prefix: &str) -> std::result::Result<(), String> {
 }
 
 fn parse_url(s: &Spanned<String>, loc: &Locator, what: &str) -> Result<url::Url> {
-    let url = url::Url::parse(s.get_ref()).map_err(|e| loc.err(s.span().start, format!("bad {what} {:?}: {e}", s.get_ref())))?;
+    let url = url::Url::parse(s.get_ref())
+        .map_err(|e| loc.err(s.span().start, format!("bad {what} {:?}: {e}", s.get_ref())))?;
     if !matches!(url.scheme(), "http" | "https") {
-        return Err(loc.err(s.span().start, format!("bad {what} {:?}: scheme must be http or https", s.get_ref())));
+        return Err(loc.err(
+            s.span().start,
+            format!("bad {what} {:?}: scheme must be http or https", s.get_ref()),
+        ));
     }
     if url.host_str().is_none() {
-        return Err(loc.err(s.span().start, format!("bad {what} {:?}: no host", s.get_ref())));
+        return Err(loc.err(
+            s.span().start,
+            format!("bad {what} {:?}: no host", s.get_ref()),
+        ));
     }
     Ok(url)
 }
@@ -385,10 +419,22 @@ fn convert_source(name: &str, raw: RawSource, loc: &Locator, at: usize) -> Resul
             format!("source {name:?}: unknown driver {driver:?} (expected registry, mirror, s3, oci-layout or peer)"),
         ));
     };
-    if let Some(field) = raw.present_fields().into_iter().find(|f| !allowed.contains(f)) {
-        return Err(loc.err(at, format!("source {name:?}: key {field:?} does not apply to driver {driver:?}")));
+    if let Some(field) = raw
+        .present_fields()
+        .into_iter()
+        .find(|f| !allowed.contains(f))
+    {
+        return Err(loc.err(
+            at,
+            format!("source {name:?}: key {field:?} does not apply to driver {driver:?}"),
+        ));
     }
-    let missing = |field: &str| loc.err(at, format!("source {name:?}: driver {driver:?} needs {field:?}"));
+    let missing = |field: &str| {
+        loc.err(
+            at,
+            format!("source {name:?}: driver {driver:?} needs {field:?}"),
+        )
+    };
     let credentials = match &raw.credentials {
         None => CredentialsConfig::DockerConfig,
         Some(RawCredentials::Named(s)) => match s.as_str() {
@@ -408,7 +454,13 @@ fn convert_source(name: &str, raw: RawSource, loc: &Locator, at: usize) -> Resul
     };
     if let Some(repo) = &raw.repository {
         if !repo.get_ref().contains("{name}") {
-            return Err(loc.err(repo.span().start, format!("source {name:?}: repository {:?} must contain {{name}}", repo.get_ref())));
+            return Err(loc.err(
+                repo.span().start,
+                format!(
+                    "source {name:?}: repository {:?} must contain {{name}}",
+                    repo.get_ref()
+                ),
+            ));
         }
     }
     let urls = |list: &Option<Vec<Spanned<String>>>, field: &str| -> Result<Vec<url::Url>> {
@@ -435,7 +487,12 @@ fn convert_source(name: &str, raw: RawSource, loc: &Locator, at: usize) -> Resul
         "s3" => DriverConfig::S3 {
             bucket: raw.bucket.ok_or_else(|| missing("bucket"))?,
             endpoint: match &raw.endpoint {
-                Some(e) => Some(parse_url(e, loc, "endpoint")?.to_string().trim_end_matches('/').to_string()),
+                Some(e) => Some(
+                    parse_url(e, loc, "endpoint")?
+                        .to_string()
+                        .trim_end_matches('/')
+                        .to_string(),
+                ),
                 None => None,
             },
             region: raw.region.unwrap_or_else(|| "us-east-1".into()),
@@ -470,16 +527,41 @@ impl SourceConfig {
     /// Where this source keeps `name` (after any rewrite), for `ferry config explain`.
     pub fn location(&self, name: &str) -> String {
         match &self.driver {
-            DriverConfig::Registry { url, repository, .. } => {
-                format!("{}/v2/{}", url.as_str().trim_end_matches('/'), repository_at(name, repository.as_deref()))
+            DriverConfig::Registry {
+                url, repository, ..
+            } => {
+                format!(
+                    "{}/v2/{}",
+                    url.as_str().trim_end_matches('/'),
+                    repository_at(name, repository.as_deref())
+                )
             }
-            DriverConfig::Mirror { endpoints, repository, .. } => endpoints
+            DriverConfig::Mirror {
+                endpoints,
+                repository,
+                ..
+            } => endpoints
                 .iter()
-                .map(|u| format!("{}/v2/{}", u.as_str().trim_end_matches('/'), repository_at(name, repository.as_deref())))
+                .map(|u| {
+                    format!(
+                        "{}/v2/{}",
+                        u.as_str().trim_end_matches('/'),
+                        repository_at(name, repository.as_deref())
+                    )
+                })
                 .collect::<Vec<_>>()
                 .join(", then "),
-            DriverConfig::S3 { bucket, endpoint, prefix, layout, .. } => {
-                let at = endpoint.as_deref().map(|e| format!(" at {e}")).unwrap_or_default();
+            DriverConfig::S3 {
+                bucket,
+                endpoint,
+                prefix,
+                layout,
+                ..
+            } => {
+                let at = endpoint
+                    .as_deref()
+                    .map(|e| format!(" at {e}"))
+                    .unwrap_or_default();
                 match layout {
                     S3Layout::Ferry => format!("s3://{bucket}/{prefix}names/{name}{at} (ferry layout)"),
                     S3Layout::Distribution => format!(
@@ -488,8 +570,14 @@ impl SourceConfig {
                     ),
                 }
             }
-            DriverConfig::OciLayout { path } => format!("{} (ref names {name}:TAG)", path.display()),
-            DriverConfig::Peer { peers } => peers.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", "),
+            DriverConfig::OciLayout { path } => {
+                format!("{} (ref names {name}:TAG)", path.display())
+            }
+            DriverConfig::Peer { peers } => peers
+                .iter()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
         }
     }
 
@@ -507,8 +595,11 @@ impl SourceConfig {
     /// Where credentials come from, for `ferry config explain` (never the secret).
     pub fn credentials(&self) -> String {
         match &self.driver {
-            DriverConfig::Registry { credentials, .. } | DriverConfig::Mirror { credentials, .. } => credentials.describe(),
-            DriverConfig::S3 { .. } => "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY from the environment".into(),
+            DriverConfig::Registry { credentials, .. }
+            | DriverConfig::Mirror { credentials, .. } => credentials.describe(),
+            DriverConfig::S3 { .. } => {
+                "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY from the environment".into()
+            }
             DriverConfig::OciLayout { .. } => "none (local files)".into(),
             DriverConfig::Peer { .. } => "none".into(),
         }
@@ -559,7 +650,11 @@ path = "/media/usb/images"
         assert_eq!(c.routes.len(), 2);
         assert_eq!(c.routes[0].sources, ["usb", "lan-mirror", "s3", "origin"]);
         assert_eq!(c.routes[0].resolve, ["origin"]);
-        assert_eq!(c.routes[1].resolve, ["origin"], "resolve defaults to the sources");
+        assert_eq!(
+            c.routes[1].resolve,
+            ["origin"],
+            "resolve defaults to the sources"
+        );
         assert_eq!(c.sources.len(), 4);
         assert_eq!(
             c.sources["origin"].location("registry.example.com/team/app"),
@@ -571,10 +666,25 @@ path = "/media/usb/images"
     fn longest_prefix_wins_on_component_boundaries() {
         // SITE-2
         let c = SiteConfig::parse(EXAMPLE, "sites.toml").unwrap();
-        assert_eq!(c.route_for("registry.example.com/team/app").unwrap().prefix, "registry.example.com/team");
-        assert_eq!(c.route_for("registry.example.com/teammate/app").unwrap().prefix, "*");
-        assert_eq!(c.route_for("docker.io/library/busybox").unwrap().prefix, "*");
-        let no_default = SiteConfig::parse(&EXAMPLE.replace("prefix = \"*\"", "prefix = \"other.io\""), "f").unwrap();
+        assert_eq!(
+            c.route_for("registry.example.com/team/app").unwrap().prefix,
+            "registry.example.com/team"
+        );
+        assert_eq!(
+            c.route_for("registry.example.com/teammate/app")
+                .unwrap()
+                .prefix,
+            "*"
+        );
+        assert_eq!(
+            c.route_for("docker.io/library/busybox").unwrap().prefix,
+            "*"
+        );
+        let no_default = SiteConfig::parse(
+            &EXAMPLE.replace("prefix = \"*\"", "prefix = \"other.io\""),
+            "f",
+        )
+        .unwrap();
         assert!(no_default.route_for("docker.io/library/busybox").is_none());
     }
 
@@ -582,22 +692,54 @@ path = "/media/usb/images"
     fn errors_name_file_and_line() {
         // SITE-3
         let cases = [
-            (EXAMPLE.replace("insecure = false", "insecure = false\ncolour = \"blue\""), "sites.toml:15", "colour"),
-            (EXAMPLE.replace("driver = \"mirror\"", "driver = \"ftp\""), "sites.toml:19", "unknown driver"),
-            (EXAMPLE.replace("\"usb\", \"lan", "\"usbstick\", \"lan"), "sites.toml:4", "unknown source \"usbstick\""),
-            (EXAMPLE.replace("https://registry.example.com\"", "registry.example.com\""), "sites.toml:13", "bad url"),
-            (EXAMPLE.replace("path = \"/media/usb/images\"", "url = \"http://x\""), "sites.toml:29", "does not apply"),
-            (EXAMPLE.replace("mirror/{name}", "mirror"), "sites.toml:15", "{name}"),
+            (
+                EXAMPLE.replace("insecure = false", "insecure = false\ncolour = \"blue\""),
+                "sites.toml:15",
+                "colour",
+            ),
+            (
+                EXAMPLE.replace("driver = \"mirror\"", "driver = \"ftp\""),
+                "sites.toml:19",
+                "unknown driver",
+            ),
+            (
+                EXAMPLE.replace("\"usb\", \"lan", "\"usbstick\", \"lan"),
+                "sites.toml:4",
+                "unknown source \"usbstick\"",
+            ),
+            (
+                EXAMPLE.replace("https://registry.example.com\"", "registry.example.com\""),
+                "sites.toml:13",
+                "bad url",
+            ),
+            (
+                EXAMPLE.replace("path = \"/media/usb/images\"", "url = \"http://x\""),
+                "sites.toml:29",
+                "does not apply",
+            ),
+            (
+                EXAMPLE.replace("mirror/{name}", "mirror"),
+                "sites.toml:15",
+                "{name}",
+            ),
         ];
         for (text, at, needle) in cases {
-            let err = SiteConfig::parse(&text, "sites.toml").unwrap_err().to_string();
-            assert!(err.contains(at) && err.contains(needle), "want {at} and {needle:?} in: {err}");
+            let err = SiteConfig::parse(&text, "sites.toml")
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(at) && err.contains(needle),
+                "want {at} and {needle:?} in: {err}"
+            );
         }
     }
 
     #[test]
     fn repository_rewrite_uses_the_path_after_the_host() {
         assert_eq!(repository_at("reg.io/team/app", None), "team/app");
-        assert_eq!(repository_at("reg.io/team/app", Some("mirror/{name}")), "mirror/team/app");
+        assert_eq!(
+            repository_at("reg.io/team/app", Some("mirror/{name}")),
+            "mirror/team/app"
+        );
     }
 }

@@ -51,12 +51,20 @@ impl Error {
 
     /// `NotFound` at a source.
     pub fn not_found(source_name: &str, what: impl std::fmt::Display) -> Self {
-        Self::new(ErrorKind::NotFound, source_name, format!("not found: {what}"))
+        Self::new(
+            ErrorKind::NotFound,
+            source_name,
+            format!("not found: {what}"),
+        )
     }
 
     /// `Unsupported` at a source.
     pub fn unsupported(source_name: &str, what: impl std::fmt::Display) -> Self {
-        Self::new(ErrorKind::Unsupported, source_name, format!("does not support {what}"))
+        Self::new(
+            ErrorKind::Unsupported,
+            source_name,
+            format!("does not support {what}"),
+        )
     }
 
     /// `Corrupt` at a source.

@@ -53,7 +53,10 @@ pub struct ByteRange {
 
 impl ByteRange {
     /// The whole blob.
-    pub const WHOLE: ByteRange = ByteRange { offset: 0, len: None };
+    pub const WHOLE: ByteRange = ByteRange {
+        offset: 0,
+        len: None,
+    };
 
     /// From `offset` to the end.
     pub fn from(offset: u64) -> Self {
@@ -76,7 +79,9 @@ pub struct BlobBody {
 
 impl std::fmt::Debug for BlobBody {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BlobBody").field("len", &self.len).finish_non_exhaustive()
+        f.debug_struct("BlobBody")
+            .field("len", &self.len)
+            .finish_non_exhaustive()
     }
 }
 
@@ -117,13 +122,25 @@ pub trait Driver: Send + Sync + std::fmt::Debug {
     async fn list_tags(&self, name: &str) -> Result<Vec<String>>;
 
     /// Stores a blob under `name` (writable drivers only).
-    async fn put_blob(&self, name: &str, digest: &Digest, size: u64, body: ByteStream) -> Result<()> {
+    async fn put_blob(
+        &self,
+        name: &str,
+        digest: &Digest,
+        size: u64,
+        body: ByteStream,
+    ) -> Result<()> {
         let _ = (name, digest, size, body);
         Err(Error::unsupported(self.source_name(), "writing blobs"))
     }
 
     /// Stores a manifest under `name`, tagged `tag` when given (writable drivers only).
-    async fn put_manifest(&self, name: &str, tag: Option<&str>, media_type: &str, bytes: &[u8]) -> Result<Digest> {
+    async fn put_manifest(
+        &self,
+        name: &str,
+        tag: Option<&str>,
+        media_type: &str,
+        bytes: &[u8],
+    ) -> Result<Digest> {
         let _ = (name, tag, media_type, bytes);
         Err(Error::unsupported(self.source_name(), "writing manifests"))
     }

@@ -10,7 +10,9 @@ use ferry_core::Digest;
 use futures::future::BoxFuture;
 use futures::StreamExt;
 
-use crate::{BlobBody, ByteRange, ByteStream, Capabilities, Driver, Error, ErrorKind, ManifestBytes, Result};
+use crate::{
+    BlobBody, ByteRange, ByteStream, Capabilities, Driver, Error, ErrorKind, ManifestBytes, Result,
+};
 
 /// Endpoints serving the same content, with health tracking.
 #[derive(Debug)]
@@ -37,17 +39,22 @@ impl MirrorDriver {
     fn order(&self) -> Vec<usize> {
         let health = self.health.lock().expect("mirror health");
         let cooling = |i: &usize| health[*i].is_some_and(|t| t.elapsed() < self.cooldown);
-        let (mut healthy, cool): (Vec<usize>, Vec<usize>) = (0..self.endpoints.len()).partition(|i| !cooling(i));
+        let (mut healthy, cool): (Vec<usize>, Vec<usize>) =
+            (0..self.endpoints.len()).partition(|i| !cooling(i));
         healthy.extend(cool);
         healthy
     }
 
     fn mark(&self, index: usize, ok: bool) {
-        self.health.lock().expect("mirror health")[index] = if ok { None } else { Some(Instant::now()) };
+        self.health.lock().expect("mirror health")[index] =
+            if ok { None } else { Some(Instant::now()) };
     }
 
     /// Runs `op` on each endpoint in order until one succeeds or fails for good.
-    async fn first<T: Send>(&self, op: impl Fn(Arc<dyn Driver>) -> BoxFuture<'static, Result<T>>) -> Result<(usize, T)> {
+    async fn first<T: Send>(
+        &self,
+        op: impl Fn(Arc<dyn Driver>) -> BoxFuture<'static, Result<T>>,
+    ) -> Result<(usize, T)> {
         let mut failures = Vec::new();
         for i in self.order() {
             match op(self.endpoints[i].clone()).await {
@@ -55,7 +62,12 @@ impl MirrorDriver {
                     self.mark(i, true);
                     return Ok((i, v));
                 }
-                Err(e) if matches!(e.kind, ErrorKind::Unavailable | ErrorKind::NotFound | ErrorKind::Corrupt) => {
+                Err(e)
+                    if matches!(
+                        e.kind,
+                        ErrorKind::Unavailable | ErrorKind::NotFound | ErrorKind::Corrupt
+                    ) =>
+                {
                     if e.kind != ErrorKind::NotFound {
                         self.mark(i, false);
                     }
@@ -71,7 +83,11 @@ impl MirrorDriver {
             ErrorKind::Unavailable
         };
         let detail: Vec<String> = failures.iter().map(|f| f.to_string()).collect();
-        Err(Error::new(kind, &self.source_name, format!("every endpoint failed: {}", detail.join("; "))))
+        Err(Error::new(
+            kind,
+            &self.source_name,
+            format!("every endpoint failed: {}", detail.join("; ")),
+        ))
     }
 }
 
@@ -82,7 +98,8 @@ impl Driver for MirrorDriver {
     }
 
     fn capabilities(&self) -> Capabilities {
-        let all = |f: fn(&Capabilities) -> bool| self.endpoints.iter().all(|e| f(&e.capabilities()));
+        let all =
+            |f: fn(&Capabilities) -> bool| self.endpoints.iter().all(|e| f(&e.capabilities()));
         Capabilities {
             resolve: all(|c| c.resolve),
             list_tags: all(|c| c.list_tags),
@@ -126,7 +143,10 @@ impl Driver for MirrorDriver {
                 health.lock().expect("mirror health")[index] = Some(Instant::now());
             }
         }));
-        Ok(BlobBody { len: body.len, stream })
+        Ok(BlobBody {
+            len: body.len,
+            stream,
+        })
     }
 
     async fn blob_size(&self, name: &str, digest: &Digest) -> Result<Option<u64>> {
@@ -136,13 +156,22 @@ impl Driver for MirrorDriver {
             Box::pin(async move {
                 match d.blob_size(&name, &digest).await? {
                     Some(size) => Ok(size),
-                    None => Err(Error::not_found(d.source_name(), format!("{name}@{digest}"))),
+                    None => Err(Error::not_found(
+                        d.source_name(),
+                        format!("{name}@{digest}"),
+                    )),
                 }
             })
         })
         .await
         .map(|(_, size)| Some(size))
-        .or_else(|e| if e.kind == ErrorKind::NotFound { Ok(None) } else { Err(e) })
+        .or_else(|e| {
+            if e.kind == ErrorKind::NotFound {
+                Ok(None)
+            } else {
+                Err(e)
+            }
+        })
     }
 
     async fn list_tags(&self, name: &str) -> Result<Vec<String>> {

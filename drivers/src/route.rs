@@ -18,14 +18,20 @@ use crate::{Driver, Error, ErrorKind, Result};
 /// The sources for `reference`: its route's, or its host's registry when no route matches.
 pub fn sources_for(config: &SiteConfig, reference: &Reference) -> Result<Sources> {
     let Some(route) = config.route_for(&reference.name()) else {
-        return Ok(Sources::single(Arc::new(RegistryDriver::for_host(reference.registry())?)));
+        return Ok(Sources::single(Arc::new(RegistryDriver::for_host(
+            reference.registry(),
+        )?)));
     };
     let build_all = |names: &[String]| -> Result<Vec<Arc<dyn Driver>>> {
         names
             .iter()
             .map(|n| {
                 let source = config.sources.get(n).ok_or_else(|| {
-                    Error::new(ErrorKind::Invalid, "", format!("route {:?} names unknown source {n:?}", route.prefix))
+                    Error::new(
+                        ErrorKind::Invalid,
+                        "",
+                        format!("route {:?} names unknown source {n:?}", route.prefix),
+                    )
                 })?;
                 build_source(source)
             })
@@ -81,7 +87,11 @@ pub fn build_source(source: &SourceConfig) -> Result<Arc<dyn Driver>> {
                     .map(|d| Arc::new(d) as Arc<dyn Driver>)
                 })
                 .collect::<Result<Vec<_>>>()?;
-            Arc::new(MirrorDriver::new(name, endpoints, Duration::from_secs(*cooldown_secs)))
+            Arc::new(MirrorDriver::new(
+                name,
+                endpoints,
+                Duration::from_secs(*cooldown_secs),
+            ))
         }
         DriverConfig::S3 {
             bucket,
@@ -91,7 +101,9 @@ pub fn build_source(source: &SourceConfig) -> Result<Arc<dyn Driver>> {
             layout,
         } => {
             let mut config = S3Config::new(name, bucket.clone());
-            config.allow_http = endpoint.as_deref().is_some_and(|e| e.starts_with("http://"));
+            config.allow_http = endpoint
+                .as_deref()
+                .is_some_and(|e| e.starts_with("http://"));
             config.endpoint = endpoint.clone();
             config.region = region.clone();
             config.prefix = prefix.clone();
@@ -99,7 +111,9 @@ pub fn build_source(source: &SourceConfig) -> Result<Arc<dyn Driver>> {
             Arc::new(S3Driver::new(config)?)
         }
         DriverConfig::OciLayout { path } => Arc::new(OciLayoutDriver::new(name, path.clone())),
-        DriverConfig::Peer { .. } => return Err(Error::unsupported(name, "the peer driver in this build")),
+        DriverConfig::Peer { .. } => {
+            return Err(Error::unsupported(name, "the peer driver in this build"))
+        }
     })
 }
 
@@ -107,7 +121,10 @@ fn registry_credentials(source: &str, config: &CredentialsConfig) -> Result<Cred
     Ok(match config {
         CredentialsConfig::Anonymous => Credentials::Anonymous,
         CredentialsConfig::DockerConfig => Credentials::DockerConfig,
-        CredentialsConfig::PasswordFile { username, password_file } => {
+        CredentialsConfig::PasswordFile {
+            username,
+            password_file,
+        } => {
             let text = std::fs::read_to_string(password_file).map_err(|e| {
                 Error::new(
                     ErrorKind::Invalid,

@@ -29,10 +29,10 @@ enum Sub {
 /// Runs `ferry config …`.
 pub fn run(cli: &Cli, args: &Args) -> Result<ExitCode> {
     let config = SiteConfig::load(cli.config.as_deref())?;
-    let file = config
-        .path
-        .as_ref()
-        .map_or_else(|| "no site config file".to_string(), |p| p.display().to_string());
+    let file = config.path.as_ref().map_or_else(
+        || "no site config file".to_string(),
+        |p| p.display().to_string(),
+    );
     match &args.command {
         Sub::Check => {
             if cli.json {
@@ -41,16 +41,27 @@ pub fn run(cli: &Cli, args: &Args) -> Result<ExitCode> {
                     serde_json::json!({"file": config.path, "routes": config.routes.len(), "sources": config.sources.len()})
                 );
             } else {
-                println!("{file}: ok ({} routes, {} sources)", config.routes.len(), config.sources.len());
+                println!(
+                    "{file}: ok ({} routes, {} sources)",
+                    config.routes.len(),
+                    config.sources.len()
+                );
             }
         }
         Sub::Explain { name } => {
             let reference = parse_reference(name)?;
             let name = reference.name();
             let Some(route) = config.route_for(&name) else {
-                let direct = format!("https://{}/v2/{} (loopback hosts: http)", reference.registry(), reference.repository());
+                let direct = format!(
+                    "https://{}/v2/{} (loopback hosts: http)",
+                    reference.registry(),
+                    reference.repository()
+                );
                 if cli.json {
-                    println!("{}", serde_json::json!({"name": name, "route": null, "direct": direct}));
+                    println!(
+                        "{}",
+                        serde_json::json!({"name": name, "route": null, "direct": direct})
+                    );
                 } else {
                     println!("{name}: no route in {file}; straight to its registry {direct}");
                 }
@@ -60,10 +71,12 @@ pub fn run(cli: &Cli, args: &Args) -> Result<ExitCode> {
             let mut names: Vec<&String> = route.sources.iter().collect();
             names.extend(route.resolve.iter().filter(|r| !route.sources.contains(r)));
             for source_name in names {
-                let source = config
-                    .sources
-                    .get(source_name)
-                    .with_context(|| format!("route {:?} names unknown source {source_name:?}", route.prefix))?;
+                let source = config.sources.get(source_name).with_context(|| {
+                    format!(
+                        "route {:?} names unknown source {source_name:?}",
+                        route.prefix
+                    )
+                })?;
                 let mut roles = Vec::new();
                 if route.resolve.contains(source_name) {
                     roles.push("resolve");
@@ -80,7 +93,10 @@ pub fn run(cli: &Cli, args: &Args) -> Result<ExitCode> {
                 }));
             }
             if cli.json {
-                println!("{}", serde_json::json!({"name": name, "file": config.path, "route": route.prefix, "sources": rows}));
+                println!(
+                    "{}",
+                    serde_json::json!({"name": name, "file": config.path, "route": route.prefix, "sources": rows})
+                );
             } else {
                 println!("{name}: route {:?} in {file}", route.prefix);
                 for (i, r) in rows.iter().enumerate() {
@@ -89,7 +105,14 @@ pub fn run(cli: &Cli, args: &Args) -> Result<ExitCode> {
                         i + 1,
                         r["source"].as_str().unwrap_or_default(),
                         r["driver"].as_str().unwrap_or_default(),
-                        r["roles"].as_array().map(|a| a.iter().filter_map(|v| v.as_str()).collect::<Vec<_>>().join(", ")).unwrap_or_default(),
+                        r["roles"]
+                            .as_array()
+                            .map(|a| a
+                                .iter()
+                                .filter_map(|v| v.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", "))
+                            .unwrap_or_default(),
                         r["location"].as_str().unwrap_or_default(),
                         r["credentials"].as_str().unwrap_or_default(),
                     );

@@ -19,7 +19,11 @@ pub struct Args {
 /// Removes unreferenced blobs and stale ingests, and prints what it freed.
 pub fn run(cli: &Cli, args: &Args) -> Result<ExitCode> {
     let store = open_store(cli)?;
-    let report = if args.no_wait { store.try_gc()? } else { store.gc()? };
+    let report = if args.no_wait {
+        store.try_gc()?
+    } else {
+        store.gc()?
+    };
     if cli.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

@@ -33,7 +33,10 @@ pub fn run(cli: &Cli, _args: &Args) -> Result<ExitCode> {
             ]
         })
         .collect();
-    print_table(&["NAME", "TAG", "DIGEST", "SIZE", "CREATED", "PLATFORM"], &rows);
+    print_table(
+        &["NAME", "TAG", "DIGEST", "SIZE", "CREATED", "PLATFORM"],
+        &rows,
+    );
     Ok(ExitCode::SUCCESS)
 }
 

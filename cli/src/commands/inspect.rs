@@ -53,7 +53,10 @@ pub fn run(cli: &Cli, args: &Args) -> Result<ExitCode> {
         Manifest::Image(_) => top.clone(),
     };
     let Manifest::Image(manifest) = &image.manifest else {
-        anyhow::bail!("{}: an index inside an index is not supported", image.digest);
+        anyhow::bail!(
+            "{}: an index inside an index is not supported",
+            image.digest
+        );
     };
     if image.digest != top.digest {
         shown.push(serde_json::json!({
@@ -62,7 +65,8 @@ pub fn run(cli: &Cli, args: &Args) -> Result<ExitCode> {
         }));
     }
     let config_digest = descriptor_digest(manifest.config())?;
-    let config: serde_json::Value = serde_json::from_slice(&store.read_blob(&config_digest, MAX_CONFIG_SIZE)?)?;
+    let config: serde_json::Value =
+        serde_json::from_slice(&store.read_blob(&config_digest, MAX_CONFIG_SIZE)?)?;
     for desc in std::iter::once(manifest.config()).chain(manifest.layers()) {
         let digest = descriptor_digest(desc)?;
         shown.push(serde_json::json!({

@@ -25,10 +25,18 @@ pub async fn run(args: &Args) -> Result<ExitCode> {
         .context("reading the password from stdin")?;
     let password = password.trim_end_matches(['\n', '\r']);
     if password.is_empty() {
-        bail!("no password on stdin (pipe it: echo \"$PW\" | ferry login {} -u {})", args.host, args.username);
+        bail!(
+            "no password on stdin (pipe it: echo \"$PW\" | ferry login {} -u {})",
+            args.host,
+            args.username
+        );
     }
     check_login(&args.host, &args.username, password).await?;
     let path = DockerConfig::store_auth(&args.host, &args.username, password)?;
-    println!("login succeeded: credentials for {} saved in {}", args.host, path.display());
+    println!(
+        "login succeeded: credentials for {} saved in {}",
+        args.host,
+        path.display()
+    );
     Ok(ExitCode::SUCCESS)
 }

@@ -1,11 +1,11 @@
 //! `ferry pull REF [--platform P]`.
 
-use std::process::ExitCode;
 use anyhow::Result;
 use ferry_core::Platform;
 use ferry_drivers::config::SiteConfig;
 use ferry_drivers::pull::{pull, PullOptions};
 use ferry_drivers::route::sources_for;
+use std::process::ExitCode;
 
 use crate::commands::{open_store, parse_reference};
 use crate::output::ProgressPrinter;

@@ -27,13 +27,16 @@ fn images(root: &Path) -> Vec<serde_json::Value> {
 fn committed_blobs(root: &Path) -> Vec<String> {
     let dir = root.join("blobs/sha256");
     match std::fs::read_dir(&dir) {
-        Ok(entries) => entries.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect(),
+        Ok(entries) => entries
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect(),
         Err(_) => Vec::new(),
     }
 }
 
 fn layer_digests(fixtures: &Fixtures, tag: &str) -> Vec<String> {
-    let manifest: serde_json::Value = serde_json::from_slice(&fixtures.blob(&fixtures.digest(tag))).unwrap();
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&fixtures.blob(&fixtures.digest(tag))).unwrap();
     manifest["layers"]
         .as_array()
         .unwrap()
@@ -69,7 +72,10 @@ fn pull_stores_image_under_its_name_and_prints_name_at_digest() {
     // Every layer is committed under its digest; nothing is left in ingest.
     let blobs = committed_blobs(root.path());
     for layer in layer_digests(&fx, BUSYBOX) {
-        assert!(blobs.contains(&layer[7..].to_string()), "{layer} missing from {blobs:?}");
+        assert!(
+            blobs.contains(&layer[7..].to_string()),
+            "{layer} missing from {blobs:?}"
+        );
     }
     let table = run_ok(ferry(root.path()).arg("images"));
     assert!(table.starts_with("NAME"), "{table}");
@@ -86,7 +92,10 @@ fn pull_docker_schema2_image() {
     let out = run_ok(ferry(root.path()).args(["pull", &format!("{name}:v2s2")]));
     assert_eq!(last_line(&out), format!("{name}@{digest}"));
     let list = images(root.path());
-    assert_eq!(list[0]["media_type"], "application/vnd.docker.distribution.manifest.v2+json");
+    assert_eq!(
+        list[0]["media_type"],
+        "application/vnd.docker.distribution.manifest.v2+json"
+    );
 }
 
 #[test]
@@ -107,9 +116,18 @@ fn pull_index_picks_host_platform_or_the_one_asked_for() {
     let inspect = json(&run_ok(ferry(arm_root.path()).args(["inspect", &name])));
     assert_eq!(inspect["config"]["architecture"], "arm64");
 
-    let none = output(ferry(tempfile::tempdir().unwrap().path()).args(["pull", "--platform", "linux/s390x", &name]));
+    let none = output(ferry(tempfile::tempdir().unwrap().path()).args([
+        "pull",
+        "--platform",
+        "linux/s390x",
+        &name,
+    ]));
     assert_eq!(none.status.code(), Some(1));
-    assert!(stderr_of(&none).contains("linux/s390x"), "{}", stderr_of(&none));
+    assert!(
+        stderr_of(&none).contains("linux/s390x"),
+        "{}",
+        stderr_of(&none)
+    );
 }
 
 #[test]
@@ -121,9 +139,16 @@ fn repull_of_present_image_transfers_nothing() {
     let name = format!("{}/app:1", reg.host());
     run_ok(ferry(root.path()).args(["pull", &name]));
     let events = run_ok(ferry(root.path()).args(["pull", "--json", &name]));
-    let done = events.lines().map(json).find(|e| e["event"] == "done").expect("done event");
+    let done = events
+        .lines()
+        .map(json)
+        .find(|e| e["event"] == "done")
+        .expect("done event");
     assert_eq!(done["transferred"], 0, "{events}");
-    assert!(events.lines().map(json).all(|e| e["event"] != "blob-start"), "{events}");
+    assert!(
+        events.lines().map(json).all(|e| e["event"] != "blob-start"),
+        "{events}"
+    );
 }
 
 #[test]
@@ -137,10 +162,16 @@ fn tampered_layer_in_registry_is_rejected_and_nothing_of_it_is_kept() {
     let out = output(ferry(root.path()).args(["pull", &format!("{}/bad:1", reg.host())]));
     assert_eq!(out.status.code(), Some(1));
     let err = stderr_of(&out);
-    assert!(err.contains(&layer) && err.contains("digest mismatch"), "{err}");
+    assert!(
+        err.contains(&layer) && err.contains("digest mismatch"),
+        "{err}"
+    );
     let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("ferry: ")).collect();
     assert_eq!(errors.len(), 1, "one error line: {err}");
-    assert!(errors[0].contains(&layer) && errors[0].contains("digest mismatch"), "{err}");
+    assert!(
+        errors[0].contains(&layer) && errors[0].contains("digest mismatch"),
+        "{err}"
+    );
     assert!(!committed_blobs(root.path()).contains(&layer[7..].to_string()));
     assert!(images(root.path()).is_empty());
 }
@@ -153,7 +184,12 @@ fn truncated_layer_is_rejected_by_size() {
     let layer = layer_digests(&fx, BUSYBOX).remove(0);
     let path = reg.blob_data_path(&layer);
     let len = std::fs::metadata(&path).unwrap().len();
-    std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(len / 2).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
     let root = tempfile::tempdir().unwrap();
     let out = output(ferry(root.path()).args(["pull", &format!("{}/short:1", reg.host())]));
     assert_eq!(out.status.code(), Some(1));
@@ -179,7 +215,11 @@ fn missing_blob_and_unknown_tag_say_not_found() {
     let name = format!("{}/gone:nope", reg.host());
     let out = output(ferry(root.path()).args(["pull", &name]));
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr_of(&out).contains(&format!("not found: {}/gone:nope", reg.host())), "{}", stderr_of(&out));
+    assert!(
+        stderr_of(&out).contains(&format!("not found: {}/gone:nope", reg.host())),
+        "{}",
+        stderr_of(&out)
+    );
 }
 
 #[test]
@@ -187,19 +227,29 @@ fn unknown_layer_media_type_is_refused_before_transfer() {
     let fx = Fixtures::get();
     let reg = Registry::start(RegistryOptions::open()).unwrap();
     fx.push(BUSYBOX, &reg.host(), "weird:base", false, None);
-    let mut manifest: serde_json::Value = serde_json::from_slice(&fx.blob(&fx.digest(BUSYBOX))).unwrap();
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&fx.blob(&fx.digest(BUSYBOX))).unwrap();
     manifest["layers"][0]["mediaType"] = "application/x-unknown-layer".into();
     let file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(file.path(), serde_json::to_vec(&manifest).unwrap()).unwrap();
     run_ok(Command::new("curl").args([
-        "-fsS", "-X", "PUT", "-H", "Content-Type: application/vnd.oci.image.manifest.v1+json",
-        "--data-binary", &format!("@{}", file.path().display()),
+        "-fsS",
+        "-X",
+        "PUT",
+        "-H",
+        "Content-Type: application/vnd.oci.image.manifest.v1+json",
+        "--data-binary",
+        &format!("@{}", file.path().display()),
         &format!("{}/v2/weird/manifests/odd", reg.url()),
     ]));
     let root = tempfile::tempdir().unwrap();
     let out = output(ferry(root.path()).args(["pull", &format!("{}/weird:odd", reg.host())]));
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr_of(&out).contains("application/x-unknown-layer"), "{}", stderr_of(&out));
+    assert!(
+        stderr_of(&out).contains("application/x-unknown-layer"),
+        "{}",
+        stderr_of(&out)
+    );
     assert!(images(root.path()).is_empty());
 }
 
@@ -207,35 +257,66 @@ fn unknown_layer_media_type_is_refused_before_transfer() {
 fn auth_required_names_host_and_login_then_login_works() {
     let fx = Fixtures::get();
     let reg = Registry::start(RegistryOptions::basic("alice", "s3cret")).unwrap();
-    fx.push(BUSYBOX, &reg.host(), "private/bb:1", false, Some(("alice", "s3cret")));
+    fx.push(
+        BUSYBOX,
+        &reg.host(),
+        "private/bb:1",
+        false,
+        Some(("alice", "s3cret")),
+    );
     let root = tempfile::tempdir().unwrap();
     let docker = tempfile::tempdir().unwrap();
     let name = format!("{}/private/bb:1", reg.host());
 
-    let out = output(ferry(root.path()).env("DOCKER_CONFIG", docker.path()).args(["pull", &name]));
+    let out = output(
+        ferry(root.path())
+            .env("DOCKER_CONFIG", docker.path())
+            .args(["pull", &name]),
+    );
     assert_eq!(out.status.code(), Some(1));
     let err = stderr_of(&out);
-    assert!(err.contains(&reg.host()) && err.contains("ferry login"), "{err}");
+    assert!(
+        err.contains(&reg.host()) && err.contains("ferry login"),
+        "{err}"
+    );
 
     // Wrong password: refused, nothing saved.
     let mut login = ferry(root.path());
-    login.env("DOCKER_CONFIG", docker.path()).args(["login", &reg.host(), "-u", "alice"]);
+    login
+        .env("DOCKER_CONFIG", docker.path())
+        .args(["login", &reg.host(), "-u", "alice"]);
     let bad = pipe_stdin(&mut login, "wrong\n");
     assert_eq!(bad.status.code(), Some(1));
     assert!(!docker.path().join("config.json").exists());
 
     let mut login = ferry(root.path());
-    login.env("DOCKER_CONFIG", docker.path()).args(["login", &reg.host(), "-u", "alice"]);
+    login
+        .env("DOCKER_CONFIG", docker.path())
+        .args(["login", &reg.host(), "-u", "alice"]);
     let good = pipe_stdin(&mut login, "s3cret\n");
     assert!(good.status.success(), "{}", stderr_of(&good));
-    let out = run_ok(ferry(root.path()).env("DOCKER_CONFIG", docker.path()).args(["pull", &name]));
+    let out = run_ok(
+        ferry(root.path())
+            .env("DOCKER_CONFIG", docker.path())
+            .args(["pull", &name]),
+    );
     assert!(last_line(&out).starts_with(&reg.host()), "{out}");
 }
 
 fn pipe_stdin(cmd: &mut Command, input: &str) -> std::process::Output {
     use std::io::Write;
-    let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
     child.wait_with_output().unwrap()
 }
 
@@ -268,7 +349,10 @@ fn start_slow_pull(root: &Path, name: &str) -> std::process::Child {
     let stdout = child.stdout.take().unwrap();
     let mut lines = BufReader::new(stdout).lines();
     loop {
-        let line = lines.next().expect("pull ended before a layer was partly in").unwrap();
+        let line = lines
+            .next()
+            .expect("pull ended before a layer was partly in")
+            .unwrap();
         let e = json(&line);
         if e["event"] == "blob-progress" && e["done"].as_u64().unwrap() > 1 << 20 {
             break;
@@ -290,18 +374,32 @@ fn killed_pull_resumes_from_offset() {
     let mut child = start_slow_pull(root.path(), &format!("{}/big:1", proxy.host()));
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
-    assert!(images(root.path()).is_empty(), "a killed pull names nothing");
+    assert!(
+        images(root.path()).is_empty(),
+        "a killed pull names nothing"
+    );
 
-    let events = run_ok(ferry(root.path()).args(["pull", "--json", &format!("{}/big:1", proxy.host())]));
+    let events =
+        run_ok(ferry(root.path()).args(["pull", "--json", &format!("{}/big:1", proxy.host())]));
     let resumed: Vec<u64> = events
         .lines()
         .map(json)
         .filter(|e| e["event"] == "blob-start")
         .map(|e| e["resumed_from"].as_u64().unwrap())
         .collect();
-    assert!(resumed.iter().any(|&r| r > 1 << 20), "no blob resumed: {events}");
-    let done = events.lines().map(json).find(|e| e["event"] == "done").unwrap();
-    assert!(done["transferred"].as_u64().unwrap() < done["size"].as_u64().unwrap(), "{done}");
+    assert!(
+        resumed.iter().any(|&r| r > 1 << 20),
+        "no blob resumed: {events}"
+    );
+    let done = events
+        .lines()
+        .map(json)
+        .find(|e| e["event"] == "done")
+        .unwrap();
+    assert!(
+        done["transferred"].as_u64().unwrap() < done["size"].as_u64().unwrap(),
+        "{done}"
+    );
     assert_eq!(images(root.path()).len(), 1);
 }
 
@@ -315,7 +413,11 @@ fn gc_never_races_a_pull_in_progress() {
     let mut child = start_slow_pull(root.path(), &format!("{}/big:1", proxy.host()));
 
     let refused = output(ferry(root.path()).args(["gc", "--no-wait"]));
-    assert_eq!(refused.status.code(), Some(1), "gc --no-wait must refuse during a pull");
+    assert_eq!(
+        refused.status.code(),
+        Some(1),
+        "gc --no-wait must refuse during a pull"
+    );
     // A waiting gc runs after the pull and removes nothing the pull named.
     let gc = run_ok(ferry(root.path()).arg("gc"));
     assert!(child.wait().unwrap().success());
@@ -324,7 +426,10 @@ fn gc_never_races_a_pull_in_progress() {
     assert_eq!(list.len(), 1);
     let blobs = committed_blobs(root.path());
     for layer in layer_digests(&fx, BIG) {
-        assert!(blobs.contains(&layer[7..].to_string()), "gc removed {layer}");
+        assert!(
+            blobs.contains(&layer[7..].to_string()),
+            "gc removed {layer}"
+        );
     }
 }
 
@@ -336,8 +441,18 @@ fn two_processes_pulling_one_image_into_one_root_both_succeed() {
     let proxy = Proxy::start(&reg.host(), Some(16 << 20));
     let root = tempfile::tempdir().unwrap();
     let name = format!("{}/big:1", proxy.host());
-    let a = ferry(root.path()).args(["pull", &name]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    let b = ferry(root.path()).args(["pull", &name]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let a = ferry(root.path())
+        .args(["pull", &name])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let b = ferry(root.path())
+        .args(["pull", &name])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     for child in [a, b] {
         let out = child.wait_with_output().unwrap();
         assert!(out.status.success(), "{}", stderr_of(&out));
@@ -346,7 +461,8 @@ fn two_processes_pulling_one_image_into_one_root_both_succeed() {
     assert_eq!(images(root.path()).len(), 1);
     // Every committed blob hashes to its name.
     for hex in committed_blobs(root.path()) {
-        let sum = run_ok(Command::new("sha256sum").arg(root.path().join("blobs/sha256").join(&hex)));
+        let sum =
+            run_ok(Command::new("sha256sum").arg(root.path().join("blobs/sha256").join(&hex)));
         assert!(sum.starts_with(&hex), "{hex}: {sum}");
     }
 }

@@ -41,7 +41,9 @@ pub struct Fixtures {
 impl Fixtures {
     /// Builds the fixture layout if this checkout has none yet, and returns it.
     pub fn get() -> Fixtures {
-        let dir = target_dir().join("testkit").join(format!("fixtures-{VERSION}"));
+        let dir = target_dir()
+            .join("testkit")
+            .join(format!("fixtures-{VERSION}"));
         if !dir.join("index.json").exists() {
             build(&dir);
         }
@@ -61,7 +63,14 @@ impl Fixtures {
     /// Pushes fixture `tag` to `docker://HOST/NAME` on a plain-HTTP registry with skopeo.
     ///
     /// `v2s2` converts it to a Docker schema 2 image. Returns the pushed manifest's digest.
-    pub fn push(&self, tag: &str, host: &str, name: &str, v2s2: bool, creds: Option<(&str, &str)>) -> String {
+    pub fn push(
+        &self,
+        tag: &str,
+        host: &str,
+        name: &str,
+        v2s2: bool,
+        creds: Option<(&str, &str)>,
+    ) -> String {
         let dest = format!("docker://{host}/{name}");
         let digest_file = tempfile::NamedTempFile::new().expect("temp file");
         let mut cmd = Command::new("skopeo");
@@ -77,13 +86,17 @@ impl Fixtures {
         }
         cmd.arg(self.oci_ref(tag)).arg(&dest);
         run_ok(&mut cmd);
-        fs::read_to_string(digest_file.path()).expect("skopeo digest file").trim().to_string()
+        fs::read_to_string(digest_file.path())
+            .expect("skopeo digest file")
+            .trim()
+            .to_string()
     }
 
     /// The manifest (or index) digest of fixture `tag` in the layout.
     pub fn digest(&self, tag: &str) -> String {
         let index: serde_json::Value =
-            serde_json::from_slice(&fs::read(self.layout.join("index.json")).expect("index.json")).expect("json");
+            serde_json::from_slice(&fs::read(self.layout.join("index.json")).expect("index.json"))
+                .expect("json");
         index["manifests"]
             .as_array()
             .expect("manifests")
@@ -123,7 +136,8 @@ fn build(dir: &Path) {
     fs::create_dir_all(rootfs.join("bin")).expect("mkdir bin");
     fs::create_dir_all(rootfs.join("etc")).expect("mkdir etc");
     fs::create_dir_all(rootfs.join("tmp")).expect("mkdir tmp");
-    fs::copy("/bin/busybox", rootfs.join("bin/busybox")).expect("busybox-static is installed (apt-get install busybox-static)");
+    fs::copy("/bin/busybox", rootfs.join("bin/busybox"))
+        .expect("busybox-static is installed (apt-get install busybox-static)");
     for applet in APPLETS {
         symlink("busybox", rootfs.join("bin").join(applet)).expect("symlink applet");
     }
@@ -131,8 +145,15 @@ fn build(dir: &Path) {
     fs::write(rootfs.join("etc/group"), "root:x:0:\n").expect("group");
     umoci(&["repack", "--image", &image(BUSYBOX), b]);
     umoci(&[
-        "config", "--image", &image(BUSYBOX), "--config.cmd", "/bin/sh", "--history.created", CREATED,
-        "--created", CREATED,
+        "config",
+        "--image",
+        &image(BUSYBOX),
+        "--config.cmd",
+        "/bin/sh",
+        "--history.created",
+        CREATED,
+        "--created",
+        CREATED,
     ]);
     fs::remove_dir_all(&bundle).expect("rm bundle");
 
@@ -143,16 +164,34 @@ fn build(dir: &Path) {
         "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/work:/bin/sh\n",
     )
     .expect("passwd");
-    fs::write(rootfs.join("etc/group"), "root:x:0:\napp:x:1000:\nextra:x:2000:app\n").expect("group");
+    fs::write(
+        rootfs.join("etc/group"),
+        "root:x:0:\napp:x:1000:\nextra:x:2000:app\n",
+    )
+    .expect("group");
     fs::create_dir_all(rootfs.join("work")).expect("mkdir work");
     fs::write(rootfs.join("work/hello.txt"), "hello from app\n").expect("hello");
     umoci(&["repack", "--image", &format!("{l}:{APP}"), b]);
     umoci(&[
-        "config", "--image", &format!("{l}:{APP}"),
-        "--config.entrypoint", "/bin/sh", "--config.entrypoint", "-c",
-        "--config.cmd", "echo uid=$(id -u) gid=$(id -g) cwd=$(pwd) foo=$FOO",
-        "--config.env", "FOO=bar", "--config.workingdir", "/work", "--config.user", "app",
-        "--history.created", CREATED, "--created", CREATED,
+        "config",
+        "--image",
+        &format!("{l}:{APP}"),
+        "--config.entrypoint",
+        "/bin/sh",
+        "--config.entrypoint",
+        "-c",
+        "--config.cmd",
+        "echo uid=$(id -u) gid=$(id -g) cwd=$(pwd) foo=$FOO",
+        "--config.env",
+        "FOO=bar",
+        "--config.workingdir",
+        "/work",
+        "--config.user",
+        "app",
+        "--history.created",
+        CREATED,
+        "--created",
+        CREATED,
     ]);
     fs::remove_dir_all(&bundle).expect("rm bundle");
 
@@ -182,20 +221,31 @@ fn write_blob(layout: &Path, bytes: &[u8]) -> String {
 }
 
 fn hex_sha256(bytes: &[u8]) -> String {
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Adds the multi-platform index: linux/amd64 is the busybox manifest, linux/arm64 a copy
 /// whose config says arm64.
 fn add_index(layout: &Path) {
     let index_path = layout.join("index.json");
-    let mut index: serde_json::Value = serde_json::from_slice(&fs::read(&index_path).expect("index")).expect("json");
-    let fixtures = Fixtures { layout: layout.to_path_buf() };
+    let mut index: serde_json::Value =
+        serde_json::from_slice(&fs::read(&index_path).expect("index")).expect("json");
+    let fixtures = Fixtures {
+        layout: layout.to_path_buf(),
+    };
     let amd_digest = fixtures.digest(BUSYBOX);
     let amd_bytes = fixtures.blob(&amd_digest);
-    let mut manifest: serde_json::Value = serde_json::from_slice(&amd_bytes).expect("manifest json");
-    let config_digest = manifest["config"]["digest"].as_str().expect("config digest").to_string();
-    let mut config: serde_json::Value = serde_json::from_slice(&fixtures.blob(&config_digest)).expect("config json");
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&amd_bytes).expect("manifest json");
+    let config_digest = manifest["config"]["digest"]
+        .as_str()
+        .expect("config digest")
+        .to_string();
+    let mut config: serde_json::Value =
+        serde_json::from_slice(&fixtures.blob(&config_digest)).expect("config json");
     config["architecture"] = "arm64".into();
     config["variant"] = "v8".into();
     let config_bytes = serde_json::to_vec(&config).expect("json");
@@ -223,10 +273,13 @@ fn add_index(layout: &Path) {
     });
     let idx_bytes = serde_json::to_vec(&idx).expect("json");
     let idx_digest = write_blob(layout, &idx_bytes);
-    index["manifests"].as_array_mut().expect("manifests").push(serde_json::json!({
-        "mediaType": "application/vnd.oci.image.index.v1+json",
-        "digest": idx_digest, "size": idx_bytes.len(),
-        "annotations": {"org.opencontainers.image.ref.name": INDEX},
-    }));
+    index["manifests"]
+        .as_array_mut()
+        .expect("manifests")
+        .push(serde_json::json!({
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "digest": idx_digest, "size": idx_bytes.len(),
+            "annotations": {"org.opencontainers.image.ref.name": INDEX},
+        }));
     fs::write(&index_path, serde_json::to_vec(&index).expect("json")).expect("write index.json");
 }

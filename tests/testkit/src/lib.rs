@@ -5,10 +5,10 @@
 
 pub mod conformance;
 pub mod fixtures;
+pub mod proxy;
 pub mod registry;
 pub mod s3;
 pub mod token;
-pub mod proxy;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

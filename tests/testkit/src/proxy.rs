@@ -37,7 +37,10 @@ impl Proxy {
                     let _ = client.shutdown(Shutdown::Both);
                     continue;
                 };
-                let (c2, s2) = (client.try_clone().expect("clone"), server.try_clone().expect("clone"));
+                let (c2, s2) = (
+                    client.try_clone().expect("clone"),
+                    server.try_clone().expect("clone"),
+                );
                 thread::spawn(move || pump(c2, s2, None, None));
                 let served = served2.clone();
                 thread::spawn(move || pump(server, client, bytes_per_sec, Some(served)));
@@ -65,7 +68,12 @@ impl Drop for Proxy {
     }
 }
 
-fn pump(mut from: TcpStream, mut to: TcpStream, rate: Option<u64>, counter: Option<Arc<AtomicU64>>) {
+fn pump(
+    mut from: TcpStream,
+    mut to: TcpStream,
+    rate: Option<u64>,
+    counter: Option<Arc<AtomicU64>>,
+) {
     let chunk = rate.map_or(64 * 1024, |r| (r / 20).clamp(512, 64 * 1024) as usize);
     let mut buf = vec![0u8; chunk];
     let start = Instant::now();
