@@ -461,3 +461,42 @@ fn mounted(path: &Path) -> bool {
         .lines()
         .any(|l| l.split(' ').nth(4) == Some(path.to_str().unwrap()))
 }
+
+/// RUN-17: without root, creating a container fails with an error that says so.
+#[test]
+fn non_root_is_told_that_run_needs_root() {
+    const CHILD: &str = "FERRY_TEST_NOT_ROOT_CHILD";
+    if std::env::var_os(CHILD).is_some() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("store")).unwrap();
+        let err = Bundle::create(
+            &store,
+            &[dir.path().to_path_buf()],
+            &image(cmd_image()),
+            &sh("true"),
+        )
+        .unwrap_err();
+        assert!(matches!(err, Error::NotRoot), "{err}");
+        assert!(err.to_string().contains("ferry run needs root"), "{err}");
+        assert!(!store.root().join("containers").exists());
+        return;
+    }
+    if !is_root() {
+        return;
+    }
+    // Run this very test again as nobody.
+    use std::os::unix::process::CommandExt;
+    let status = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "non_root_is_told_that_run_needs_root",
+            "--exact",
+            "--nocapture",
+        ])
+        .env(CHILD, "1")
+        .env("TMPDIR", "/tmp")
+        .uid(65534)
+        .gid(65534)
+        .status()
+        .unwrap();
+    assert!(status.success(), "{status}");
+}
