@@ -77,11 +77,12 @@ impl MirrorDriver {
                 Err(e) => return Err(e),
             }
         }
-        let kind = if failures.iter().all(|f| f.kind == ErrorKind::NotFound) {
-            ErrorKind::NotFound
-        } else {
-            ErrorKind::Unavailable
-        };
+        // Endpoints hold one content: what an endpoint that answered said (corrupt bytes,
+        // then "not found") is believed over endpoints that could not be reached.
+        let kind = [ErrorKind::Corrupt, ErrorKind::NotFound]
+            .into_iter()
+            .find(|k| failures.iter().any(|f| f.kind == *k))
+            .unwrap_or(ErrorKind::Unavailable);
         let detail: Vec<String> = failures.iter().map(|f| f.to_string()).collect();
         Err(Error::new(
             kind,

@@ -3,7 +3,9 @@
 //! object; distribution layout written by a real `docker-registry`), and a real registry.
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use ferry_drivers::mirror::MirrorDriver;
 use ferry_drivers::registry::{Credentials, RegistryConfig, RegistryDriver};
 use ferry_testkit::conformance::{
     self, OciLayoutHarness, RegistryHarness, S3DistributionHarness, S3FerryHarness,
@@ -35,6 +37,36 @@ async fn registry_driver_conforms() {
             repository: None,
         };
         Arc::new(RegistryDriver::new(config).expect("registry driver"))
+    });
+    conformance::run(&harness).await;
+}
+
+/// The mirror driver over a dead endpoint (closed port) and the real registry: the suite
+/// passes through the second endpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirror_driver_conforms() {
+    let harness = RegistryHarness::start(|registry| {
+        let endpoint = |url: String, name: &str| -> Arc<dyn ferry_drivers::Driver> {
+            Arc::new(
+                RegistryDriver::new(RegistryConfig {
+                    source_name: name.into(),
+                    base_url: url.parse().expect("endpoint URL"),
+                    insecure: false,
+                    credentials: Credentials::Anonymous,
+                    repository: None,
+                })
+                .expect("registry driver"),
+            )
+        };
+        let dead = format!(
+            "http://127.0.0.1:{}",
+            ferry_testkit::registry::closed_port().expect("port")
+        );
+        Arc::new(MirrorDriver::new(
+            "mirror",
+            vec![endpoint(dead, "mirror (dead)"), endpoint(registry.url(), "mirror (live)")],
+            Duration::from_secs(30),
+        ))
     });
     conformance::run(&harness).await;
 }
