@@ -4,6 +4,7 @@
 #![warn(missing_docs)]
 
 mod error;
+pub mod image;
 pub mod run;
 pub mod snapshot;
 pub mod spec;

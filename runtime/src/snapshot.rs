@@ -18,6 +18,7 @@ use ferry_core::{Digest, Store};
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
 
+use crate::image::Image;
 use crate::unpack::{apply_layer, Budget, LayerSummary, Limits, Whiteouts};
 use crate::{Error, Result};
 
@@ -63,17 +64,12 @@ pub fn root_key(image: &ImageRecord) -> String {
 /// (threads or processes) on the same layers extract each once. The snapshots are recorded
 /// as store roots of kind [`ROOT_KIND`] under [`root_key`]`(image)`, so [`gc`] keeps them while
 /// the image keeps that name. `limits` bounds everything extracted by this call.
-pub fn prepare(
-    store: &Store,
-    image: &ImageRecord,
-    manifest: &ImageManifest,
-    config: &ImageConfiguration,
-    limits: Limits,
-) -> Result<Vec<PathBuf>> {
-    let diff_ids = diff_ids(manifest, config)?;
+pub fn prepare(store: &Store, image: &Image, limits: Limits) -> Result<Vec<PathBuf>> {
+    let manifest = image.manifest();
+    let diff_ids = diff_ids(manifest, image.config())?;
     let chain = chain_ids(&diff_ids);
     let _gc = lock(&snapshots_root(store).join("gc.lock"), FlockArg::LockShared)?;
-    let key = root_key(image);
+    let key = root_key(image.record());
     for chain_id in &chain {
         store.add_root(ROOT_KIND, &key, chain_id)?;
     }
@@ -150,12 +146,12 @@ pub fn gc(store: &Store) -> Result<usize> {
 /// `limits` bounds the whole image.
 pub fn flatten(
     store: &Store,
-    manifest: &ImageManifest,
-    config: &ImageConfiguration,
+    image: &Image,
     dest: &Path,
     limits: Limits,
 ) -> Result<Vec<LayerSummary>> {
-    let diff_ids = diff_ids(manifest, config)?;
+    let manifest = image.manifest();
+    let diff_ids = diff_ids(manifest, image.config())?;
     fs::create_dir_all(dest).map_err(|e| io_error("create directory", dest, e))?;
     let mut budget = Budget::new(limits);
     manifest

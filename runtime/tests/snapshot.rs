@@ -104,6 +104,17 @@ struct Image {
 /// Puts `layers` (uncompressed tars; odd ones stored gzip-compressed) and an image made of
 /// them into `store` under `name`.
 fn add_image(store: &Store, name: &str, layers: &[Vec<u8>], cmd: &[&str]) -> Image {
+    add_image_with(store, name, layers, cmd, None)
+}
+
+/// [`add_image`] whose config lists `diff_ids` instead of the layers' own.
+fn add_image_with(
+    store: &Store,
+    name: &str,
+    layers: &[Vec<u8>],
+    cmd: &[&str],
+    diff_ids_override: Option<Vec<String>>,
+) -> Image {
     let mut descriptors = Vec::new();
     let mut diff_ids = Vec::new();
     for (i, tar) in layers.iter().enumerate() {
@@ -117,6 +128,7 @@ fn add_image(store: &Store, name: &str, layers: &[Vec<u8>], cmd: &[&str]) -> Ima
         descriptors.push(serde_json::json!({"mediaType": media_type, "size": blob.len(), "digest": d.to_string()}));
         diff_ids.push(Digest::sha256(tar).to_string());
     }
+    let diff_ids = diff_ids_override.unwrap_or(diff_ids);
     let config = serde_json::json!({
         "architecture": "amd64", "os": "linux",
         "config": {"Cmd": cmd},
@@ -156,15 +168,20 @@ fn add_image(store: &Store, name: &str, layers: &[Vec<u8>], cmd: &[&str]) -> Ima
     }
 }
 
+impl Image {
+    /// The crate's checked image: through the trust policy (no policy: accept all).
+    fn checked(&self, store: &Store) -> ferry_runtime::image::Image {
+        let reference =
+            Reference::with_name(&self.record.name, self.record.tag.as_deref(), None).unwrap();
+        let trusted = ferry_signing::Policy::accept_all()
+            .check(&reference, &self.record.digest, &[])
+            .unwrap();
+        ferry_runtime::image::Image::load(store, &trusted).unwrap()
+    }
+}
+
 fn prepared(store: &Store, image: &Image) -> Vec<PathBuf> {
-    prepare(
-        store,
-        &image.record,
-        &image.manifest,
-        &image.config,
-        Limits::default(),
-    )
-    .unwrap()
+    prepare(store, &image.checked(store), Limits::default()).unwrap()
 }
 
 fn base_layer() -> Vec<u8> {
@@ -333,17 +350,15 @@ fn corrupt_layer_leaves_no_snapshot() {
         return;
     }
     let (_dir, store) = store();
-    let mut image = add_image(&store, "example.com/bad:1", &[base_layer()], &["/bin/sh"]);
     let wrong = Digest::sha256(b"not this layer").to_string();
-    image.config.rootfs_mut().set_diff_ids(vec![wrong.clone()]);
-    let err = prepare(
+    let image = add_image_with(
         &store,
-        &image.record,
-        &image.manifest,
-        &image.config,
-        Limits::default(),
-    )
-    .unwrap_err();
+        "example.com/bad:1",
+        &[base_layer()],
+        &["/bin/sh"],
+        Some(vec![wrong]),
+    );
+    let err = prepare(&store, &image.checked(&store), Limits::default()).unwrap_err();
     assert!(matches!(err, Error::DiffIdMismatch { .. }), "{err}");
     let left: Vec<String> = fs::read_dir(store.root().join("snapshots/sha256"))
         .unwrap()
@@ -352,15 +367,14 @@ fn corrupt_layer_leaves_no_snapshot() {
         .collect();
     assert!(left.is_empty(), "{left:?}");
 
-    image.config.rootfs_mut().set_diff_ids(vec![]);
-    let err = prepare(
+    let image = add_image_with(
         &store,
-        &image.record,
-        &image.manifest,
-        &image.config,
-        Limits::default(),
-    )
-    .unwrap_err();
+        "example.com/bad:2",
+        &[base_layer()],
+        &["/bin/sh"],
+        Some(vec![]),
+    );
+    let err = prepare(&store, &image.checked(&store), Limits::default()).unwrap_err();
     assert!(
         matches!(
             err,
@@ -548,14 +562,7 @@ fn flatten_applies_layers_and_whiteouts() {
         &["/bin/sh"],
     );
     let dest = dir.path().join("out");
-    let summaries = flatten(
-        &store,
-        &image.manifest,
-        &image.config,
-        &dest,
-        Limits::default(),
-    )
-    .unwrap();
+    let summaries = flatten(&store, &image.checked(&store), &dest, Limits::default()).unwrap();
     assert_eq!(summaries.len(), 2);
     assert_eq!(summaries[1].diff_id, Digest::sha256(&top_layer()));
     assert_eq!(
