@@ -3,9 +3,10 @@
 use anyhow::Result;
 use ferry_core::Platform;
 use ferry_drivers::config::SiteConfig;
-use ferry_drivers::pull::{pull, PullOptions};
+use ferry_drivers::pull::{pull, PullOptions, Pulled};
 use ferry_drivers::route::sources_for;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use crate::commands::{open_store, parse_reference};
 use crate::output::ProgressPrinter;
@@ -35,14 +36,24 @@ pub async fn run(cli: &Cli, args: &Args) -> Result<ExitCode> {
         },
         concurrency: args.concurrency,
     };
-    let config = SiteConfig::load(cli.config.as_deref())?;
-    let sources = sources_for(&config, &reference)?;
-    let printer = ProgressPrinter::new(cli.json);
-    let pulled = pull(&store, &sources, &reference, &options, &printer).await;
-    printer.finish();
-    let pulled = pulled?;
+    let pulled = pull_into(cli, &store, &reference, &options).await?;
     if !cli.json {
         println!("{}@{}", pulled.record.name, pulled.record.digest);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Pulls `reference` into `store` through the site config's route, showing progress.
+pub async fn pull_into(
+    cli: &Cli,
+    store: &Arc<ferry_core::Store>,
+    reference: &ferry_core::Reference,
+    options: &PullOptions,
+) -> Result<Pulled> {
+    let config = SiteConfig::load(cli.config.as_deref())?;
+    let sources = sources_for(&config, reference)?;
+    let printer = ProgressPrinter::new(cli.json);
+    let pulled = pull(store, &sources, reference, options, &printer).await;
+    printer.finish();
+    Ok(pulled?)
 }
