@@ -129,6 +129,60 @@ fn files_dirs_modes_owners_and_times_are_applied() {
     s.assert_untouched();
 }
 
+/// UNPACK-41
+#[test]
+fn directories_a_layer_writes_into_without_an_entry_keep_their_times() {
+    let s = Sandbox::new();
+    let lower = Tar::new()
+        .entry(
+            Hdr {
+                kind: b'5',
+                mtime: 1000,
+                ..hdr("d/")
+            },
+            b"",
+        )
+        .file("d/old", b"old")
+        .entry(
+            Hdr {
+                kind: b'5',
+                mtime: 2000,
+                ..hdr("e/")
+            },
+            b"",
+        )
+        .file("e/gone", b"gone")
+        .finish();
+    s.apply(&lower).unwrap();
+    s.apply(
+        &Tar::new()
+            .file("d/new", b"new")
+            .file("e/.wh.gone", b"")
+            .finish(),
+    )
+    .unwrap();
+    assert!(exists(&s.at("d/new")) && !exists(&s.at("e/gone")));
+    assert_eq!(fs::symlink_metadata(s.at("d")).unwrap().mtime(), 1000);
+    assert_eq!(fs::symlink_metadata(s.at("e")).unwrap().mtime(), 2000);
+    // A layer that has an entry for the directory sets its time.
+    s.apply(
+        &Tar::new()
+            .entry(
+                Hdr {
+                    kind: b'5',
+                    mtime: 3000,
+                    ..hdr("d/")
+                },
+                b"",
+            )
+            .file("d/x", b"")
+            .finish(),
+    )
+    .unwrap();
+    assert_eq!(fs::symlink_metadata(s.at("d")).unwrap().mtime(), 3000);
+    s.assert_untouched();
+}
+
 /// UNPACK-40, UNPACK-33
 #[test]
 fn xattrs_are_applied_by_namespace() {

@@ -5,7 +5,8 @@ use std::ffi::{CStr, CString};
 use std::fs::File;
 use std::hash::{BuildHasher, RandomState};
 use std::io::{self, BufRead, Write};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::rc::Rc;
 
 use super::path::{self, Target};
 use super::root::{cstring, cvt, file_type, is, list, lstat_at, open_at, remove_all, Root};
@@ -15,10 +16,13 @@ use super::{Fail, Whiteouts};
 /// Largest uid or gid accepted: `2^32-1` is `(uid_t)-1`, "no change" to chown (UNPACK-15).
 const MAX_ID: u64 = u32::MAX as u64 - 1;
 
-/// Mode and time of a directory, applied once the layer's content is in (UNPACK-41).
+/// Mode and times of a directory, applied once the layer's content is in (UNPACK-41):
+/// those of its entry, or, for a directory the layer changes without an entry for it,
+/// the times it had before.
 #[derive(Clone, Copy)]
 struct DirMeta {
-    mode: u32,
+    mode: Option<u32>,
+    atime: (i64, u32),
     mtime: (i64, u32),
 }
 
@@ -159,19 +163,46 @@ impl Applier {
                 }
             };
             let what = || format!("directory {:?}", String::from_utf8_lossy(&full));
-            cvt(unsafe { libc::fchmod(fd.as_raw_fd(), meta.mode) })
-                .map_err(io_fail(format!("chmod {}", what())))?;
-            futimens(fd.as_fd(), meta.mtime)
+            if let Some(mode) = meta.mode {
+                cvt(unsafe { libc::fchmod(fd.as_raw_fd(), mode) })
+                    .map_err(io_fail(format!("chmod {}", what())))?;
+            }
+            futimens(fd.as_fd(), meta.atime, meta.mtime)
                 .map_err(io_fail(format!("set times of {}", what())))?;
         }
         Ok(())
     }
 
-    fn dir(&mut self, full: &[u8], parent: &[u8], name: &CStr, e: &Entry) -> Result<(), Fail> {
-        let parent_fd = self
+    /// The directory `parent`, to be changed: its times are remembered first, to be put
+    /// back if the layer has no entry for it (as umoci does).
+    fn parent(&mut self, parent: &[u8]) -> Result<Rc<OwnedFd>, Fail> {
+        let fd = self
             .root
             .dir(parent)
             .map_err(io_fail("open parent directory"))?;
+        self.remember_times(parent, fd.as_fd())?;
+        Ok(fd)
+    }
+
+    fn remember_times(&mut self, dir: &[u8], fd: BorrowedFd<'_>) -> Result<(), Fail> {
+        if !self.dirs.contains_key(dir) {
+            let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+            cvt(unsafe { libc::fstat(fd.as_raw_fd(), st.as_mut_ptr()) })
+                .map_err(io_fail("stat parent directory"))?;
+            // SAFETY: fstat succeeded and filled the struct.
+            let st = unsafe { st.assume_init() };
+            let meta = DirMeta {
+                mode: None,
+                atime: (st.st_atime, st.st_atime_nsec as u32),
+                mtime: (st.st_mtime, st.st_mtime_nsec as u32),
+            };
+            self.dirs.insert(dir.to_vec(), meta);
+        }
+        Ok(())
+    }
+
+    fn dir(&mut self, full: &[u8], parent: &[u8], name: &CStr, e: &Entry) -> Result<(), Fail> {
+        let parent_fd = self.parent(parent)?;
         if name.to_bytes() != b"." {
             loop {
                 match cvt(unsafe { libc::mkdirat(parent_fd.as_raw_fd(), name.as_ptr(), 0o700) }) {
@@ -204,7 +235,8 @@ impl Applier {
         self.dirs.insert(
             full.to_vec(),
             DirMeta {
-                mode: e.mode,
+                mode: Some(e.mode),
+                atime: e.mtime,
                 mtime: e.mtime,
             },
         );
@@ -218,10 +250,7 @@ impl Applier {
         e: &Entry,
         tar: &mut TarReader<R>,
     ) -> Result<(), Fail> {
-        let parent_fd = self
-            .root
-            .dir(parent)
-            .map_err(io_fail("open parent directory"))?;
+        let parent_fd = self.parent(parent)?;
         // Create with the final mode when the umask and chown cannot change it.
         let direct = e.mode & 0o7000 == 0 && e.mode & self.umask == 0;
         let create_mode = if direct { e.mode } else { 0o600 };
@@ -253,14 +282,11 @@ impl Applier {
         }
         // After chown and writing, which clear security.capability.
         self.xattrs(XattrTarget::Fd(file.as_fd()), e)?;
-        futimens(file.as_fd(), e.mtime).map_err(io_fail("set times"))
+        futimens(file.as_fd(), e.mtime, e.mtime).map_err(io_fail("set times"))
     }
 
     fn symlink(&mut self, parent: &[u8], name: &CStr, e: &Entry) -> Result<(), Fail> {
-        let parent_fd = self
-            .root
-            .dir(parent)
-            .map_err(io_fail("open parent directory"))?;
+        let parent_fd = self.parent(parent)?;
         let target = cstring(&e.link)
             .map_err(|_| Fail::Reject("symlink target contains a NUL byte".into()))?;
         if e.link.is_empty() {
@@ -294,10 +320,7 @@ impl Applier {
             .root
             .resolve(tparent, libc::O_PATH | libc::O_DIRECTORY)
             .map_err(io_fail(what.clone()))?;
-        let parent_fd = self
-            .root
-            .dir(parent)
-            .map_err(io_fail("open parent directory"))?;
+        let parent_fd = self.parent(parent)?;
         loop {
             let r = unsafe {
                 libc::linkat(
@@ -336,10 +359,7 @@ impl Applier {
             tracing::warn!(entry = %String::from_utf8_lossy(&e.path), "skipping a device node: creating one needs root");
             return Ok(());
         }
-        let parent_fd = self
-            .root
-            .dir(parent)
-            .map_err(io_fail("open parent directory"))?;
+        let parent_fd = self.parent(parent)?;
         let dev = libc::makedev(e.dev.0, e.dev.1);
         loop {
             match cvt(unsafe {
@@ -422,6 +442,7 @@ impl Applier {
                     Err(e) if is(&e, libc::ENOENT) || is(&e, libc::ENOTDIR) => return Ok(()),
                     Err(e) => return Err(io_fail("open parent directory")(e)),
                 };
+                self.remember_times(parent, parent_fd.as_fd())?;
                 remove_all(parent_fd.as_fd(), &c).map_err(io_fail("remove whited-out file"))?;
                 self.root.forget();
                 self.forget_dirs_under(&hidden);
@@ -429,10 +450,7 @@ impl Applier {
             }
             Whiteouts::Overlay => {
                 self.paths.insert(&path::join(parent, name));
-                let parent_fd = self
-                    .root
-                    .dir(parent)
-                    .map_err(io_fail("open parent directory"))?;
+                let parent_fd = self.parent(parent)?;
                 let dev = libc::makedev(0, 0);
                 loop {
                     match cvt(unsafe {
@@ -465,6 +483,7 @@ impl Applier {
                     Err(e) if is(&e, libc::ENOENT) => return Ok(()),
                     Err(e) => return Err(io_fail("open opaque directory")(e)),
                 };
+                self.remember_times(parent, fd.as_fd())?;
                 let mut prefix = parent.to_vec();
                 self.clear_lower(fd.as_fd(), &mut prefix)?;
                 self.root.forget();
@@ -613,8 +632,8 @@ fn timespec((sec, nsec): (i64, u32)) -> libc::timespec {
 }
 
 /// Sets access and modification time of an open file.
-fn futimens(fd: BorrowedFd<'_>, mtime: (i64, u32)) -> io::Result<()> {
-    let times = [timespec(mtime), timespec(mtime)];
+fn futimens(fd: BorrowedFd<'_>, atime: (i64, u32), mtime: (i64, u32)) -> io::Result<()> {
+    let times = [timespec(atime), timespec(mtime)];
     cvt(unsafe { libc::futimens(fd.as_raw_fd(), times.as_ptr()) }).map(drop)
 }
 
