@@ -518,6 +518,13 @@ fn whiteouts_and_opaque_dirs_in_overlay_mode_are_overlayfs_markers() {
     );
     assert_eq!(fs::read(s.at("var/new")).unwrap(), b"n");
     assert!(!exists(&s.at("var/.wh..wh..opq")));
+    // A hard link to a lower layer's file cannot be made in a separate snapshot.
+    let link = Tar::new().hardlink("bin/sh", "bin/busybox").finish();
+    let err = s
+        .apply_with(&link, Compression::None, Whiteouts::Overlay, &mut budget)
+        .unwrap_err();
+    assert!(matches!(err, Error::UnpackIo { .. }), "{err:?}");
+    assert!(err.to_string().contains("bin/sh"), "{err}");
     s.assert_untouched();
 }
 
