@@ -20,6 +20,9 @@ pub struct Cli {
     /// Site config file (default: $FERRY_CONFIG, $XDG_CONFIG_HOME/ferry/sites.toml, /etc/ferry/sites.toml).
     #[arg(long, global = true)]
     config: Option<PathBuf>,
+    /// Trust policy file (default: $FERRY_POLICY, $XDG_CONFIG_HOME/ferry/policy.toml, /etc/ferry/policy.toml).
+    #[arg(long, global = true)]
+    policy: Option<PathBuf>,
     /// Print machine-readable JSON instead of tables and progress bars.
     #[arg(long, global = true)]
     json: bool,
@@ -42,6 +45,10 @@ enum Command {
     Rm(commands::rm::Args),
     /// Remove blobs and snapshots no named image needs.
     Gc(commands::gc::Args),
+    /// Write an image's root filesystem into a directory (layers applied, verified).
+    Unpack(commands::unpack::Args),
+    /// Run an image in a container, in the foreground (needs root).
+    Run(commands::run::Args),
     /// Check the site config, or explain how a name travels.
     Config(commands::config::Args),
     /// Store registry credentials in the docker config file (password from stdin).

@@ -7,6 +7,9 @@ pub mod inspect;
 pub mod login;
 pub mod pull;
 pub mod rm;
+pub mod run;
+mod trust;
+pub mod unpack;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -24,6 +27,8 @@ pub async fn dispatch(cli: &Cli) -> Result<ExitCode> {
         Command::Inspect(args) => inspect::run(cli, args),
         Command::Rm(args) => rm::run(cli, args),
         Command::Gc(args) => gc::run(cli, args),
+        Command::Unpack(args) => unpack::run(cli, args).await,
+        Command::Run(args) => run::run_command(cli, args).await,
         Command::Config(args) => config::run(cli, args),
         Command::Login(args) => login::run(args).await,
     }
