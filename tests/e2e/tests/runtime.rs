@@ -1,0 +1,97 @@
+//! `ferry run` and `ferry unpack` end to end: images pulled from a real registry, run with
+//! the builtin runtime and with runc, unpacked and compared with umoci's rootfs.
+//! Needs root (namespaces, overlayfs, chown): CI runs as root; elsewhere these tests print a
+//! notice and return.
+
+use std::process::Output;
+
+use ferry_testkit::fixtures::{Fixtures, APP, BUSYBOX};
+use ferry_testkit::registry::{Registry, RegistryOptions};
+use ferry_testkit::{ferry, is_root, output};
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+struct Env {
+    _registry: Registry,
+    root: tempfile::TempDir,
+    busybox: String,
+    app: String,
+}
+
+fn env() -> Option<Env> {
+    if !is_root() {
+        eprintln!("skipped: ferry run needs root (CI runs as root)");
+        return None;
+    }
+    let fx = Fixtures::get();
+    let registry = Registry::start(RegistryOptions::open()).unwrap();
+    fx.push(BUSYBOX, &registry.host(), "busybox:1", false, None);
+    fx.push(APP, &registry.host(), "app:1", false, None);
+    Some(Env {
+        busybox: format!("{}/busybox:1", registry.host()),
+        app: format!("{}/app:1", registry.host()),
+        _registry: registry,
+        root: tempfile::tempdir().unwrap(),
+    })
+}
+
+#[test]
+fn run_pulls_then_prints_and_returns_the_exit_code() {
+    let Some(env) = env() else { return };
+    for runtime in ["builtin", "runc"] {
+        let out = output(ferry(env.root.path()).args(["run", "--rm", "--runtime", runtime, &env.busybox, "echo", "hi"]));
+        assert!(out.status.success(), "{runtime}: {}", stderr(&out));
+        assert_eq!(stdout(&out), "hi\n", "{runtime}");
+        let out = output(ferry(env.root.path()).args(["run", "--rm", "--runtime", runtime, &env.busybox, "sh", "-c", "exit 3"]));
+        assert_eq!(out.status.code(), Some(3), "{runtime}: {}", stderr(&out));
+    }
+}
+
+#[test]
+fn image_config_is_honoured_without_a_command() {
+    // Entrypoint + Cmd, Env, WorkingDir and User (a name from the image's /etc/passwd).
+    let Some(env) = env() else { return };
+    for runtime in ["builtin", "runc"] {
+        let out = output(ferry(env.root.path()).args(["run", "--rm", "--runtime", runtime, &env.app]));
+        assert!(out.status.success(), "{runtime}: {}", stderr(&out));
+        assert_eq!(stdout(&out), "uid=1000 gid=1000 cwd=/work foo=bar\n", "{runtime}");
+    }
+    // -e, -w and -u override the image; arguments replace Cmd and keep the Entrypoint.
+    let out = output(ferry(env.root.path()).args([
+        "run", "--rm", "-e", "FOO=baz", "-w", "/tmp", "-u", "0:0", &env.app, "echo $FOO $(pwd) $(id -u)",
+    ]));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "baz /tmp 0\n");
+}
+
+#[test]
+fn containers_are_isolated_and_rm_leaves_nothing() {
+    let Some(env) = env() else { return };
+    let out = output(ferry(env.root.path()).args(["run", "--rm", &env.busybox, "sh", "-c", "echo $$; ls /sys/class/net"]));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "1\nlo\n", "pid 1 and only loopback with --net none");
+    let containers = env.root.path().join("containers");
+    let left = std::fs::read_dir(&containers).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(left, 0, "--rm removes the container directory");
+    // Writes land in the container's upper dir, never in the shared snapshots.
+    let out = output(ferry(env.root.path()).args(["run", "--rm", &env.busybox, "sh", "-c", "rm /bin/echo && echo changed > /etc/passwd"]));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = output(ferry(env.root.path()).args(["run", "--rm", &env.busybox, "echo", "still here"]));
+    assert_eq!(stdout(&out), "still here\n", "{}", stderr(&out));
+    let out = output(ferry(env.root.path()).args(["run", "--rm", &env.busybox, "cat", "/etc/passwd"]));
+    assert!(stdout(&out).starts_with("root:"), "{}", stdout(&out));
+}
+
+#[test]
+fn run_without_a_command_anywhere_is_a_clear_error() {
+    let Some(env) = env() else { return };
+    let out = output(ferry(env.root.path()).args(["run", "--rm", &env.busybox, "/no/such/binary"]));
+    assert_ne!(out.status.code(), Some(0));
+    assert!(stderr(&out).contains("/no/such/binary"), "{}", stderr(&out));
+}
