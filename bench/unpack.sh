@@ -37,7 +37,6 @@ skopeo copy --quiet --src-tls-verify=false "docker://$ref" "oci:$WORK/t/oci2:lat
 umoci unpack --image "$WORK/t/oci2:latest" "$WORK/t/rbundle" >/dev/null
 jq '.process.terminal = false | .process.args = ["/bin/true"]' "$WORK/t/rbundle/config.json" > "$WORK/t/c.json"
 mv "$WORK/t/c.json" "$WORK/t/rbundle/config.json"
-n=0
 hyperfine -N --warmup 3 --runs 30 --export-json "$WORK/run.json" \
   "$FERRY --root $WORK/t/store run --rm $ref true" \
   "runc --root $WORK/t/runc run -b $WORK/t/rbundle bench" \

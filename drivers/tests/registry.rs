@@ -221,6 +221,78 @@ async fn pushed_blob_and_manifest_read_back_and_present_blobs_are_skipped() {
 }
 
 #[tokio::test]
+async fn large_blobs_go_in_patch_chunks_that_the_registry_accepts() {
+    let reg = Registry::start(RegistryOptions::open()).unwrap();
+    let d = driver_at(&reg.url(), Credentials::Anonymous).with_upload_chunk_size(4096);
+    let name = format!("{}/team/chunked", reg.host());
+    let img = push_image(&d, &name, "v1", "x").await;
+    assert!(img.layer.len() > 2 * 4096);
+    let back = d
+        .fetch_blob(&name, &img.layer_digest, ByteRange::WHOLE)
+        .await
+        .unwrap();
+    assert_eq!(read_all(back).await, img.layer);
+
+    let data = vec![7u8; 5000];
+    let err = d
+        .put_blob(&name, &Digest::sha256(&data), 9000, stream_of(&data))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Invalid, "{err}");
+    assert!(err.message.contains("ended after 5000 of 9000"), "{err}");
+}
+
+#[tokio::test]
+async fn failed_upload_chunk_resumes_from_the_offset_the_registry_reports() {
+    let blob: Vec<u8> = (0..3500u32).map(|i| (i % 249) as u8).collect();
+    let digest = Digest::sha256(&blob);
+    let held = Arc::new(Mutex::new(Vec::<u8>::new()));
+    let patches = Arc::new(Mutex::new(Vec::<String>::new()));
+    let (store, log) = (held.clone(), patches.clone());
+    // A fake upload endpoint whose second PATCH keeps half the bytes and fails.
+    let server = HttpServer::start(move |req| {
+        let mut data = store.lock().unwrap();
+        let range = |n: usize| format!("0-{}", n.saturating_sub(1));
+        match (req.method.as_str(), req.path()) {
+            ("HEAD", _) => HttpResponse::new(404, ""),
+            ("POST", _) => HttpResponse::new(202, "").header("Location", "/upload/1"),
+            ("PATCH", "/upload/1") => {
+                let content_range = req.header("content-range").unwrap_or("").to_string();
+                let mut log = log.lock().unwrap();
+                log.push(content_range.clone());
+                if !content_range.starts_with(&format!("{}-", data.len())) {
+                    return HttpResponse::new(416, "");
+                }
+                if log.len() == 2 {
+                    data.extend_from_slice(&req.body[..req.body.len() / 2]);
+                    return HttpResponse::new(500, "disk hiccup");
+                }
+                data.extend_from_slice(&req.body);
+                HttpResponse::new(202, "")
+                    .header("Location", "/upload/1")
+                    .header("Range", &range(data.len()))
+            }
+            ("GET", "/upload/1") => HttpResponse::new(204, "").header("Range", &range(data.len())),
+            ("PUT", "/upload/1") if Digest::sha256(&data).to_string() == req.query()[0].1 => {
+                HttpResponse::new(201, "")
+            }
+            _ => HttpResponse::new(400, "unexpected"),
+        }
+    })
+    .unwrap();
+    let d = driver_at(&server.url(), Credentials::Anonymous).with_upload_chunk_size(1000);
+    let name = format!("{}/team/app", server.host());
+    d.put_blob(&name, &digest, blob.len() as u64, stream_of(&blob))
+        .await
+        .unwrap();
+    assert_eq!(*held.lock().unwrap(), blob);
+    assert_eq!(
+        *patches.lock().unwrap(),
+        ["0-999", "1000-1999", "1500-1999", "2000-2999", "3000-3499"]
+    );
+}
+
+#[tokio::test]
 async fn blob_known_in_another_repository_is_mounted_not_uploaded() {
     let reg = Registry::start(RegistryOptions::open()).unwrap();
     let d = driver_at(&reg.url(), Credentials::Anonymous);

@@ -842,6 +842,22 @@ fn merged_usr_symlink_parent_lands_in_usr_bin() {
     s.assert_untouched();
 }
 
+/// UNPACK-22: missing parents are created however deep, and a path longer than the
+/// kernel takes is an error, not a crash.
+#[test]
+fn deep_missing_parents_are_created() {
+    let s = Sandbox::new();
+    let deep = format!("{}f", "d/".repeat(2000));
+    s.apply(&Tar::new().file(&deep, b"deep").finish()).unwrap();
+    assert_eq!(fs::read(s.at(&deep)).unwrap(), b"deep");
+    let too_long = format!("{}f", "d/".repeat(3000));
+    let err = s
+        .apply(&Tar::new().file(&too_long, b"x").finish())
+        .unwrap_err();
+    assert!(matches!(err, Error::UnpackIo { .. }), "{err:?}");
+    s.assert_untouched();
+}
+
 /// UNPACK-20, UNPACK-23: the cached parent directory is not reused once replaced.
 #[test]
 fn replacing_a_directory_by_a_symlink_redirects_later_entries() {

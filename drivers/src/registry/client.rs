@@ -17,7 +17,7 @@ use super::auth::{parse_challenges, AuthState, Challenge, Scheme, Scope, Token};
 use crate::{ByteStream, Error, ErrorKind, Result};
 
 /// Attempts per request on connection errors, 5xx and 429 (the first try included).
-const MAX_ATTEMPTS: u32 = 3;
+pub(crate) const MAX_ATTEMPTS: u32 = 3;
 /// Delay before the first retry; doubled for each further one.
 const BACKOFF_START: Duration = Duration::from_millis(200);
 /// Longest `Retry-After` honoured.
@@ -588,7 +588,7 @@ pub(crate) async fn read_limited(
 }
 
 /// The delay before retry number `attempt + 1`.
-fn backoff(attempt: u32) -> Duration {
+pub(crate) fn backoff(attempt: u32) -> Duration {
     BACKOFF_START * 2u32.pow(attempt.min(5))
 }
 

@@ -16,9 +16,10 @@
 mod auth;
 mod client;
 mod docker_config;
+mod upload;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -26,7 +27,7 @@ use ferry_core::manifest::MAX_MANIFEST_SIZE;
 use ferry_core::oci_spec::image::Descriptor;
 use ferry_core::{media, Digest, ManifestBlob, Reference};
 use futures::{Stream, StreamExt as _};
-use reqwest::header::{ACCEPT, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, LINK, LOCATION, RANGE};
+use reqwest::header::{ACCEPT, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, LINK, RANGE};
 use reqwest::{Method, Response, StatusCode};
 use url::Url;
 
@@ -45,6 +46,8 @@ const DEFAULT_TAG_PAGE: u32 = 1000;
 const MAX_TAG_PAGES: usize = 10_000;
 /// Largest `tags/list` page read.
 const MAX_TAG_PAGE_BYTES: usize = 16 << 20;
+/// Blobs larger than this are uploaded in PATCH chunks of this size.
+const DEFAULT_CHUNK_SIZE: u64 = 16 << 20;
 /// Most blob locations remembered for cross-repository mounts.
 const MAX_KNOWN_LOCATIONS: usize = 65_536;
 
@@ -101,6 +104,7 @@ pub struct RegistryDriver {
     client: Client,
     repository: Option<String>,
     tag_page: u32,
+    chunk_size: u64,
     /// Repositories of this registry known to hold a blob, for cross-repository mounts.
     known: Mutex<HashMap<Digest, String>>,
 }
@@ -148,6 +152,7 @@ impl RegistryDriver {
             client,
             repository: config.repository,
             tag_page: DEFAULT_TAG_PAGE,
+            chunk_size: DEFAULT_CHUNK_SIZE,
             known: Mutex::new(HashMap::new()),
         })
     }
@@ -167,6 +172,13 @@ impl RegistryDriver {
     /// The same driver asking for `n` tags per page of `tags/list` (default 1000).
     pub fn with_tag_page_size(mut self, n: u32) -> Self {
         self.tag_page = n.max(1);
+        self
+    }
+
+    /// The same driver uploading blobs larger than `bytes` in resumable PATCH chunks of
+    /// `bytes` each (default 16 MiB; smaller blobs go in one streamed PUT).
+    pub fn with_upload_chunk_size(mut self, bytes: u64) -> Self {
+        self.chunk_size = bytes.max(1);
         self
     }
 
@@ -633,7 +645,7 @@ impl Driver for RegistryDriver {
                     .await)
             }
         }
-        let mut location = upload_location(&resp).ok_or_else(|| {
+        let location = upload::next_location(&resp).ok_or_else(|| {
             self.client.error(
                 ErrorKind::Invalid,
                 format!(
@@ -642,47 +654,20 @@ impl Driver for RegistryDriver {
                 ),
             )
         })?;
-        location
-            .query_pairs_mut()
-            .append_pair("digest", &digest.to_string());
-        // Monolithic upload: one streamed PUT of exactly `size` bytes.
-        let failure = Arc::new(Mutex::new(None));
-        let counted = exact_length(
-            body,
+        let upload = upload::Upload {
+            client: &self.client,
+            repo: &repo,
+            what: &what,
+            digest: digest.to_string(),
             size,
-            what.clone(),
-            self.client.source.clone(),
-            failure.clone(),
-        );
-        let req = Request::new(Method::PUT, location, Scope::push(&repo))
-            .header(CONTENT_TYPE, "application/octet-stream")
-            .body(Body::Stream(Some(Box::pin(counted)), size));
-        let sent = self.client.send(req).await;
-        if let Some(e) = failure.lock().expect("upload failure lock").take() {
-            return Err(e);
+        };
+        if size > self.chunk_size {
+            upload.chunked(location, body, self.chunk_size).await?;
+        } else {
+            upload.monolithic(location, body).await?;
         }
-        let resp = sent?;
-        match resp.status() {
-            StatusCode::CREATED | StatusCode::NO_CONTENT | StatusCode::OK => {
-                self.remember(digest, &repo);
-                Ok(())
-            }
-            StatusCode::BAD_REQUEST => {
-                let detail = client::registry_error(resp).await;
-                let kind = if detail.contains("DIGEST_INVALID") {
-                    ErrorKind::Corrupt
-                } else {
-                    ErrorKind::Invalid
-                };
-                Err(self
-                    .client
-                    .error(kind, format!("uploading {what}: rejected{detail}")))
-            }
-            _ => Err(self
-                .client
-                .status_error(resp, &format!("uploading {what}"))
-                .await),
-        }
+        self.remember(digest, &repo);
+        Ok(())
     }
 
     async fn put_manifest(
@@ -761,12 +746,6 @@ fn content_type(resp: &Response) -> Option<String> {
     (!t.is_empty()).then(|| t.to_string())
 }
 
-/// The upload URL of a started upload (`Location`, relative to the request URL).
-fn upload_location(resp: &Response) -> Option<Url> {
-    let loc = resp.headers().get(LOCATION)?.to_str().ok()?;
-    resp.url().join(loc).ok()
-}
-
 /// The target of a `Link: <…>; rel="next"` header.
 fn next_link(resp: &Response) -> Option<String> {
     resp.headers()
@@ -823,57 +802,6 @@ where
     )
 }
 
-/// Passes `body` through, failing (and recording the error in `failure`) if it does not
-/// yield exactly `size` bytes.
-fn exact_length(
-    body: ByteStream,
-    size: u64,
-    what: String,
-    source: String,
-    failure: Arc<Mutex<Option<Error>>>,
-) -> impl Stream<Item = Result<Bytes>> + Send {
-    futures::stream::unfold((body, 0u64, false), move |(mut body, seen, done)| {
-        let (what, source, failure) = (what.clone(), source.clone(), failure.clone());
-        async move {
-            if done {
-                return None;
-            }
-            let fail = |e: Error| {
-                *failure.lock().expect("upload failure lock") =
-                    Some(Error::new(e.kind, &e.source_name, e.message.clone()));
-                e
-            };
-            match body.next().await {
-                Some(Ok(b)) => {
-                    let seen = seen + b.len() as u64;
-                    if seen > size {
-                        let e = fail(Error::new(
-                            ErrorKind::Invalid,
-                            &source,
-                            format!("uploading {what}: body longer than {size} bytes"),
-                        ));
-                        return Some((Err(e), (body, seen, true)));
-                    }
-                    Some((Ok(b), (body, seen, false)))
-                }
-                Some(Err(e)) => {
-                    let e = fail(e);
-                    Some((Err(e), (body, seen, true)))
-                }
-                None if seen < size => {
-                    let e = fail(Error::new(
-                        ErrorKind::Invalid,
-                        &source,
-                        format!("uploading {what}: body ended after {seen} of {size} bytes"),
-                    ));
-                    Some((Err(e), (body, seen, true)))
-                }
-                None => None,
-            }
-        }
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -905,35 +833,6 @@ mod tests {
         assert_eq!(collect(skip_take(chunks(data), 4, None)).await, b"efghij");
         assert_eq!(collect(skip_take(chunks(data), 2, Some(3))).await, b"cde");
         assert_eq!(collect(skip_take(chunks(data), 20, None)).await, b"");
-    }
-
-    #[tokio::test]
-    async fn exact_length_refuses_short_and_long_bodies() {
-        let data: &[&'static [u8]] = &[b"abc", b"def"];
-        for (size, needle) in [(5, "longer than 5"), (7, "ended after 6 of 7")] {
-            let failure = Arc::new(Mutex::new(None));
-            let s = exact_length(
-                Box::pin(chunks(data)),
-                size,
-                "blob x".into(),
-                "src".into(),
-                failure.clone(),
-            );
-            let items: Vec<Result<Bytes>> = s.collect().await;
-            let err = items.into_iter().find_map(|r| r.err()).expect("an error");
-            assert!(err.message.contains(needle), "{err}");
-            assert!(failure.lock().unwrap().is_some());
-        }
-        let failure = Arc::new(Mutex::new(None));
-        let s = exact_length(
-            Box::pin(chunks(data)),
-            6,
-            "blob x".into(),
-            "src".into(),
-            failure.clone(),
-        );
-        assert_eq!(collect(s).await, b"abcdef");
-        assert!(failure.lock().unwrap().is_none());
     }
 
     #[test]

@@ -13,6 +13,8 @@ use super::path;
 
 /// Most symlinks followed while creating the directories behind a dangling one.
 const MAX_SYMLINKS: u32 = 40;
+/// Most steps creating one path's directories (a path has at most 2048 components).
+const MAX_STEPS: u32 = 16 * 1024;
 
 /// `struct open_how` of `openat2(2)`.
 #[repr(C)]
@@ -192,7 +194,7 @@ impl Root {
                 return Ok(fd.clone());
             }
         }
-        let fd = Rc::new(self.ensure(path, 0)?);
+        let fd = Rc::new(self.ensure(path)?);
         self.cache = Some((path.to_vec(), fd.clone()));
         Ok(fd)
     }
@@ -203,30 +205,55 @@ impl Root {
         self.cache = None;
     }
 
-    fn ensure(&self, path: &[u8], symlinks: u32) -> io::Result<OwnedFd> {
+    /// Opens directory `path`, creating what is missing, following at most
+    /// [`MAX_SYMLINKS`] dangling symlinks. Iterative: paths can be 2048 components deep.
+    fn ensure(&self, path: &[u8]) -> io::Result<OwnedFd> {
         let flags = libc::O_PATH | libc::O_DIRECTORY;
-        match self.resolve(path, flags) {
-            Err(e) if is(&e, libc::ENOENT) => {}
-            other => return other,
-        }
-        let (parent, name) = path::split(path);
-        let parent_fd = self.ensure(parent, symlinks)?;
-        let c = cstring(name)?;
-        match cvt(unsafe { libc::mkdirat(parent_fd.as_raw_fd(), c.as_ptr(), 0o755) }) {
-            Ok(_) => {}
-            Err(e) if is(&e, libc::EEXIST) => {
-                // Something is there yet the path did not resolve: a dangling symlink.
-                // Create what it points to, resolved inside the root.
-                if let Some(target) = read_link(parent_fd.as_fd(), &c)? {
-                    if symlinks >= MAX_SYMLINKS {
+        let mut symlinks = 0;
+        // Directories to make exist, the one needed first last.
+        let mut todo: Vec<Vec<u8>> = vec![path.to_vec()];
+        for _ in 0..MAX_STEPS {
+            let Some(p) = todo.last() else { break };
+            match self.resolve(p, flags) {
+                Ok(fd) => {
+                    todo.pop();
+                    if todo.is_empty() {
+                        return Ok(fd);
+                    }
+                    continue;
+                }
+                Err(e) if is(&e, libc::ENOENT) => {}
+                Err(e) => return Err(e),
+            }
+            let (parent, name) = path::split(p);
+            let parent_fd = match self.resolve(parent, flags) {
+                Ok(fd) => fd,
+                Err(e) if is(&e, libc::ENOENT) => {
+                    todo.push(parent.to_vec());
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let c = cstring(name)?;
+            match cvt(unsafe { libc::mkdirat(parent_fd.as_raw_fd(), c.as_ptr(), 0o755) }) {
+                Ok(_) => {}
+                Err(e) if is(&e, libc::EEXIST) => {
+                    // Something is there yet the path did not resolve: a dangling
+                    // symlink. Create what it points to, resolved inside the root.
+                    let Some(target) = read_link(parent_fd.as_fd(), &c)? else {
+                        return self.resolve(p, flags);
+                    };
+                    symlinks += 1;
+                    if symlinks > MAX_SYMLINKS {
                         return Err(io::Error::from_raw_os_error(libc::ELOOP));
                     }
-                    self.ensure(&path::lexical_target(parent, &target), symlinks + 1)?;
+                    let target = path::lexical_target(parent, &target);
+                    todo.push(target);
                 }
+                Err(e) => return Err(e),
             }
-            Err(e) => return Err(e),
         }
-        self.resolve(path, flags)
+        Err(io::Error::from_raw_os_error(libc::ELOOP))
     }
 }
 

@@ -9,7 +9,7 @@ use ferry_core::{Digest, Hasher};
 /// Buffer between the compressed input and the decoder.
 const INPUT_BUFFER: usize = 256 * 1024;
 
-/// What the first bytes of a stream look like, for mismatch messages.
+/// How a compression is named in mismatch messages.
 pub(super) fn name(c: Compression) -> &'static str {
     match c {
         Compression::None => "no (plain tar)",
@@ -20,7 +20,7 @@ pub(super) fn name(c: Compression) -> &'static str {
 
 /// A decompressing reader for `input`, after checking its magic bytes against `declared`.
 ///
-/// On mismatch returns `Err(found)`, the compression the bytes show.
+/// On mismatch the error carries the compression the bytes show.
 pub(super) fn decompress<'a, R: Read + 'a>(
     mut input: R,
     declared: Compression,

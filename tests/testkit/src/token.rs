@@ -32,6 +32,8 @@ pub struct HttpRequest {
     pub target: String,
     /// Header names (lowercase) and values, in order.
     pub headers: Vec<(String, String)>,
+    /// The body (as long as `Content-Length` said).
+    pub body: Vec<u8>,
 }
 
 impl HttpRequest {
@@ -184,6 +186,7 @@ where
         method: method.to_string(),
         target: target.to_string(),
         headers: Vec::new(),
+        body: Vec::new(),
     };
     loop {
         let mut h = String::new();
