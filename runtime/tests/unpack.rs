@@ -846,16 +846,28 @@ fn merged_usr_symlink_parent_lands_in_usr_bin() {
 /// kernel takes is an error, not a crash.
 #[test]
 fn deep_missing_parents_are_created() {
-    let s = Sandbox::new();
-    let deep = format!("{}f", "d/".repeat(2000));
-    s.apply(&Tar::new().file(&deep, b"deep").finish()).unwrap();
-    assert_eq!(fs::read(s.at(&deep)).unwrap(), b"deep");
-    let too_long = format!("{}f", "d/".repeat(3000));
-    let err = s
-        .apply(&Tar::new().file(&too_long, b"x").finish())
-        .unwrap_err();
-    assert!(matches!(err, Error::UnpackIo { .. }), "{err:?}");
-    s.assert_untouched();
+    // The test's own tree walks and the temporary directory's removal recurse: give
+    // them room. ferry's own walks are iterative.
+    std::thread::Builder::new()
+        .stack_size(256 << 20)
+        .spawn(|| {
+            let s = Sandbox::new();
+            let deep = format!("{}f", "d/".repeat(2000));
+            s.apply(&Tar::new().file(&deep, b"deep").finish()).unwrap();
+            assert_eq!(fs::read(s.at(&deep)).unwrap(), b"deep");
+            let too_long = format!("{}f", "d/".repeat(3000));
+            let err = s
+                .apply(&Tar::new().file(&too_long, b"x").finish())
+                .unwrap_err();
+            assert!(matches!(err, Error::UnpackIo { .. }), "{err:?}");
+            s.assert_untouched();
+            // Whiting out the deep tree removes it without recursion.
+            s.apply(&Tar::new().file(".wh.d", b"").finish()).unwrap();
+            assert!(!exists(&s.at("d")));
+        })
+        .unwrap()
+        .join()
+        .unwrap();
 }
 
 /// UNPACK-20, UNPACK-23: the cached parent directory is not reused once replaced.

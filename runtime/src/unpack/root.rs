@@ -86,21 +86,47 @@ pub(super) fn file_type(st: &libc::stat) -> libc::mode_t {
 }
 
 /// Removes `dir/name` whatever it is, a directory with all its content included; never
-/// follows symlinks. Nothing there is not an error.
+/// follows symlinks. Nothing there is not an error. Iterative: trees can be deep.
 pub(super) fn remove_all(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
     match cvt(unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), 0) }) {
-        Ok(_) => Ok(()),
-        Err(e) if is(&e, libc::ENOENT) => Ok(()),
-        Err(e) if is(&e, libc::EISDIR) => {
-            let sub = open_at(dir, name, libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
-            for (child, _) in list(sub.as_fd())? {
-                remove_all(sub.as_fd(), &child)?;
-            }
-            cvt(unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), libc::AT_REMOVEDIR) })
-                .map(drop)
-        }
-        Err(e) => Err(e),
+        Ok(_) => return Ok(()),
+        Err(e) if is(&e, libc::ENOENT) => return Ok(()),
+        Err(e) if is(&e, libc::EISDIR) => {}
+        Err(e) => return Err(e),
     }
+    // Open directories, each with the children left to remove; a child marked `true`
+    // was emptied and only needs its rmdir.
+    let top = open_at(dir, name, libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
+    let children = pending(top.as_fd())?;
+    let mut stack: Vec<(OwnedFd, Vec<(CString, bool)>)> = vec![(top, children)];
+    while let Some((fd, children)) = stack.last_mut() {
+        let Some((child, emptied)) = children.pop() else {
+            stack.pop();
+            continue;
+        };
+        let at = fd.as_raw_fd();
+        if emptied {
+            cvt(unsafe { libc::unlinkat(at, child.as_ptr(), libc::AT_REMOVEDIR) })?;
+            continue;
+        }
+        match cvt(unsafe { libc::unlinkat(at, child.as_ptr(), 0) }) {
+            Ok(_) => {}
+            Err(e) if is(&e, libc::ENOENT) => {}
+            Err(e) if is(&e, libc::EISDIR) => {
+                let sub = open_at(fd.as_fd(), &child, libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
+                let grandchildren = pending(sub.as_fd())?;
+                children.push((child, true));
+                stack.push((sub, grandchildren));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    cvt(unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), libc::AT_REMOVEDIR) }).map(drop)
+}
+
+/// The children of `dir`, none removed yet.
+fn pending(dir: BorrowedFd<'_>) -> io::Result<Vec<(CString, bool)>> {
+    Ok(list(dir)?.into_iter().map(|(n, _)| (n, false)).collect())
 }
 
 /// The names in directory `dir` (without `.` and `..`), with whether each is a directory.
