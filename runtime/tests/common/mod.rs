@@ -1,10 +1,8 @@
-//! Helpers for unpack tests: a raw tar writer (for hostile entries), a sandbox with
-//! canaries beside the root, and a tree snapshot/compare used against umoci.
-//!
-//! `tree` is meant to be shared with the end-to-end tests comparing `ferry unpack` to
-//! umoci; it lives here until a test-support crate takes it.
+//! Helpers for unpack tests: a raw tar writer (for hostile entries) and a sandbox with
+//! canaries beside the root. The tree snapshot/compare (shared with the end-to-end tests
+//! against umoci) is `ferry_testkit::tree`.
 
-pub mod tree;
+pub use ferry_testkit::tree;
 
 use std::collections::BTreeMap;
 use std::io::Write;

@@ -7,7 +7,7 @@ use std::process::Output;
 
 use ferry_testkit::fixtures::{Fixtures, APP, BUSYBOX};
 use ferry_testkit::registry::{Registry, RegistryOptions};
-use ferry_testkit::{ferry, is_root, output};
+use ferry_testkit::{ferry, is_root, output, tree};
 
 fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
@@ -94,4 +94,30 @@ fn run_without_a_command_anywhere_is_a_clear_error() {
     let out = output(ferry(env.root.path()).args(["run", "--rm", &env.busybox, "/no/such/binary"]));
     assert_ne!(out.status.code(), Some(0));
     assert!(stderr(&out).contains("/no/such/binary"), "{}", stderr(&out));
+}
+
+#[test]
+fn unpack_gives_the_same_tree_as_umoci() {
+    // UNPACK-2: for each fixture, `ferry pull` + `ferry unpack` against `umoci unpack` of the
+    // same OCI layout: type, mode, owner, size, content, link targets, hard-link groups,
+    // xattrs and mtimes.
+    let Some(env) = env() else { return };
+    let fx = Fixtures::get();
+    let work = tempfile::tempdir().unwrap();
+    for (tag, reference) in [(BUSYBOX, &env.busybox), (APP, &env.app)] {
+        let ours = work.path().join(format!("ferry-{tag}"));
+        let out = output(ferry(env.root.path()).args(["unpack", reference]).arg(&ours));
+        assert!(out.status.success(), "{}", stderr(&out));
+        let bundle = work.path().join(format!("umoci-{tag}"));
+        ferry_testkit::run_ok(
+            std::process::Command::new("umoci")
+                .args(["unpack", "--image", &format!("{}:{tag}", fx.layout().display())])
+                .arg(&bundle),
+        );
+        let expected = tree::snapshot(&bundle.join("rootfs"));
+        let actual = tree::snapshot(&ours);
+        let diffs = tree::diff(&expected, &actual, &tree::Options::exact());
+        assert!(diffs.is_empty(), "{tag}: ferry unpack differs from umoci:\n{}", diffs.join("\n"));
+        assert!(expected.len() > 20, "{tag}: the comparison saw {} paths", expected.len());
+    }
 }

@@ -6,6 +6,7 @@
 pub mod conformance;
 pub mod fixtures;
 pub mod proxy;
+pub mod tree;
 pub mod registry;
 pub mod s3;
 pub mod token;

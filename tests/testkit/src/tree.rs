@@ -15,7 +15,9 @@ pub struct Node {
     pub kind: char,
     /// Permission bits with setuid, setgid and sticky.
     pub mode: u32,
+    /// Owner uid.
     pub uid: u32,
+    /// Owner gid.
     pub gid: u32,
     /// Size of regular files (0 for others).
     pub size: u64,
@@ -27,6 +29,7 @@ pub struct Node {
     pub rdev: Option<(u64, u64)>,
     /// All paths sharing this inode (for files with more than one link), sorted.
     pub links: Vec<String>,
+    /// Extended attributes by name.
     pub xattrs: BTreeMap<String, Vec<u8>>,
     /// Modification time (seconds, nanoseconds).
     pub mtime: (i64, i64),
