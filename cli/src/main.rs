@@ -53,6 +53,12 @@ enum Command {
     Config(commands::config::Args),
     /// Store registry credentials in the docker config file (password from stdin).
     Login(commands::login::Args),
+    /// Generate signing keys.
+    Key(commands::key::Args),
+    /// Sign a stored image's NAME:TAG as naming its digest; --push puts the signature next to it.
+    Sign(commands::sign::Args),
+    /// Show an image's signatures and the trust policy's verdict (exit 1 when rejected).
+    Verify(commands::verify::Args),
 }
 
 fn main() -> ExitCode {

@@ -16,6 +16,8 @@ pub enum ErrorKind {
     Unsupported,
     /// The request or the response is invalid (bad input, bad configuration, local failure).
     Invalid,
+    /// The trust policy refuses the image (`specs/policy.md`, POL-6); it is not named in the store.
+    Rejected,
 }
 
 /// A driver failure: its category, the source it happened at (if any), and what happened.

@@ -12,6 +12,7 @@ pub mod pull;
 pub mod registry;
 pub mod route;
 pub mod s3;
+pub mod signatures;
 
 use std::pin::Pin;
 

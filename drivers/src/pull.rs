@@ -1,5 +1,6 @@
-//! The pull engine: resolve a reference, then stream manifests, config and layers from
-//! the sources into the store, verified, in parallel, resuming partial blobs.
+//! The pull engine: resolve a reference, check it against the trust policy, then stream
+//! manifests, config and layers from the sources into the store, verified, in parallel,
+//! resuming partial blobs.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -9,9 +10,11 @@ use ferry_core::media::{self, Compression};
 use ferry_core::oci_spec::image::{Descriptor, ImageConfiguration, ImageManifest};
 use ferry_core::store::ImageRecord;
 use ferry_core::{Digest, Manifest, ManifestBlob, Platform, Reference, Store};
+use ferry_signing::{Policy, SignatureEnvelope, TrustedImage};
 use futures::{StreamExt, TryStreamExt};
 
 use crate::progress::{BlobKind, Event, Progress};
+use crate::signatures::{gather_signatures, signing_error, store_signature_leased};
 use crate::{ByteRange, Driver, Error, ErrorKind, Result};
 
 /// How many times a blob transfer that broke off is resumed from the same source.
@@ -54,7 +57,8 @@ impl Default for PullOptions {
     }
 }
 
-/// An image now in the store: its record and its resolved image manifest and config.
+/// An image now in the store: its record, its resolved image manifest and config, and the
+/// policy's proof that it was accepted.
 #[derive(Debug, Clone)]
 pub struct Pulled {
     /// What the store records under the image's name.
@@ -63,16 +67,24 @@ pub struct Pulled {
     pub manifest: ImageManifest,
     /// The image config.
     pub config: ImageConfiguration,
+    /// The trust policy's acceptance of the name and top manifest digest (POL-8).
+    pub trusted: TrustedImage,
 }
 
-/// Pulls `reference` from `sources` into `store` and names it there.
+/// Pulls `reference` from `sources` into `store` and names it there, if `policy` accepts it.
 ///
-/// Blobs already present are not transferred; partial blobs resume from their offset. The
-/// name is set only after every blob is verified and committed.
+/// The top manifest digest is decided first and checked against `policy` with every
+/// signature the sources and the store have for it (SIG-18); a rejected image is never
+/// transferred or named (error kind [`ErrorKind::Rejected`]). When the policy requires
+/// signatures for the name, any content source may answer its tag, and the first answer the
+/// policy accepts wins (POL-9). Blobs already present are not transferred; partial blobs
+/// resume from their offset. The name is set only after every blob is verified and committed,
+/// together with the signatures, which the store keeps with the manifest.
 pub async fn pull(
     store: &Arc<Store>,
     sources: &Sources,
     reference: &Reference,
+    policy: &Policy,
     options: &PullOptions,
     progress: &dyn Progress,
 ) -> Result<Pulled> {
@@ -81,19 +93,8 @@ pub async fn pull(
     let _lease = store.lease().map_err(local)?;
     let name = reference.name();
 
-    let top = match reference.digest() {
-        Some(d) => d.clone(),
-        None => {
-            let tag = reference
-                .tag()
-                .unwrap_or(ferry_core::reference::DEFAULT_TAG);
-            progress.event(&Event::Resolving {
-                reference: reference.to_string(),
-            });
-            let desc = resolve(&sources.resolve, &name, tag).await?;
-            descriptor_digest(&desc).map_err(Error::local)?
-        }
-    };
+    let decision = decide(store, sources, reference, policy, progress).await?;
+    let top = decision.digest.clone();
     let mut transfer = Transfer {
         store,
         sources,
@@ -178,6 +179,10 @@ pub async fn pull(
         platform,
         updated: unix_now(),
     };
+    // The signatures go in first: a name in the store always has its signatures (SIG-17).
+    for envelope in &decision.signatures {
+        store_signature_leased(store, &top, envelope)?;
+    }
     store.set_image(&record).map_err(local)?;
     progress.event(&Event::Done {
         reference: match reference.tag() {
@@ -193,7 +198,157 @@ pub async fn pull(
         record,
         manifest: *manifest,
         config,
+        trusted: decision.trusted,
     })
+}
+
+/// The top manifest a pull fetches, accepted by the policy, and the signatures found for it.
+struct Decision {
+    digest: Digest,
+    trusted: TrustedImage,
+    signatures: Vec<SignatureEnvelope>,
+}
+
+/// Decides the top manifest digest of `reference` and checks it against `policy`
+/// (SIG-18, POL-9).
+///
+/// A pinned digest is checked as is. A tag is resolved by the route's resolvers (SITE-5);
+/// when the policy requires signatures for the name, by the resolvers and then every other
+/// content source, each answer checked in turn until one is accepted.
+async fn decide(
+    store: &Store,
+    sources: &Sources,
+    reference: &Reference,
+    policy: &Policy,
+    progress: &dyn Progress,
+) -> Result<Decision> {
+    let name = reference.name();
+    if let Some(digest) = reference.digest() {
+        return check(store, sources, reference, policy, digest.clone())
+            .await?
+            .map_err(|reason| Error::new(ErrorKind::Rejected, "", reason));
+    }
+    let tag = reference
+        .tag()
+        .unwrap_or(ferry_core::reference::DEFAULT_TAG);
+    progress.event(&Event::Resolving {
+        reference: reference.to_string(),
+    });
+    if !policy.requires_signature(reference) {
+        let desc = resolve(&sources.resolve, &name, tag).await?;
+        let digest = descriptor_digest(&desc).map_err(Error::local)?;
+        return check(store, sources, reference, policy, digest)
+            .await?
+            .map_err(|reason| Error::new(ErrorKind::Rejected, "", reason));
+    }
+    // Signed tag resolution: the signature, not the source, vouches for the digest (POL-9).
+    let mut candidates: Vec<&Arc<dyn Driver>> = sources.resolve.iter().collect();
+    for source in &sources.content {
+        if source.capabilities().resolve && !candidates.iter().any(|c| Arc::ptr_eq(c, source)) {
+            candidates.push(source);
+        }
+    }
+    let mut failures = Vec::new();
+    let mut rejections: Vec<String> = Vec::new();
+    let mut refused: Vec<Digest> = Vec::new();
+    let last = candidates.len().saturating_sub(1);
+    for (i, source) in candidates.into_iter().enumerate() {
+        let next = if i < last {
+            "; trying the next source"
+        } else {
+            ""
+        };
+        let answer = source.resolve(&name, tag).await.and_then(|desc| {
+            descriptor_digest(&desc).map_err(|e| Error::from_core(source.source_name(), e))
+        });
+        let digest = match answer {
+            Ok(digest) => digest,
+            Err(e) => {
+                tracing::warn!("{e}{next}");
+                failures.push(e);
+                continue;
+            }
+        };
+        let why = if refused.contains(&digest) {
+            "rejected above".to_string()
+        } else {
+            match check(store, sources, reference, policy, digest.clone()).await? {
+                Ok(decision) => return Ok(decision),
+                Err(reason) => reason,
+            }
+        };
+        let rejection = format!(
+            "source {:?} answered {name}:{tag} with {digest}: {why}",
+            source.source_name()
+        );
+        if i < last {
+            tracing::warn!("{rejection}{next}");
+        }
+        rejections.push(rejection);
+        refused.push(digest);
+    }
+    if rejections.is_empty() {
+        return Err(exhausted(&format!("{name}:{tag}"), failures));
+    }
+    let detail: Vec<String> = rejections
+        .into_iter()
+        .chain(failures.iter().map(Error::to_string))
+        .collect();
+    Err(Error::new(
+        ErrorKind::Rejected,
+        "",
+        format!(
+            "{name}:{tag}: rejected by the trust policy: {}",
+            detail.join("; ")
+        ),
+    ))
+}
+
+/// Checks `digest` as the top manifest of `reference` against `policy`, with the
+/// signatures of every source and of the store: the decision, or the policy's reason to
+/// reject it. An `Err` of the outer result is a failure, not a verdict.
+async fn check(
+    store: &Store,
+    sources: &Sources,
+    reference: &Reference,
+    policy: &Policy,
+    digest: Digest,
+) -> Result<std::result::Result<Decision, String>> {
+    let verdict =
+        |signatures: &[SignatureEnvelope]| match policy.check(reference, &digest, signatures) {
+            Ok(trusted) => Ok(Ok(trusted)),
+            Err(ferry_signing::Error::Rejected { reason, .. }) => Ok(Err(reason)),
+            Err(e) => Err(signing_error(e)),
+        };
+    // A rule that does not look at signatures decides before any are fetched; they are
+    // still fetched for an accepted image, so the store keeps them for a later policy.
+    let early = if policy.requires_signature(reference) {
+        None
+    } else {
+        match verdict(&[])? {
+            Ok(trusted) => Some(trusted),
+            Err(reason) => return Ok(Err(reason)),
+        }
+    };
+    let mut asked: Vec<&Arc<dyn Driver>> = Vec::new();
+    for source in sources.content.iter().chain(&sources.resolve) {
+        if !asked.iter().any(|a| Arc::ptr_eq(a, source)) {
+            asked.push(source);
+        }
+    }
+    let signatures = gather_signatures(store, &asked, &reference.name(), &digest).await;
+    let trusted = match early {
+        Some(trusted) => trusted,
+        None => match verdict(&signatures)? {
+            Ok(trusted) => trusted,
+            Err(reason) => return Ok(Err(reason)),
+        },
+    };
+    Ok(Ok(Decision {
+        digest,
+        trusted,
+        signatures,
+    }))
 }
 
 /// Refuses images whose config or layers ferry could not use, before transferring anything.

@@ -19,6 +19,8 @@ pub struct Args {
 /// Removes unreferenced blobs and stale ingests, and prints what it freed.
 pub fn run(cli: &Cli, args: &Args) -> Result<ExitCode> {
     let store = open_store(cli)?;
+    // Signatures of manifests no name references any more are collected too (SIG-17).
+    ferry_drivers::signatures::prune_signatures(&store)?;
     let report = if args.no_wait {
         store.try_gc()?
     } else {

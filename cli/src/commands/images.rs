@@ -1,8 +1,10 @@
-//! `ferry images`: the table of named images.
+//! `ferry images`: the table of named images, with the trust policy's verdict on each.
 
 use std::process::ExitCode;
 
 use anyhow::Result;
+use ferry_drivers::signatures::verdict_in_store;
+use ferry_signing::{Acceptance, Policy, Verdict};
 
 use crate::commands::open_store;
 use crate::output::human_size;
@@ -12,17 +14,34 @@ use crate::Cli;
 #[derive(clap::Args, Debug)]
 pub struct Args {}
 
-/// Prints NAME, TAG, DIGEST, SIZE, CREATED, PLATFORM (or the full records with `--json`).
+/// Prints NAME, TAG, DIGEST, SIZE, CREATED, PLATFORM, VERIFIED (or the full records with
+/// `--json`, each with `verified` and `signed_by`).
+///
+/// VERIFIED is the current policy's verdict from the signatures in the store:
+/// `signed:KEYID[,KEYID]`, `unsigned` (accepted without signatures) or `rejected`.
 pub fn run(cli: &Cli, _args: &Args) -> Result<ExitCode> {
     let store = open_store(cli)?;
+    let policy = Policy::load_default(cli.policy.as_deref())?;
     let images = store.images()?;
+    let mut verified = Vec::with_capacity(images.len());
+    for image in &images {
+        verified.push(verified_column(&verdict_in_store(&store, &policy, image)?));
+    }
     if cli.json {
-        println!("{}", serde_json::to_string_pretty(&images)?);
+        let mut rows = Vec::with_capacity(images.len());
+        for (image, (column, keys)) in images.iter().zip(&verified) {
+            let mut row = serde_json::to_value(image)?;
+            row["verified"] = column.clone().into();
+            row["signed_by"] = keys.clone().into();
+            rows.push(row);
+        }
+        println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(ExitCode::SUCCESS);
     }
-    let rows: Vec<[String; 6]> = images
+    let rows: Vec<[String; 7]> = images
         .iter()
-        .map(|i| {
+        .zip(verified)
+        .map(|(i, (column, _))| {
             [
                 i.name.clone(),
                 i.tag.clone().unwrap_or_else(|| "<none>".into()),
@@ -30,14 +49,33 @@ pub fn run(cli: &Cli, _args: &Args) -> Result<ExitCode> {
                 human_size(i.size),
                 i.created.clone().unwrap_or_default(),
                 i.platform.clone().unwrap_or_default(),
+                column,
             ]
         })
         .collect();
     print_table(
-        &["NAME", "TAG", "DIGEST", "SIZE", "CREATED", "PLATFORM"],
+        &[
+            "NAME", "TAG", "DIGEST", "SIZE", "CREATED", "PLATFORM", "VERIFIED",
+        ],
         &rows,
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// The VERIFIED cell of a verdict and the ids of the keys that signed.
+fn verified_column(verdict: &Verdict) -> (String, Vec<String>) {
+    match verdict {
+        Verdict::Accepted {
+            how: Acceptance::SignedBy(keys),
+        } => {
+            let keys: Vec<String> = keys.iter().map(ToString::to_string).collect();
+            (format!("signed:{}", keys.join(",")), keys)
+        }
+        Verdict::Accepted {
+            how: Acceptance::Unsigned,
+        } => ("unsigned".into(), Vec::new()),
+        Verdict::Rejected { .. } => ("rejected".into(), Vec::new()),
+    }
 }
 
 /// Prints rows under a header, columns padded to their widest cell.

@@ -4,12 +4,15 @@ pub mod config;
 pub mod gc;
 pub mod images;
 pub mod inspect;
+pub mod key;
 pub mod login;
 pub mod pull;
 pub mod rm;
 pub mod run;
+pub mod sign;
 mod trust;
 pub mod unpack;
+pub mod verify;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -31,6 +34,9 @@ pub async fn dispatch(cli: &Cli) -> Result<ExitCode> {
         Command::Run(args) => run::run_command(cli, args).await,
         Command::Config(args) => config::run(cli, args),
         Command::Login(args) => login::run(args).await,
+        Command::Key(args) => key::run(cli, args),
+        Command::Sign(args) => sign::run(cli, args).await,
+        Command::Verify(args) => verify::run(cli, args),
     }
 }
 

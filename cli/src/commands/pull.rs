@@ -1,10 +1,11 @@
-//! `ferry pull REF [--platform P]`.
+//! `ferry pull REF [--platform P]`: resolve, check against the trust policy, transfer, name.
 
 use anyhow::Result;
 use ferry_core::Platform;
 use ferry_drivers::config::SiteConfig;
 use ferry_drivers::pull::{pull, PullOptions, Pulled};
 use ferry_drivers::route::sources_for;
+use ferry_signing::{Acceptance, Policy};
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -43,17 +44,28 @@ pub async fn run(cli: &Cli, args: &Args) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Pulls `reference` into `store` through the site config's route, showing progress.
+/// Pulls `reference` into `store` through the site config's route, if the trust policy
+/// accepts it, showing progress.
 pub async fn pull_into(
     cli: &Cli,
     store: &Arc<ferry_core::Store>,
     reference: &ferry_core::Reference,
     options: &PullOptions,
 ) -> Result<Pulled> {
+    let policy = Policy::load_default(cli.policy.as_deref())?;
     let config = SiteConfig::load(cli.config.as_deref())?;
     let sources = sources_for(&config, reference)?;
     let printer = ProgressPrinter::new(cli.json);
-    let pulled = pull(store, &sources, reference, options, &printer).await;
+    let pulled = pull(store, &sources, reference, &policy, options, &printer).await;
     printer.finish();
-    Ok(pulled?)
+    let pulled = pulled?;
+    if let (Acceptance::SignedBy(keys), false) = (pulled.trusted.how(), cli.json) {
+        let keys: Vec<String> = keys.iter().map(ToString::to_string).collect();
+        eprintln!(
+            "verified {}: signed by {}",
+            pulled.trusted.reference(),
+            keys.join(", ")
+        );
+    }
+    Ok(pulled)
 }

@@ -27,6 +27,7 @@ use ferry_drivers::progress::Silent;
 use ferry_drivers::pull::{pull, PullOptions, Sources};
 use ferry_drivers::s3::{S3Config, S3Driver, S3Layout};
 use ferry_drivers::{BlobBody, ByteRange, ByteStream, Driver, Error, ErrorKind};
+use ferry_signing::Policy;
 use futures::{FutureExt as _, StreamExt as _};
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, PutPayload, WriteMultipart};
@@ -888,6 +889,7 @@ pub async fn corrupt_layer_fails_the_pull(h: &dyn Harness, seed: &Seed) {
         &store,
         &Sources::single(driver.clone()),
         &reference,
+        &Policy::accept_all(),
         &PullOptions::default(),
         &Silent,
     )
