@@ -497,3 +497,641 @@ pub(crate) fn signing_error(e: ferry_signing::Error) -> Error {
         e => Error::new(ErrorKind::Invalid, "", e.to_string()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use ferry_core::Algorithm;
+    use ferry_signing::{generate_key, sign, Acceptance, PrivateKey};
+
+    use super::*;
+    use crate::oci_layout::OciLayoutDriver;
+    use crate::progress::Silent;
+    use crate::pull::{pull, PullOptions, Pulled, Sources};
+
+    const NAME: &str = "registry.example.com/team/app";
+
+    /// A one-layer image put into `driver` under `NAME:tag`; `seed` makes it unique.
+    async fn put_image(driver: &dyn Driver, tag: &str, seed: &str) -> Descriptor {
+        let layer = format!("layer {seed}").into_bytes();
+        let layer_digest = Digest::sha256(&layer);
+        let config = serde_json::to_vec(&serde_json::json!({
+            "architecture": "amd64", "os": "linux",
+            "rootfs": {"type": "layers", "diff_ids": [layer_digest.to_string()]},
+        }))
+        .unwrap();
+        let config_digest = Digest::sha256(&config);
+        for (digest, bytes) in [(&layer_digest, &layer), (&config_digest, &config)] {
+            driver
+                .put_blob(NAME, digest, bytes.len() as u64, one_chunk(bytes.clone()))
+                .await
+                .unwrap();
+        }
+        let manifest = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": media::OCI_MANIFEST,
+            "config": {"mediaType": media::OCI_CONFIG, "digest": config_digest.to_string(), "size": config.len()},
+            "layers": [{"mediaType": media::OCI_LAYER_TAR, "digest": layer_digest.to_string(), "size": layer.len()}],
+        }))
+        .unwrap();
+        driver
+            .put_manifest(NAME, Some(tag), media::OCI_MANIFEST, &manifest)
+            .await
+            .unwrap();
+        ManifestBlob::parse(manifest, None, None)
+            .unwrap()
+            .descriptor()
+    }
+
+    struct Keys {
+        _dir: tempfile::TempDir,
+        team: PrivateKey,
+        other: PrivateKey,
+        policy: Policy,
+    }
+
+    /// Two keys, and a policy requiring `team` for registry.example.com/team and rejecting
+    /// everything else.
+    fn keys() -> Keys {
+        let dir = tempfile::tempdir().unwrap();
+        let team = generate_key(dir.path(), "team").unwrap();
+        let other = generate_key(dir.path(), "other").unwrap();
+        let policy = dir.path().join("policy.toml");
+        std::fs::write(
+            &policy,
+            "[default]\naction = \"reject\"\n\n[[rule]]\nprefix = \"registry.example.com/team\"\n\
+             action = \"signed-by\"\nkeys = [\"team.pub\"]\n",
+        )
+        .unwrap();
+        Keys {
+            team: PrivateKey::load(&team.private_key).unwrap(),
+            other: PrivateKey::load(&other.private_key).unwrap(),
+            policy: Policy::load(&policy).unwrap(),
+            _dir: dir,
+        }
+    }
+
+    fn signature(key: &PrivateKey, image: &str, subject: &Descriptor) -> SignatureEnvelope {
+        let reference = Reference::parse(image).unwrap();
+        sign(key, &reference, &descriptor_digest(subject).unwrap(), None).unwrap()
+    }
+
+    fn layout(dir: &Path, name: &str) -> Arc<dyn Driver> {
+        Arc::new(OciLayoutDriver::new(name, dir.join(name)))
+    }
+
+    fn store(dir: &Path) -> Arc<Store> {
+        Arc::new(Store::open(dir.join("store")).unwrap())
+    }
+
+    async fn pull_with(
+        store: &Arc<Store>,
+        sources: &Sources,
+        image: &str,
+        policy: &Policy,
+    ) -> Result<Pulled> {
+        pull(
+            store,
+            sources,
+            &Reference::parse(image).unwrap(),
+            policy,
+            &PullOptions::default(),
+            &Silent,
+        )
+        .await
+    }
+
+    #[test]
+    fn signature_tag_is_algorithm_dash_hex_dot_sig_within_128_characters_sig_12() {
+        let d = Digest::sha256(b"m");
+        assert_eq!(signature_tag(&d), format!("sha256-{}.sig", d.hex()));
+        let long = Digest::of(Algorithm::Sha512, b"m");
+        let tag = signature_tag(&long);
+        assert_eq!(tag.len(), 128);
+        assert!(tag.starts_with(&format!("sha512-{}", &long.hex()[..117])));
+        assert!(tag.ends_with(".sig"));
+        Reference::parse(&format!("{NAME}:{tag}")).expect("a valid tag");
+    }
+
+    #[tokio::test]
+    async fn no_signature_tag_means_no_signatures_sig_14() {
+        let dir = tempfile::tempdir().unwrap();
+        let driver = layout(dir.path(), "usb");
+        let subject = put_image(driver.as_ref(), "1", "a").await;
+        let digest = descriptor_digest(&subject).unwrap();
+        assert!(fetch_signatures(driver.as_ref(), NAME, &digest)
+            .await
+            .unwrap()
+            .is_empty());
+    }
+
+    #[tokio::test]
+    async fn signatures_accumulate_once_each_in_an_oci_manifest_with_a_subject_sig_13_sig_15() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = keys();
+        let driver = layout(dir.path(), "usb");
+        let subject = put_image(driver.as_ref(), "1", "a").await;
+        let digest = descriptor_digest(&subject).unwrap();
+        let first = signature(&keys.team, &format!("{NAME}:1"), &subject);
+        let second = signature(&keys.other, &format!("{NAME}:1"), &subject);
+
+        let pushed = push_signature(driver.as_ref(), NAME, &subject, &first)
+            .await
+            .unwrap();
+        assert!(pushed.added);
+        assert_eq!(pushed.tag, signature_tag(&digest));
+        let again = push_signature(driver.as_ref(), NAME, &subject, &second)
+            .await
+            .unwrap();
+        assert!(again.added);
+        let repeat = push_signature(driver.as_ref(), NAME, &subject, &first)
+            .await
+            .unwrap();
+        assert!(!repeat.added, "the same envelope is not added twice");
+        assert_eq!(repeat.set_digest, again.set_digest);
+
+        let fetched = fetch_signatures(driver.as_ref(), NAME, &digest)
+            .await
+            .unwrap();
+        assert_eq!(fetched, vec![first.clone(), second.clone()]);
+
+        // The set is an OCI image manifest in the image's repository (SIG-13).
+        let set = driver
+            .fetch_manifest(NAME, &again.set_digest)
+            .await
+            .unwrap();
+        let m: serde_json::Value = serde_json::from_slice(&set.bytes).unwrap();
+        assert_eq!(m["mediaType"], media::OCI_MANIFEST);
+        assert_eq!(m["artifactType"], SIGNATURE_CONFIG_MEDIA_TYPE);
+        assert_eq!(m["config"]["mediaType"], SIGNATURE_CONFIG_MEDIA_TYPE);
+        assert_eq!(m["config"]["size"], 2);
+        assert_eq!(
+            m["config"]["digest"],
+            Digest::sha256(b"{}").to_string().as_str()
+        );
+        assert_eq!(m["subject"]["digest"], digest.to_string().as_str());
+        assert_eq!(m["subject"]["size"], subject.size());
+        assert_eq!(m["subject"]["mediaType"], media::OCI_MANIFEST);
+        let layers = m["layers"].as_array().unwrap();
+        assert_eq!(layers.len(), 2);
+        for (layer, envelope) in layers.iter().zip([&first, &second]) {
+            assert_eq!(layer["mediaType"], SIGNATURE_MEDIA_TYPE);
+            let bytes = envelope.to_bytes();
+            assert_eq!(layer["digest"], Digest::sha256(&bytes).to_string().as_str());
+            assert_eq!(layer["size"], bytes.len());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_or_foreign_layer_is_skipped_and_the_rest_still_count_sig_14() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = keys();
+        let driver = layout(dir.path(), "usb");
+        let subject = put_image(driver.as_ref(), "1", "a").await;
+        let digest = descriptor_digest(&subject).unwrap();
+        let good = signature(&keys.team, &format!("{NAME}:1"), &subject);
+        let bad = signature(&keys.other, &format!("{NAME}:1"), &subject);
+        push_signature(driver.as_ref(), NAME, &subject, &bad)
+            .await
+            .unwrap();
+        push_signature(driver.as_ref(), NAME, &subject, &good)
+            .await
+            .unwrap();
+        // One byte of the first envelope changes at rest: the source now serves wrong bytes.
+        let bad_digest = Digest::sha256(&bad.to_bytes());
+        let path = dir.path().join("usb/blobs/sha256").join(bad_digest.hex());
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[20] ^= 1;
+        let mut perms = std::fs::metadata(&path).unwrap().permissions();
+        #[allow(clippy::permissions_set_readonly_false)]
+        perms.set_readonly(false);
+        std::fs::set_permissions(&path, perms).unwrap();
+        std::fs::write(&path, &bytes).unwrap();
+        let fetched = fetch_signatures(driver.as_ref(), NAME, &digest)
+            .await
+            .unwrap();
+        assert_eq!(fetched, vec![good.clone()]);
+
+        // Layers that are not envelopes, or too large to be one, are not read at all.
+        let set = read_set(driver.as_ref(), NAME, &digest)
+            .await
+            .unwrap()
+            .unwrap();
+        let mut layers = set.layers.clone();
+        layers.push(Descriptor::new(
+            media::OCI_LAYER_TAR.into(),
+            4,
+            ferry_core::oci_spec::image::Digest::from(&Digest::sha256(b"tar!")),
+        ));
+        layers.push(Descriptor::new(
+            SIGNATURE_MEDIA_TYPE.into(),
+            MAX_ENVELOPE_SIZE as u64 + 1,
+            ferry_core::oci_spec::image::Digest::from(&Digest::sha256(b"huge")),
+        ));
+        let manifest = set_manifest(&subject, &Digest::sha256(SIGNATURE_CONFIG), &layers).unwrap();
+        driver
+            .put_manifest(
+                NAME,
+                Some(&signature_tag(&digest)),
+                media::OCI_MANIFEST,
+                &manifest,
+            )
+            .await
+            .unwrap();
+        let fetched = fetch_signatures(driver.as_ref(), NAME, &digest)
+            .await
+            .unwrap();
+        assert_eq!(fetched, vec![good]);
+    }
+
+    #[tokio::test]
+    async fn a_set_moved_to_another_manifest_tag_is_refused_sig_14_sig_15() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = keys();
+        let driver = layout(dir.path(), "usb");
+        let one = put_image(driver.as_ref(), "1", "a").await;
+        let two = put_image(driver.as_ref(), "2", "b").await;
+        let pushed = push_signature(
+            driver.as_ref(),
+            NAME,
+            &one,
+            &signature(&keys.team, &format!("{NAME}:1"), &one),
+        )
+        .await
+        .unwrap();
+        let set = driver
+            .fetch_manifest(NAME, &pushed.set_digest)
+            .await
+            .unwrap();
+        let two_digest = descriptor_digest(&two).unwrap();
+        driver
+            .put_manifest(
+                NAME,
+                Some(&signature_tag(&two_digest)),
+                media::OCI_MANIFEST,
+                &set.bytes,
+            )
+            .await
+            .unwrap();
+        let e = fetch_signatures(driver.as_ref(), NAME, &two_digest)
+            .await
+            .unwrap_err();
+        assert!(e.message.contains("subject"), "{e}");
+        // Pushing next to it refuses to build on a set that is not for this manifest.
+        let e = push_signature(
+            driver.as_ref(),
+            NAME,
+            &two,
+            &signature(&keys.team, &format!("{NAME}:2"), &two),
+        )
+        .await
+        .unwrap_err();
+        assert!(e.message.contains("subject"), "{e}");
+        // An image under a signature tag is not a signature set either.
+        driver
+            .put_manifest(
+                NAME,
+                Some(&signature_tag(&two_digest)),
+                media::OCI_MANIFEST,
+                &{
+                    let m = driver
+                        .fetch_manifest(NAME, &descriptor_digest(&one).unwrap())
+                        .await
+                        .unwrap();
+                    m.bytes
+                },
+            )
+            .await
+            .unwrap();
+        let e = fetch_signatures(driver.as_ref(), NAME, &two_digest)
+            .await
+            .unwrap_err();
+        assert!(e.message.contains("not a ferry signature set"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_set_holds_at_most_max_signatures_sig_15() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = keys();
+        let driver = layout(dir.path(), "usb");
+        let subject = put_image(driver.as_ref(), "1", "a").await;
+        let digest = descriptor_digest(&subject).unwrap();
+        let reference = Reference::parse(&format!("{NAME}:1")).unwrap();
+        let at = |s: u64| Some(std::time::UNIX_EPOCH + std::time::Duration::from_secs(s));
+        for i in 0..MAX_SIGNATURES as u64 {
+            let envelope = sign(&keys.team, &reference, &digest, at(i)).unwrap();
+            push_signature(driver.as_ref(), NAME, &subject, &envelope)
+                .await
+                .unwrap();
+        }
+        let one_more = sign(&keys.team, &reference, &digest, at(99_999)).unwrap();
+        let e = push_signature(driver.as_ref(), NAME, &subject, &one_more)
+            .await
+            .unwrap_err();
+        assert!(e.message.contains("already holds 64"), "{e}");
+        assert_eq!(
+            fetch_signatures(driver.as_ref(), NAME, &digest)
+                .await
+                .unwrap()
+                .len(),
+            MAX_SIGNATURES
+        );
+    }
+
+    #[tokio::test]
+    async fn stored_signatures_live_while_their_manifest_is_named_sig_17() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = keys();
+        let store = store(dir.path());
+        let driver = layout(dir.path(), "usb");
+        let subject = put_image(driver.as_ref(), "1", "a").await;
+        let digest = descriptor_digest(&subject).unwrap();
+        pull_with(
+            &store,
+            &Sources::single(driver.clone()),
+            &format!("{NAME}:1"),
+            &Policy::accept_all(),
+        )
+        .await
+        .unwrap();
+        let envelope = signature(&keys.team, &format!("{NAME}:1"), &subject);
+        let blob = store_signature(&store, &digest, &envelope).unwrap();
+        assert_eq!(store_signature(&store, &digest, &envelope).unwrap(), blob);
+        assert_eq!(
+            store.blob_record(&blob).unwrap().unwrap().media_type,
+            SIGNATURE_MEDIA_TYPE
+        );
+        assert_eq!(
+            signatures_in_store(&store, &digest).unwrap(),
+            vec![envelope.clone()]
+        );
+        assert!(signatures_in_store(&store, &Digest::sha256(b"other"))
+            .unwrap()
+            .is_empty());
+
+        // Named: pruning keeps it and gc does not collect it.
+        assert_eq!(prune_signatures(&store).unwrap(), 0);
+        store.gc().unwrap();
+        assert!(store.blob_size(&blob).unwrap().is_some());
+        assert_eq!(
+            signatures_in_store(&store, &digest).unwrap(),
+            vec![envelope]
+        );
+
+        // No name left: pruning drops the root, and the next gc the envelope.
+        store
+            .remove_image(&Reference::parse(&format!("{NAME}:1")).unwrap())
+            .unwrap();
+        assert_eq!(prune_signatures(&store).unwrap(), 1);
+        let report = store.gc().unwrap();
+        assert!(report.removed_blobs.contains(&blob), "{report:?}");
+        assert!(signatures_in_store(&store, &digest).unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn pull_accepts_a_signed_name_keeps_its_signatures_and_verifies_from_the_store_sig_18() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = keys();
+        let store = store(dir.path());
+        let driver = layout(dir.path(), "usb");
+        let subject = put_image(driver.as_ref(), "1", "a").await;
+        let digest = descriptor_digest(&subject).unwrap();
+        let valid = signature(&keys.team, &format!("{NAME}:1"), &subject);
+        let untrusted = signature(&keys.other, &format!("{NAME}:1"), &subject);
+        for envelope in [&untrusted, &valid] {
+            push_signature(driver.as_ref(), NAME, &subject, envelope)
+                .await
+                .unwrap();
+        }
+        let pulled = pull_with(
+            &store,
+            &Sources::single(driver.clone()),
+            &format!("{NAME}:1"),
+            &keys.policy,
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            pulled.trusted.how(),
+            &Acceptance::SignedBy(vec![keys.team.id().clone()])
+        );
+        assert_eq!(pulled.trusted.digest(), &digest);
+        assert_eq!(pulled.record.digest, digest);
+        // Both envelopes are kept (a later policy may trust the other key).
+        assert_eq!(signatures_in_store(&store, &digest).unwrap().len(), 2);
+        let reference = Reference::parse(&format!("{NAME}:1")).unwrap();
+        let trusted = verify_in_store(&store, &keys.policy, &reference).unwrap();
+        assert_eq!(
+            trusted.reference().to_string(),
+            format!("{NAME}:1@{digest}")
+        );
+        let by_digest = Reference::parse(&format!("{NAME}@{digest}")).unwrap();
+        assert_eq!(
+            verify_in_store(&store, &keys.policy, &by_digest)
+                .unwrap()
+                .reference()
+                .tag(),
+            Some("1")
+        );
+        let record = store.find_image(&reference).unwrap();
+        assert!(matches!(
+            verdict_in_store(&store, &keys.policy, &record).unwrap(),
+            Verdict::Accepted {
+                how: Acceptance::SignedBy(_)
+            }
+        ));
+    }
+
+    #[tokio::test]
+    async fn pull_rejects_before_transferring_and_names_nothing_sig_18() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = keys();
+        let store = store(dir.path());
+        let driver = layout(dir.path(), "usb");
+        let subject = put_image(driver.as_ref(), "1", "a").await;
+        let digest = descriptor_digest(&subject).unwrap();
+        let sources = Sources::single(driver.clone());
+        // Unsigned, and signed only by an untrusted key.
+        let e = pull_with(&store, &sources, &format!("{NAME}:1"), &keys.policy)
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Rejected, "{e}");
+        assert!(e.message.contains("no signatures were found"), "{e}");
+        push_signature(
+            driver.as_ref(),
+            NAME,
+            &subject,
+            &signature(&keys.other, &format!("{NAME}:1"), &subject),
+        )
+        .await
+        .unwrap();
+        let e = pull_with(&store, &sources, &format!("{NAME}:1"), &keys.policy)
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Rejected);
+        assert!(
+            e.message.contains(&format!("{NAME}:1@{digest}"))
+                && e.message.contains(&keys.team.id().to_string())
+                && e.message.contains("usb"),
+            "{e}"
+        );
+        // A signature for :1 does not vouch for :2 naming the same digest.
+        driver
+            .put_manifest(NAME, Some("2"), media::OCI_MANIFEST, &{
+                driver.fetch_manifest(NAME, &digest).await.unwrap().bytes
+            })
+            .await
+            .unwrap();
+        push_signature(
+            driver.as_ref(),
+            NAME,
+            &subject,
+            &signature(&keys.team, &format!("{NAME}:1"), &subject),
+        )
+        .await
+        .unwrap();
+        let e = pull_with(&store, &sources, &format!("{NAME}:2"), &keys.policy)
+            .await
+            .unwrap_err();
+        assert!(
+            e.message
+                .contains(&format!("is for {NAME}:1, not {NAME}:2")),
+            "{e}"
+        );
+        // A name under a reject rule.
+        let reject_all = dir.path().join("reject.toml");
+        std::fs::write(&reject_all, "[default]\naction = \"reject\"\n").unwrap();
+        let e = pull_with(
+            &store,
+            &sources,
+            &format!("{NAME}:1"),
+            &Policy::load(&reject_all).unwrap(),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Rejected);
+        assert!(e.message.contains("rejected by the default rule"), "{e}");
+        assert!(store.images().unwrap().is_empty());
+        assert_eq!(
+            store.blob_size(&digest).unwrap(),
+            None,
+            "nothing of a rejected image was transferred"
+        );
+    }
+
+    #[tokio::test]
+    async fn signed_names_may_be_resolved_by_any_source_first_accepted_answer_wins_pol_9() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = keys();
+        let store = store(dir.path());
+        let mirror = layout(dir.path(), "mirror");
+        let origin = layout(dir.path(), "origin");
+        put_image(origin.as_ref(), "0", "zero").await;
+        // The mirror answers :1 with another image, validly signed, but as :2.
+        let other = put_image(mirror.as_ref(), "1", "other").await;
+        push_signature(
+            mirror.as_ref(),
+            NAME,
+            &other,
+            &signature(&keys.team, &format!("{NAME}:2"), &other),
+        )
+        .await
+        .unwrap();
+        // The origin only resolves; it does not have the tag at first.
+        let sources = Sources {
+            content: vec![mirror.clone(), origin.clone()],
+            resolve: vec![origin.clone()],
+        };
+        let e = pull_with(&store, &sources, &format!("{NAME}:1"), &keys.policy)
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Rejected);
+        assert!(
+            e.message.contains("source \"mirror\" answered")
+                && e.message
+                    .contains(&format!("is for {NAME}:2, not {NAME}:1")),
+            "{e}"
+        );
+        assert!(store.images().unwrap().is_empty());
+        // Without signatures required, the mirror may not answer tags at all (SITE-5).
+        let e = pull_with(
+            &store,
+            &sources,
+            &format!("{NAME}:1"),
+            &Policy::accept_all(),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(e.kind, ErrorKind::NotFound, "{e}");
+
+        // Once the origin has the real, signed :1, it is asked first and wins.
+        let real = put_image(origin.as_ref(), "1", "real").await;
+        push_signature(
+            origin.as_ref(),
+            NAME,
+            &real,
+            &signature(&keys.team, &format!("{NAME}:1"), &real),
+        )
+        .await
+        .unwrap();
+        let pulled = pull_with(&store, &sources, &format!("{NAME}:1"), &keys.policy)
+            .await
+            .unwrap();
+        assert_eq!(pulled.record.digest, descriptor_digest(&real).unwrap());
+        // A mirror listed first cannot redirect a signed name either.
+        let sources = Sources {
+            content: vec![mirror.clone(), origin.clone()],
+            resolve: vec![mirror.clone(), origin.clone()],
+        };
+        let pulled = pull_with(&store, &sources, &format!("{NAME}:1"), &keys.policy)
+            .await
+            .unwrap();
+        assert_eq!(pulled.record.digest, descriptor_digest(&real).unwrap());
+    }
+
+    #[tokio::test]
+    async fn signatures_are_gathered_from_every_source_and_a_broken_one_is_skipped_sig_18() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = keys();
+        let store = store(dir.path());
+        let broken = layout(dir.path(), "broken");
+        let origin = layout(dir.path(), "origin");
+        let subject = put_image(origin.as_ref(), "1", "a").await;
+        let digest = descriptor_digest(&subject).unwrap();
+        // The broken source names a signature set it does not have.
+        broken
+            .put_manifest(NAME, Some("unrelated"), media::OCI_MANIFEST, &{
+                origin.fetch_manifest(NAME, &digest).await.unwrap().bytes
+            })
+            .await
+            .unwrap();
+        let index_path = dir.path().join("broken/index.json");
+        let index = std::fs::read_to_string(&index_path).unwrap();
+        let index = index.replace(":unrelated", &format!(":{}", signature_tag(&digest)));
+        std::fs::write(
+            &index_path,
+            index.replace(&digest.to_string(), &format!("sha256:{}", "0".repeat(64))),
+        )
+        .unwrap();
+        assert!(fetch_signatures(broken.as_ref(), NAME, &digest)
+            .await
+            .is_err());
+        push_signature(
+            origin.as_ref(),
+            NAME,
+            &subject,
+            &signature(&keys.team, &format!("{NAME}:1"), &subject),
+        )
+        .await
+        .unwrap();
+        let sources = Sources {
+            content: vec![broken.clone(), origin.clone()],
+            resolve: vec![origin.clone()],
+        };
+        let pulled = pull_with(&store, &sources, &format!("{NAME}:1"), &keys.policy)
+            .await
+            .unwrap();
+        assert!(matches!(pulled.trusted.how(), Acceptance::SignedBy(_)));
+    }
+}
