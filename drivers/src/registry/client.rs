@@ -192,8 +192,11 @@ impl Client {
             if let Some(a) = &auth {
                 rb = rb.header(AUTHORIZATION, a);
             }
-            if let Body::Stream(_, len) = &req.body {
-                rb = rb.header(reqwest::header::CONTENT_LENGTH, *len);
+            // Explicit, so an empty POST still says `Content-Length: 0` (some proxies need it).
+            match &req.body {
+                Body::Empty => {}
+                Body::Bytes(b) => rb = rb.header(reqwest::header::CONTENT_LENGTH, b.len()),
+                Body::Stream(_, len) => rb = rb.header(reqwest::header::CONTENT_LENGTH, *len),
             }
             if let Some(b) = body {
                 rb = rb.body(b);

@@ -198,12 +198,11 @@ where
                 .push((n.trim().to_ascii_lowercase(), v.trim().to_string()));
         }
     }
-    // Drain a request body so the client is not cut off mid-send.
     if let Some(len) = req
         .header("content-length")
         .and_then(|v| v.parse::<u64>().ok())
     {
-        io::copy(&mut (&mut reader).take(len), &mut io::sink())?;
+        (&mut reader).take(len).read_to_end(&mut req.body)?;
     }
     let resp = handler(&req);
     let mut out = format!("HTTP/1.1 {} X\r\n", resp.status);
