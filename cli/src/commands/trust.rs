@@ -2,9 +2,10 @@
 
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use ferry_core::{Reference, Store};
 use ferry_drivers::pull::PullOptions;
+use ferry_drivers::signatures::verify_in_store;
 use ferry_runtime::image::Image;
 use ferry_signing::Policy;
 
@@ -17,11 +18,7 @@ pub async fn checked_image(cli: &Cli, store: &Arc<Store>, reference: &Reference)
     if store.find_image(reference).is_err() {
         pull_into(cli, store, reference, &PullOptions::default()).await?;
     }
-    let record = store.find_image(reference)?;
     let policy = Policy::load_default(cli.policy.as_deref())?;
-    let name = Reference::with_name(&record.name, record.tag.as_deref(), None)?;
-    let trusted = policy
-        .check(&name, &record.digest, &[])
-        .with_context(|| format!("trust policy for {name}"))?;
+    let trusted = verify_in_store(store, &policy, reference)?;
     Ok(Image::load(store, &trusted)?)
 }

@@ -45,10 +45,27 @@ fn env() -> Option<Env> {
 fn run_pulls_then_prints_and_returns_the_exit_code() {
     let Some(env) = env() else { return };
     for runtime in ["builtin", "runc"] {
-        let out = output(ferry(env.root.path()).args(["run", "--rm", "--runtime", runtime, &env.busybox, "echo", "hi"]));
+        let out = output(ferry(env.root.path()).args([
+            "run",
+            "--rm",
+            "--runtime",
+            runtime,
+            &env.busybox,
+            "echo",
+            "hi",
+        ]));
         assert!(out.status.success(), "{runtime}: {}", stderr(&out));
         assert_eq!(stdout(&out), "hi\n", "{runtime}");
-        let out = output(ferry(env.root.path()).args(["run", "--rm", "--runtime", runtime, &env.busybox, "sh", "-c", "exit 3"]));
+        let out = output(ferry(env.root.path()).args([
+            "run",
+            "--rm",
+            "--runtime",
+            runtime,
+            &env.busybox,
+            "sh",
+            "-c",
+            "exit 3",
+        ]));
         assert_eq!(out.status.code(), Some(3), "{runtime}: {}", stderr(&out));
     }
 }
@@ -58,13 +75,27 @@ fn image_config_is_honoured_without_a_command() {
     // Entrypoint + Cmd, Env, WorkingDir and User (a name from the image's /etc/passwd).
     let Some(env) = env() else { return };
     for runtime in ["builtin", "runc"] {
-        let out = output(ferry(env.root.path()).args(["run", "--rm", "--runtime", runtime, &env.app]));
+        let out =
+            output(ferry(env.root.path()).args(["run", "--rm", "--runtime", runtime, &env.app]));
         assert!(out.status.success(), "{runtime}: {}", stderr(&out));
-        assert_eq!(stdout(&out), "uid=1000 gid=1000 cwd=/work foo=bar\n", "{runtime}");
+        assert_eq!(
+            stdout(&out),
+            "uid=1000 gid=1000 cwd=/work foo=bar\n",
+            "{runtime}"
+        );
     }
     // -e, -w and -u override the image; arguments replace Cmd and keep the Entrypoint.
     let out = output(ferry(env.root.path()).args([
-        "run", "--rm", "-e", "FOO=baz", "-w", "/tmp", "-u", "0:0", &env.app, "echo $FOO $(pwd) $(id -u)",
+        "run",
+        "--rm",
+        "-e",
+        "FOO=baz",
+        "-w",
+        "/tmp",
+        "-u",
+        "0:0",
+        &env.app,
+        "echo $FOO $(pwd) $(id -u)",
     ]));
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(stdout(&out), "baz /tmp 0\n");
@@ -73,18 +104,40 @@ fn image_config_is_honoured_without_a_command() {
 #[test]
 fn containers_are_isolated_and_rm_leaves_nothing() {
     let Some(env) = env() else { return };
-    let out = output(ferry(env.root.path()).args(["run", "--rm", &env.busybox, "sh", "-c", "echo $$; ls /sys/class/net"]));
+    let out = output(ferry(env.root.path()).args([
+        "run",
+        "--rm",
+        &env.busybox,
+        "sh",
+        "-c",
+        "echo $$; ls /sys/class/net",
+    ]));
     assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(stdout(&out), "1\nlo\n", "pid 1 and only loopback with --net none");
+    assert_eq!(
+        stdout(&out),
+        "1\nlo\n",
+        "pid 1 and only loopback with --net none"
+    );
     let containers = env.root.path().join("containers");
-    let left = std::fs::read_dir(&containers).map(|d| d.count()).unwrap_or(0);
+    let left = std::fs::read_dir(&containers)
+        .map(|d| d.count())
+        .unwrap_or(0);
     assert_eq!(left, 0, "--rm removes the container directory");
     // Writes land in the container's upper dir, never in the shared snapshots.
-    let out = output(ferry(env.root.path()).args(["run", "--rm", &env.busybox, "sh", "-c", "rm /bin/echo && echo changed > /etc/passwd"]));
+    let out = output(ferry(env.root.path()).args([
+        "run",
+        "--rm",
+        &env.busybox,
+        "sh",
+        "-c",
+        "rm /bin/echo && echo changed > /etc/passwd",
+    ]));
     assert!(out.status.success(), "{}", stderr(&out));
-    let out = output(ferry(env.root.path()).args(["run", "--rm", &env.busybox, "echo", "still here"]));
+    let out =
+        output(ferry(env.root.path()).args(["run", "--rm", &env.busybox, "echo", "still here"]));
     assert_eq!(stdout(&out), "still here\n", "{}", stderr(&out));
-    let out = output(ferry(env.root.path()).args(["run", "--rm", &env.busybox, "cat", "/etc/passwd"]));
+    let out =
+        output(ferry(env.root.path()).args(["run", "--rm", &env.busybox, "cat", "/etc/passwd"]));
     assert!(stdout(&out).starts_with("root:"), "{}", stdout(&out));
 }
 
@@ -106,18 +159,80 @@ fn unpack_gives_the_same_tree_as_umoci() {
     let work = tempfile::tempdir().unwrap();
     for (tag, reference) in [(BUSYBOX, &env.busybox), (APP, &env.app)] {
         let ours = work.path().join(format!("ferry-{tag}"));
-        let out = output(ferry(env.root.path()).args(["unpack", reference]).arg(&ours));
+        let out = output(
+            ferry(env.root.path())
+                .args(["unpack", reference])
+                .arg(&ours),
+        );
         assert!(out.status.success(), "{}", stderr(&out));
         let bundle = work.path().join(format!("umoci-{tag}"));
         ferry_testkit::run_ok(
             std::process::Command::new("umoci")
-                .args(["unpack", "--image", &format!("{}:{tag}", fx.layout().display())])
+                .args([
+                    "unpack",
+                    "--image",
+                    &format!("{}:{tag}", fx.layout().display()),
+                ])
                 .arg(&bundle),
         );
         let expected = tree::snapshot(&bundle.join("rootfs"));
         let actual = tree::snapshot(&ours);
         let diffs = tree::diff(&expected, &actual, &tree::Options::exact());
-        assert!(diffs.is_empty(), "{tag}: ferry unpack differs from umoci:\n{}", diffs.join("\n"));
-        assert!(expected.len() > 20, "{tag}: the comparison saw {} paths", expected.len());
+        assert!(
+            diffs.is_empty(),
+            "{tag}: ferry unpack differs from umoci:\n{}",
+            diffs.join("\n")
+        );
+        assert!(
+            expected.len() > 20,
+            "{tag}: the comparison saw {} paths",
+            expected.len()
+        );
     }
+}
+
+#[test]
+fn run_and_unpack_refuse_an_image_the_policy_rejects_before_unpacking() {
+    // POL: the policy is checked again on run, against the store.
+    let Some(env) = env() else { return };
+    let out = output(ferry(env.root.path()).args(["pull", &env.busybox]));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let policy = env.root.path().join("policy.toml");
+    std::fs::write(&policy, "[default]\naction = \"reject\"\n").unwrap();
+    let out = output(ferry(env.root.path()).arg("--policy").arg(&policy).args([
+        "run",
+        "--rm",
+        &env.busybox,
+        "true",
+    ]));
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("busybox"),
+        "names the image: {}",
+        stderr(&out)
+    );
+    let dest = env.root.path().join("rootfs");
+    let out = output(
+        ferry(env.root.path())
+            .arg("--policy")
+            .arg(&policy)
+            .args(["unpack", &env.busybox])
+            .arg(&dest),
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(!dest.exists(), "nothing unpacked");
+    let snapshots = env.root.path().join("snapshots/sha256");
+    let count = std::fs::read_dir(&snapshots)
+        .map(|d| {
+            d.filter(|e| {
+                !e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .ends_with(".lock")
+            })
+            .count()
+        })
+        .unwrap_or(0);
+    assert_eq!(count, 0, "no snapshot was prepared");
 }
