@@ -55,11 +55,19 @@ pub async fn run_command(cli: &Cli, args: &Args) -> Result<ExitCode> {
         env,
         workdir: args.workdir.clone(),
         user: args.user.clone(),
-        net: if args.net == "host" { NetMode::Host } else { NetMode::None },
+        net: if args.net == "host" {
+            NetMode::Host
+        } else {
+            NetMode::None
+        },
         hostname: None,
         terminal: false,
     };
-    let kind = if args.runtime == "runc" { RuntimeKind::Runc } else { RuntimeKind::Builtin };
+    let kind = if args.runtime == "runc" {
+        RuntimeKind::Runc
+    } else {
+        RuntimeKind::Builtin
+    };
     let store = open_store(cli)?;
     let image = checked_image(cli, &store, &reference).await?;
     let store_for_run = store.clone();

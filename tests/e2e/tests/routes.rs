@@ -124,7 +124,10 @@ fn dead_then_tampered_source_falls_through_to_the_good_one() {
     let digest = fx.push(BUSYBOX, &good.host(), "team/app:1", false, None);
     fx.push(BUSYBOX, &bad.host(), "team/app:1", false, None);
     let manifest: serde_json::Value = serde_json::from_slice(&fx.blob(&digest)).unwrap();
-    let layer = manifest["layers"][0]["digest"].as_str().unwrap().to_string();
+    let layer = manifest["layers"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
     flip_bytes(&bad.blob_data_path(&layer)).unwrap();
 
     let dir = tempfile::tempdir().unwrap();
@@ -139,12 +142,22 @@ fn dead_then_tampered_source_falls_through_to_the_good_one() {
     );
     let config = write_config(dir.path(), &text);
     let root = tempfile::tempdir().unwrap();
-    let out = output(ferry(root.path()).arg("--config").arg(&config).args(["pull", &format!("{NAME}:1")]));
+    let out = output(
+        ferry(root.path())
+            .arg("--config")
+            .arg(&config)
+            .args(["pull", &format!("{NAME}:1")]),
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
-    assert!(stderr.contains("\"dead\"") && stderr.contains("\"bad\""), "a warning per skipped source: {stderr}");
+    assert!(
+        stderr.contains("\"dead\"") && stderr.contains("\"bad\""),
+        "a warning per skipped source: {stderr}"
+    );
     assert!(stderr.contains("digest mismatch"), "{stderr}");
-    let inspect = json(&run_ok(ferry(root.path()).args(["inspect", &format!("{NAME}:1")])));
+    let inspect = json(&run_ok(
+        ferry(root.path()).args(["inspect", &format!("{NAME}:1")]),
+    ));
     let served_by = inspect["blobs"]
         .as_array()
         .unwrap()
@@ -159,10 +172,22 @@ fn dead_then_tampered_source_falls_through_to_the_good_one() {
     let text = text.replace("\"dead\", \"bad\", \"good\"", "\"dead\", \"bad\"");
     let config = write_config(dir.path(), &text);
     let root = tempfile::tempdir().unwrap();
-    let out = output(ferry(root.path()).arg("--config").arg(&config).args(["pull", &format!("{NAME}:1")]));
+    let out = output(
+        ferry(root.path())
+            .arg("--config")
+            .arg(&config)
+            .args(["pull", &format!("{NAME}:1")]),
+    );
     assert_eq!(out.status.code(), Some(1));
-    let last = String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or("").to_string();
-    assert!(last.contains("\"dead\"") && last.contains("\"bad\"") && last.contains(&layer), "{last}");
+    let last = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .last()
+        .unwrap_or("")
+        .to_string();
+    assert!(
+        last.contains("\"dead\"") && last.contains("\"bad\"") && last.contains(&layer),
+        "{last}"
+    );
     let images = json(&run_ok(ferry(root.path()).args(["images", "--json"])));
     assert_eq!(images.as_array().unwrap().len(), 0);
     let blobs = root.path().join("blobs/sha256").join(&layer[7..]);
@@ -188,7 +213,10 @@ fn only_resolve_sources_answer_tags() {
     let (_root, printed, _) = pull_via(&write_config(dir.path(), &text));
     assert_eq!(printed, format!("{NAME}@{wanted}"));
     // Letting the mirror resolve too (it comes first) gives its manifest: the rule matters.
-    let (_root, printed, _) = pull_via(&write_config(dir.path(), &text.replace("resolve = [\"origin\"]", "")));
+    let (_root, printed, _) = pull_via(&write_config(
+        dir.path(),
+        &text.replace("resolve = [\"origin\"]", ""),
+    ));
     assert_eq!(printed, format!("{NAME}@{other}"));
 }
 
@@ -224,19 +252,45 @@ fn config_check_names_file_and_line_and_explain_hides_secrets() {
         pw.display()
     );
     let config = write_config(dir.path(), &good);
-    let ok = run_ok(ferry(root.path()).arg("--config").arg(&config).args(["config", "check"]));
+    let ok = run_ok(
+        ferry(root.path())
+            .arg("--config")
+            .arg(&config)
+            .args(["config", "check"]),
+    );
     assert!(ok.contains(": ok"), "{ok}");
-    let explain = run_ok(ferry(root.path()).arg("--config").arg(&config).args(["config", "explain", &format!("{NAME}:1")]));
-    assert!(explain.contains("https://origin.example.com/v2/mirror/team/app"), "{explain}");
+    let explain = run_ok(ferry(root.path()).arg("--config").arg(&config).args([
+        "config",
+        "explain",
+        &format!("{NAME}:1"),
+    ]));
+    assert!(
+        explain.contains("https://origin.example.com/v2/mirror/team/app"),
+        "{explain}"
+    );
     assert!(explain.contains("/media/usb"), "{explain}");
-    assert!(explain.contains(&pw.display().to_string()) && !explain.contains("hunter2"), "{explain}");
-    assert!(explain.contains("[resolve, content]") && explain.contains("[content]"), "{explain}");
+    assert!(
+        explain.contains(&pw.display().to_string()) && !explain.contains("hunter2"),
+        "{explain}"
+    );
+    assert!(
+        explain.contains("[resolve, content]") && explain.contains("[content]"),
+        "{explain}"
+    );
 
     let broken = good.replace("path = \"/media/usb\"", "path = \"/media/usb\"\nspeed = 9");
     let config = write_config(dir.path(), &broken);
-    let out = output(ferry(root.path()).arg("--config").arg(&config).args(["config", "check"]));
+    let out = output(
+        ferry(root.path())
+            .arg("--config")
+            .arg(&config)
+            .args(["config", "check"]),
+    );
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains(&format!("{}:", config.display())) && err.contains("speed"), "{err}");
+    assert!(
+        err.contains(&format!("{}:", config.display())) && err.contains("speed"),
+        "{err}"
+    );
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 }
