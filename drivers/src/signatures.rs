@@ -54,17 +54,25 @@ struct SignatureSet {
     layers: Vec<Descriptor>,
 }
 
-/// Reads the signature set of `digest` at `driver`: `None` when its tag is missing (SIG-14).
-async fn read_set(
-    driver: &dyn Driver,
-    name: &str,
-    digest: &Digest,
-) -> Result<Option<SignatureSet>> {
+/// What a source has under the signature tag of a manifest (SIG-14).
+enum Found {
+    /// Nothing: the tag is missing.
+    Nothing,
+    /// Something that is not a ferry signature set (another tool's artifact, e.g. a cosign
+    /// signature, which uses the same tag form); described for messages.
+    Foreign(String),
+    /// A ferry signature set for the manifest.
+    Set(SignatureSet),
+}
+
+/// Reads what `driver` has under the signature tag of `digest` (SIG-14). A ferry signature
+/// set whose subject is another manifest is an error.
+async fn read_set(driver: &dyn Driver, name: &str, digest: &Digest) -> Result<Found> {
     let source = driver.source_name();
     let tag = signature_tag(digest);
     let desc = match driver.resolve(name, &tag).await {
         Ok(desc) => desc,
-        Err(e) if e.kind == ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.kind == ErrorKind::NotFound => return Ok(Found::Nothing),
         Err(e) => return Err(e),
     };
     let what = format!("signature set {name}:{tag}");
@@ -76,16 +84,16 @@ async fn read_set(
         Some(&set_digest),
     )
     .map_err(|e| Error::from_core(source, e))?;
-    let invalid = |why: String| Error::new(ErrorKind::Invalid, source, format!("{what}: {why}"));
     let Manifest::Image(manifest) = blob.manifest else {
-        return Err(invalid("an index, not a signature set".into()));
+        return Ok(Found::Foreign(format!("an index ({set_digest})")));
     };
     let config_type = manifest.config().media_type().to_string();
     if config_type != SIGNATURE_CONFIG_MEDIA_TYPE {
-        return Err(invalid(format!(
-            "config media type {config_type:?}, not {SIGNATURE_CONFIG_MEDIA_TYPE:?}: not a ferry signature set"
+        return Ok(Found::Foreign(format!(
+            "a manifest with config media type {config_type:?} ({set_digest})"
         )));
     }
+    let invalid = |why: String| Error::new(ErrorKind::Invalid, source, format!("{what}: {why}"));
     match manifest.subject() {
         Some(subject) => {
             let subject = descriptor_digest(subject).map_err(|e| Error::from_core(source, e))?;
@@ -95,7 +103,7 @@ async fn read_set(
         }
         None => return Err(invalid("no subject".into())),
     }
-    Ok(Some(SignatureSet {
+    Ok(Found::Set(SignatureSet {
         digest: set_digest,
         layers: manifest.layers().clone(),
     }))
@@ -105,17 +113,26 @@ async fn read_set(
 /// when its signature tag is missing (SIG-14).
 ///
 /// At most [`MAX_SIGNATURES`] layers are read. A layer that is not an envelope, too large,
-/// corrupt (its bytes do not match its digest) or malformed is skipped with a warning; the
-/// set itself being unreadable, not a ferry signature set, or for another manifest is an
-/// error. Envelopes are returned unverified, without duplicates: a [`Policy`] decides what
+/// corrupt (its bytes do not match its digest) or malformed is skipped with a warning.
+/// Another tool's artifact under the tag (a cosign signature uses the same tag form) holds no
+/// ferry signatures; a ferry set that is unreadable or for another manifest is an error. Envelopes are returned unverified, without duplicates: a [`Policy`] decides what
 /// they are worth.
 pub async fn fetch_signatures(
     driver: &dyn Driver,
     name: &str,
     digest: &Digest,
 ) -> Result<Vec<SignatureEnvelope>> {
-    let Some(set) = read_set(driver, name, digest).await? else {
-        return Ok(Vec::new());
+    let set = match read_set(driver, name, digest).await? {
+        Found::Set(set) => set,
+        Found::Nothing => return Ok(Vec::new()),
+        Found::Foreign(what) => {
+            tracing::info!(
+                "source {:?}: {name}:{} holds {what}, not ferry signatures",
+                driver.source_name(),
+                signature_tag(digest)
+            );
+            return Ok(Vec::new());
+        }
     };
     if set.layers.len() > MAX_SIGNATURES {
         tracing::warn!(
@@ -206,9 +223,9 @@ pub struct PushedSignature {
 ///
 /// Signatures accumulate: the set's existing layers are kept and the envelope is appended
 /// unless the set already holds the same bytes. Blobs are written before the manifest, so
-/// the tag never names a set whose envelopes are missing. Fails when the tag holds something
-/// that is not a ferry signature set for `subject`, or a set that already holds
-/// [`MAX_SIGNATURES`] layers.
+/// the tag never names a set whose envelopes are missing. Fails, writing nothing, when the
+/// tag holds something that is not a ferry signature set for `subject` (never overwritten),
+/// or a set that already holds [`MAX_SIGNATURES`] layers.
 pub async fn push_signature(
     driver: &dyn Driver,
     name: &str,
@@ -220,23 +237,31 @@ pub async fn push_signature(
     let tag = signature_tag(&digest);
     let bytes = envelope.to_bytes();
     let envelope_digest = Digest::sha256(&bytes);
-    let existing = read_set(driver, name, &digest).await?;
     let mut layers = Vec::new();
-    if let Some(set) = existing {
-        if set
-            .layers
-            .iter()
-            .any(|l| descriptor_digest(l).is_ok_and(|d| d == envelope_digest))
-        {
-            return Ok(PushedSignature {
-                tag,
-                set_digest: set.digest,
-                envelope_digest,
-                added: false,
-            });
-        }
-        if set.layers.len() >= MAX_SIGNATURES {
-            return Err(Error::new(
+    match read_set(driver, name, &digest).await? {
+        Found::Nothing => {}
+        Found::Foreign(what) => return Err(Error::new(
+            ErrorKind::Invalid,
+            source,
+            format!(
+                "{name}:{tag} holds {what}, not a ferry signature set; refusing to overwrite it"
+            ),
+        )),
+        Found::Set(set) => {
+            if set
+                .layers
+                .iter()
+                .any(|l| descriptor_digest(l).is_ok_and(|d| d == envelope_digest))
+            {
+                return Ok(PushedSignature {
+                    tag,
+                    set_digest: set.digest,
+                    envelope_digest,
+                    added: false,
+                });
+            }
+            if set.layers.len() >= MAX_SIGNATURES {
+                return Err(Error::new(
                 ErrorKind::Invalid,
                 source,
                 format!(
@@ -244,8 +269,9 @@ pub async fn push_signature(
                     set.layers.len()
                 ),
             ));
+            }
+            layers = set.layers;
         }
-        layers = set.layers;
     }
     let config_digest = Digest::sha256(SIGNATURE_CONFIG);
     let size = bytes.len() as u64;
@@ -714,10 +740,9 @@ mod tests {
         assert_eq!(fetched, vec![good.clone()]);
 
         // Layers that are not envelopes, or too large to be one, are not read at all.
-        let set = read_set(driver.as_ref(), NAME, &digest)
-            .await
-            .unwrap()
-            .unwrap();
+        let Found::Set(set) = read_set(driver.as_ref(), NAME, &digest).await.unwrap() else {
+            panic!("no signature set")
+        };
         let mut layers = set.layers.clone();
         layers.push(Descriptor::new(
             media::OCI_LAYER_TAR.into(),
@@ -746,7 +771,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_set_moved_to_another_manifest_tag_is_refused_sig_14_sig_15() {
+    async fn a_moved_set_is_refused_and_a_foreign_artifact_never_overwritten_sig_14_sig_15() {
         let dir = tempfile::tempdir().unwrap();
         let keys = keys();
         let driver = layout(dir.path(), "usb");
@@ -788,7 +813,8 @@ mod tests {
         .await
         .unwrap_err();
         assert!(e.message.contains("subject"), "{e}");
-        // An image under a signature tag is not a signature set either.
+        // Another tool's artifact under the tag (here: an image; cosign keeps its signatures
+        // under the same tag form) holds no ferry signatures and is never overwritten.
         driver
             .put_manifest(
                 NAME,
@@ -804,10 +830,19 @@ mod tests {
             )
             .await
             .unwrap();
-        let e = fetch_signatures(driver.as_ref(), NAME, &two_digest)
+        assert!(fetch_signatures(driver.as_ref(), NAME, &two_digest)
             .await
-            .unwrap_err();
-        assert!(e.message.contains("not a ferry signature set"), "{e}");
+            .unwrap()
+            .is_empty());
+        let e = push_signature(
+            driver.as_ref(),
+            NAME,
+            &two,
+            &signature(&keys.team, &format!("{NAME}:2"), &two),
+        )
+        .await
+        .unwrap_err();
+        assert!(e.message.contains("refusing to overwrite"), "{e}");
     }
 
     #[tokio::test]

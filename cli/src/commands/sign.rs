@@ -33,17 +33,21 @@ pub struct Args {
 /// Signs, stores the signature, pushes it with `--push`, and prints what it did.
 pub async fn run(cli: &Cli, args: &Args) -> Result<ExitCode> {
     let reference = parse_reference(&args.reference)?;
+    let Some(tag) = reference.tag() else {
+        bail!("{reference} has no tag; a signature binds NAME:TAG to a digest");
+    };
     let store = open_store(cli)?;
     let record = store
         .find_image(&reference)
         .with_context(|| format!("{reference} is not in the store; pull it first"))?;
-    let Some(tag) = record.tag.as_deref() else {
+    if record.tag.as_deref() != Some(tag) {
         bail!(
-            "{}@{} is stored without a tag; a signature binds NAME:TAG (pull it by tag first)",
+            "{}:{tag} is not in the store (found {}@{} under another tag); pull it by that tag first",
+            record.name,
             record.name,
             record.digest
         );
-    };
+    }
     let named = Reference::with_name(&record.name, Some(tag), None)?;
     let key = PrivateKey::load(&args.key)?;
     let envelope = sign(&key, &named, &record.digest, Some(SystemTime::now()))?;
