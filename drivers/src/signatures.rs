@@ -240,13 +240,15 @@ pub async fn push_signature(
     let mut layers = Vec::new();
     match read_set(driver, name, &digest).await? {
         Found::Nothing => {}
-        Found::Foreign(what) => return Err(Error::new(
-            ErrorKind::Invalid,
-            source,
-            format!(
+        Found::Foreign(what) => {
+            return Err(Error::new(
+                ErrorKind::Invalid,
+                source,
+                format!(
                 "{name}:{tag} holds {what}, not a ferry signature set; refusing to overwrite it"
             ),
-        )),
+            ))
+        }
         Found::Set(set) => {
             if set
                 .layers
