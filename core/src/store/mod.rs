@@ -114,7 +114,18 @@ impl Store {
             mkdir(root.join("ingest").join(alg.as_str()), 0o700)?;
         }
         let db_path = root.join("metadata.db");
+        // Switching a new database to WAL and migrating it can fail with "database is
+        // locked" in a concurrent opener without waiting, so openers take turns (STORE-7).
+        let open_lock_path = root.join("open.lock");
+        let open_lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&open_lock_path)
+            .map_err(|e| Error::io("open", &open_lock_path, e))?;
+        lock::flock(&open_lock, lock::Mode::Exclusive, lock::Wait::Block, &open_lock_path)?;
         let db = db::open(&db_path)?;
+        drop(open_lock);
         Ok(Store {
             inner: Arc::new(Inner {
                 root,

@@ -466,3 +466,30 @@ fn two_processes_pulling_one_image_into_one_root_both_succeed() {
         assert!(sum.starts_with(&hex), "{hex}: {sum}");
     }
 }
+
+#[test]
+fn rm_then_gc_frees_the_blobs_only_that_image_used() {
+    // STORE-11, STORE-12: busybox and app share the busybox layer.
+    let fx = Fixtures::get();
+    let reg = Registry::start(RegistryOptions::open()).unwrap();
+    fx.push(BUSYBOX, &reg.host(), "busybox:1", false, None);
+    fx.push(APP, &reg.host(), "app:1", false, None);
+    let root = tempfile::tempdir().unwrap();
+    for name in ["busybox:1", "app:1"] {
+        run_ok(ferry(root.path()).args(["pull", &format!("{}/{name}", reg.host())]));
+    }
+    let shared = layer_digests(&fx, BUSYBOX).remove(0);
+    let app_only = layer_digests(&fx, APP).pop().unwrap();
+    assert_ne!(shared, app_only);
+    let out = run_ok(ferry(root.path()).args(["rm", &format!("{}/app:1", reg.host())]));
+    assert!(out.contains("removed"), "{out}");
+    let gc = json(&run_ok(ferry(root.path()).args(["gc", "--json"])));
+    let removed: Vec<&str> = gc["removed_blobs"].as_array().unwrap().iter().map(|d| d.as_str().unwrap()).collect();
+    assert!(removed.contains(&app_only.as_str()), "{gc}");
+    assert!(!removed.contains(&shared.as_str()), "{gc}");
+    let blobs = committed_blobs(root.path());
+    assert!(blobs.contains(&shared[7..].to_string()) && !blobs.contains(&app_only[7..].to_string()));
+    let missing = output(ferry(root.path()).args(["rm", &format!("{}/app:1", reg.host())]));
+    assert_eq!(missing.status.code(), Some(1));
+    assert_eq!(images(root.path()).len(), 1);
+}
