@@ -64,7 +64,10 @@ async fn mirror_driver_conforms() {
         );
         Arc::new(MirrorDriver::new(
             "mirror",
-            vec![endpoint(dead, "mirror (dead)"), endpoint(registry.url(), "mirror (live)")],
+            vec![
+                endpoint(dead, "mirror (dead)"),
+                endpoint(registry.url(), "mirror (live)"),
+            ],
             Duration::from_secs(30),
         ))
     });

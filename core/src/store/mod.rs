@@ -123,7 +123,12 @@ impl Store {
             .write(true)
             .open(&open_lock_path)
             .map_err(|e| Error::io("open", &open_lock_path, e))?;
-        lock::flock(&open_lock, lock::Mode::Exclusive, lock::Wait::Block, &open_lock_path)?;
+        lock::flock(
+            &open_lock,
+            lock::Mode::Exclusive,
+            lock::Wait::Block,
+            &open_lock_path,
+        )?;
         let db = db::open(&db_path)?;
         drop(open_lock);
         Ok(Store {

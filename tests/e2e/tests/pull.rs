@@ -484,11 +484,18 @@ fn rm_then_gc_frees_the_blobs_only_that_image_used() {
     let out = run_ok(ferry(root.path()).args(["rm", &format!("{}/app:1", reg.host())]));
     assert!(out.contains("removed"), "{out}");
     let gc = json(&run_ok(ferry(root.path()).args(["gc", "--json"])));
-    let removed: Vec<&str> = gc["removed_blobs"].as_array().unwrap().iter().map(|d| d.as_str().unwrap()).collect();
+    let removed: Vec<&str> = gc["removed_blobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d.as_str().unwrap())
+        .collect();
     assert!(removed.contains(&app_only.as_str()), "{gc}");
     assert!(!removed.contains(&shared.as_str()), "{gc}");
     let blobs = committed_blobs(root.path());
-    assert!(blobs.contains(&shared[7..].to_string()) && !blobs.contains(&app_only[7..].to_string()));
+    assert!(
+        blobs.contains(&shared[7..].to_string()) && !blobs.contains(&app_only[7..].to_string())
+    );
     let missing = output(ferry(root.path()).args(["rm", &format!("{}/app:1", reg.host())]));
     assert_eq!(missing.status.code(), Some(1));
     assert_eq!(images(root.path()).len(), 1);

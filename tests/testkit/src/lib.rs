@@ -6,10 +6,10 @@
 pub mod conformance;
 pub mod fixtures;
 pub mod proxy;
-pub mod tree;
 pub mod registry;
 pub mod s3;
 pub mod token;
+pub mod tree;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
