@@ -4,7 +4,9 @@
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod copy;
 mod error;
+pub mod local;
 pub mod mirror;
 pub mod oci_layout;
 pub mod progress;
