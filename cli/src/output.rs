@@ -32,6 +32,17 @@ struct BlobState {
     bar: Option<ProgressBar>,
 }
 
+impl BlobState {
+    fn new(kind: BlobKind, bar: Option<ProgressBar>) -> Self {
+        BlobState {
+            kind,
+            started: Instant::now(),
+            last_report: Instant::now(),
+            bar,
+        }
+    }
+}
+
 impl ProgressPrinter {
     /// JSON events on stdout with `json`; otherwise bars if stderr is a terminal, else plain lines on stderr.
     pub fn new(json: bool) -> Self {
@@ -113,15 +124,10 @@ impl Progress for ProgressPrinter {
                     s.last_report = Instant::now();
                 }
             } else if let Event::BlobStart { digest, kind, .. } = event {
-                self.state.lock().expect("progress state").insert(
-                    digest.clone(),
-                    BlobState {
-                        kind: *kind,
-                        started: Instant::now(),
-                        last_report: Instant::now(),
-                        bar: None,
-                    },
-                );
+                self.state
+                    .lock()
+                    .expect("progress state")
+                    .insert(digest.clone(), BlobState::new(*kind, None));
             }
             self.json(event);
             return;
@@ -166,15 +172,10 @@ impl Progress for ProgressPrinter {
                         None
                     }
                 };
-                self.state.lock().expect("progress state").insert(
-                    digest.clone(),
-                    BlobState {
-                        kind: *kind,
-                        started: Instant::now(),
-                        last_report: Instant::now(),
-                        bar,
-                    },
-                );
+                self.state
+                    .lock()
+                    .expect("progress state")
+                    .insert(digest.clone(), BlobState::new(*kind, bar));
             }
             Event::BlobProgress { digest, done, size } => {
                 let mut state = self.state.lock().expect("progress state");

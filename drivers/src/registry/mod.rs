@@ -803,19 +803,21 @@ where
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn chunks(parts: &[&'static [u8]]) -> impl Stream<Item = Result<Bytes>> + Send + Unpin {
-        futures::stream::iter(
+    /// A body made of these chunks.
+    pub(crate) fn chunks(parts: &[&'static [u8]]) -> ByteStream {
+        Box::pin(futures::stream::iter(
             parts
                 .iter()
                 .map(|p| Ok(Bytes::from_static(p)))
                 .collect::<Vec<_>>(),
-        )
+        ))
     }
 
-    async fn collect(s: impl Stream<Item = Result<Bytes>>) -> Vec<u8> {
+    /// Every byte of a body (panics on an error chunk).
+    pub(crate) async fn collect(s: impl Stream<Item = Result<Bytes>>) -> Vec<u8> {
         let parts: Vec<Result<Bytes>> = s.collect().await;
         parts
             .into_iter()

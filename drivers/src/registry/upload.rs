@@ -319,23 +319,7 @@ fn exact_length(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn chunks(parts: &[&'static [u8]]) -> ByteStream {
-        Box::pin(futures::stream::iter(
-            parts
-                .iter()
-                .map(|p| Ok(Bytes::from_static(p)))
-                .collect::<Vec<_>>(),
-        ))
-    }
-
-    async fn collect(s: impl Stream<Item = Result<Bytes>>) -> Vec<u8> {
-        let parts: Vec<Result<Bytes>> = s.collect().await;
-        parts
-            .into_iter()
-            .flat_map(|p| p.unwrap().to_vec())
-            .collect()
-    }
+    use crate::registry::tests::{chunks, collect};
 
     #[tokio::test]
     async fn exact_length_refuses_short_and_long_bodies() {
