@@ -59,6 +59,8 @@ enum Command {
     Sign(commands::sign::Args),
     /// Show an image's signatures and the trust policy's verdict (exit 1 when rejected).
     Verify(commands::verify::Args),
+    /// Serve the store over the OCI distribution API (and to ferry peers).
+    Serve(commands::serve::Args),
 }
 
 fn main() -> ExitCode {

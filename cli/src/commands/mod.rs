@@ -9,6 +9,7 @@ pub mod login;
 pub mod pull;
 pub mod rm;
 pub mod run;
+pub mod serve;
 pub mod sign;
 mod trust;
 pub mod unpack;
@@ -37,6 +38,7 @@ pub async fn dispatch(cli: &Cli) -> Result<ExitCode> {
         Command::Key(args) => key::run(cli, args),
         Command::Sign(args) => sign::run(cli, args).await,
         Command::Verify(args) => verify::run(cli, args),
+        Command::Serve(args) => serve::run(cli, args).await,
     }
 }
 

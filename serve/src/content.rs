@@ -1,0 +1,682 @@
+//! Reading: the `/v2/` API (SERVE-1..8): manifests, blobs with ranges, tags, catalog,
+//! signature sets under their tags, referrers. Pushes are dispatched to [`crate::push`].
+
+use std::collections::HashMap;
+use std::io::SeekFrom;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use ferry_core::manifest::MAX_MANIFEST_SIZE;
+use ferry_core::{media, Digest, ManifestBlob, Store};
+use ferry_drivers::signatures::{
+    signature_tag, ROOT_KIND, SIGNATURE_CONFIG, SIGNATURE_CONFIG_MEDIA_TYPE,
+};
+use ferry_signing::SIGNATURE_MEDIA_TYPE;
+use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
+use tokio_util::io::ReaderStream;
+
+use crate::error::{ApiError, ApiResult};
+use crate::names::{page, validate_repository, Catalog};
+use crate::{push, App};
+
+/// Header carrying the digest of a manifest or blob.
+pub(crate) const CONTENT_DIGEST: &str = "docker-content-digest";
+/// Bytes read from a blob file per chunk of a response body.
+const READ_CHUNK: usize = 256 << 10;
+
+/// `GET /v2/`: the API is here (SERVE-1).
+pub(crate) async fn base() -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        "{}",
+    )
+        .into_response()
+}
+
+/// What a `/v2/<path>` request addresses.
+#[derive(Debug, PartialEq, Eq)]
+enum Route<'a> {
+    Catalog,
+    Tags(&'a str),
+    Manifest(&'a str, &'a str),
+    Blob(&'a str, &'a str),
+    UploadStart(&'a str),
+    Upload(&'a str, &'a str),
+    Referrers(&'a str, &'a str),
+}
+
+/// Splits a `/v2/` path into repository and endpoint, from the right (repositories have
+/// slashes).
+fn route(path: &str) -> Option<Route<'_>> {
+    if path == "_catalog" {
+        return Some(Route::Catalog);
+    }
+    if let Some(repo) = path.strip_suffix("/tags/list") {
+        return Some(Route::Tags(repo));
+    }
+    if let Some(repo) = path
+        .strip_suffix("/blobs/uploads/")
+        .or_else(|| path.strip_suffix("/blobs/uploads"))
+    {
+        return Some(Route::UploadStart(repo));
+    }
+    let (head, last) = path.rsplit_once('/')?;
+    if last.is_empty() {
+        return None;
+    }
+    if let Some(repo) = head.strip_suffix("/blobs/uploads") {
+        return Some(Route::Upload(repo, last));
+    }
+    if let Some(repo) = head.strip_suffix("/manifests") {
+        return Some(Route::Manifest(repo, last));
+    }
+    if let Some(repo) = head.strip_suffix("/blobs") {
+        return Some(Route::Blob(repo, last));
+    }
+    if let Some(repo) = head.strip_suffix("/referrers") {
+        return Some(Route::Referrers(repo, last));
+    }
+    None
+}
+
+/// `/v2/<path>`: every endpoint below `/v2/`.
+pub(crate) async fn v2(
+    State(app): State<App>,
+    method: Method,
+    Path(path): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let Some(route) = route(&path) else {
+        return ApiError::new(
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+            format!("no such endpoint /v2/{path}"),
+        )
+        .into_response();
+    };
+    let repo = match route {
+        Route::Catalog => "",
+        Route::Tags(r)
+        | Route::Manifest(r, _)
+        | Route::Blob(r, _)
+        | Route::UploadStart(r)
+        | Route::Upload(r, _)
+        | Route::Referrers(r, _) => r,
+    };
+    if route != Route::Catalog {
+        if let Err(e) = validate_repository(repo) {
+            return e.into_response();
+        }
+    }
+    let head = method == Method::HEAD;
+    let result = match (route, &method) {
+        (Route::Catalog, &Method::GET) => catalog(&app, &query).await,
+        (Route::Tags(repo), &Method::GET) => tags(&app, repo, &query).await,
+        (Route::Manifest(repo, reference), &Method::GET | &Method::HEAD) => {
+            manifest(&app, repo, reference, head).await
+        }
+        (Route::Manifest(repo, reference), &Method::PUT) => {
+            push::put_manifest(&app, repo, reference, &headers, body).await
+        }
+        (Route::Blob(repo, digest), &Method::GET | &Method::HEAD) => {
+            blob(&app, repo, digest, &headers, head).await
+        }
+        (Route::UploadStart(repo), &Method::POST) => {
+            push::start_upload(&app, repo, &query, body).await
+        }
+        (Route::Upload(repo, id), &Method::PATCH) => {
+            push::patch_upload(&app, repo, id, &headers, body).await
+        }
+        (Route::Upload(repo, id), &Method::PUT) => {
+            push::finish_upload(&app, repo, id, &query, body).await
+        }
+        (Route::Upload(repo, id), &Method::GET) => push::upload_status(&app, repo, id).await,
+        (Route::Upload(repo, id), &Method::DELETE) => push::cancel_upload(&app, repo, id).await,
+        (Route::Referrers(repo, digest), &Method::GET) => {
+            referrers(&app, repo, digest, &query).await
+        }
+        (Route::Manifest(..) | Route::Blob(..), &Method::DELETE) => {
+            Err(ApiError::unsupported("deleting manifests or blobs"))
+        }
+        (_, method) => Err(ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "UNSUPPORTED",
+            format!("{method} is not allowed on /v2/{path}"),
+        )),
+    };
+    result.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// Parses a digest from a URL, as `DIGEST_INVALID`.
+pub(crate) fn parse_digest(s: &str) -> ApiResult<Digest> {
+    Digest::parse(s).map_err(|e| ApiError::digest_invalid(e.to_string()))
+}
+
+/// The repository, or `NAME_UNKNOWN` if the store names no image in it (SERVE-2).
+async fn known_repository(app: &App, repo: &str) -> ApiResult<std::sync::Arc<Catalog>> {
+    let catalog = app.catalog().await?;
+    if !catalog.has_repository(repo) {
+        return Err(ApiError::name_unknown(repo));
+    }
+    Ok(catalog)
+}
+
+/// `GET /v2/_catalog[?n=&last=]` (SERVE-6).
+async fn catalog(app: &App, query: &HashMap<String, String>) -> ApiResult<Response> {
+    let all = app.catalog().await?.repositories();
+    let (n, last) = paging(query)?;
+    let (repos, more) = page(all, n, last);
+    let link = more.then(|| next_link("/v2/_catalog", n, repos.last()));
+    Ok(json_page(
+        serde_json::json!({ "repositories": repos }),
+        link,
+    ))
+}
+
+/// `GET /v2/<repo>/tags/list[?n=&last=]` (SERVE-6).
+async fn tags(app: &App, repo: &str, query: &HashMap<String, String>) -> ApiResult<Response> {
+    let catalog = known_repository(app, repo).await?;
+    let (n, last) = paging(query)?;
+    let (tags, more) = page(catalog.tags(repo), n, last);
+    let link = more.then(|| next_link(&format!("/v2/{repo}/tags/list"), n, tags.last()));
+    Ok(json_page(
+        serde_json::json!({ "name": repo, "tags": tags }),
+        link,
+    ))
+}
+
+fn paging(query: &HashMap<String, String>) -> ApiResult<(Option<usize>, Option<&str>)> {
+    let n = match query.get("n") {
+        Some(n) => Some(n.parse::<usize>().map_err(|_| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "PAGINATION_NUMBER_INVALID",
+                format!("invalid page size n={n:?}"),
+            )
+        })?),
+        None => None,
+    };
+    Ok((n, query.get("last").map(String::as_str)))
+}
+
+fn next_link(path: &str, n: Option<usize>, last: Option<&String>) -> String {
+    let mut link = format!("<{path}?");
+    if let Some(n) = n {
+        link.push_str(&format!("n={n}&"));
+    }
+    link.push_str(&format!(
+        "last={}>; rel=\"next\"",
+        last.map_or("", String::as_str)
+    ));
+    link
+}
+
+fn json_page(body: serde_json::Value, link: Option<String>) -> Response {
+    let mut resp = (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response();
+    if let Some(link) = link.and_then(|l| HeaderValue::from_str(&l).ok()) {
+        resp.headers_mut().insert(header::LINK, link);
+    }
+    resp
+}
+
+/// A manifest ready to send: exact bytes, media type, digest.
+pub(crate) struct ManifestBody {
+    pub(crate) bytes: Vec<u8>,
+    pub(crate) media_type: String,
+    pub(crate) digest: Digest,
+}
+
+impl ManifestBody {
+    /// The answer to GET (bytes) or HEAD (headers only).
+    pub(crate) fn response(self, head: bool) -> Response {
+        let len = self.bytes.len();
+        let mut resp = if head {
+            Body::empty().into_response()
+        } else {
+            Body::from(self.bytes).into_response()
+        };
+        let h = resp.headers_mut();
+        insert(h, header::CONTENT_TYPE, &self.media_type);
+        insert(h, header::CONTENT_LENGTH, &len.to_string());
+        insert(h, CONTENT_DIGEST, &self.digest.to_string());
+        insert(h, header::ETAG, &format!("\"{}\"", self.digest));
+        resp
+    }
+}
+
+fn insert(h: &mut HeaderMap, name: impl header::IntoHeaderName, value: &str) {
+    if let Ok(v) = HeaderValue::from_str(value) {
+        h.insert(name, v);
+    }
+}
+
+/// `GET|HEAD /v2/<repo>/manifests/<tag|digest>` (SERVE-3, SERVE-5).
+async fn manifest(app: &App, repo: &str, reference: &str, head: bool) -> ApiResult<Response> {
+    let catalog = known_repository(app, repo).await?;
+    let repo = repo.to_string();
+    let body = if reference.contains(':') {
+        let digest = parse_digest(reference)?;
+        let subjects: Vec<Digest> = catalog.records(&repo).map(|r| r.digest.clone()).collect();
+        let app2 = app.clone();
+        app.blocking(move |store| match read_manifest(&app2, store, &digest)? {
+            Some(m) => Ok(m),
+            None => {
+                for subject in dedup(subjects) {
+                    if let Some(set) = signature_set(store, &subject)? {
+                        if set.digest == digest {
+                            return Ok(set);
+                        }
+                    }
+                }
+                Err(ApiError::manifest_unknown(format!("{repo}@{digest}")))
+            }
+        })
+        .await?
+    } else {
+        validate_tag(reference)?;
+        let tag = reference.to_string();
+        match catalog.tagged(&repo, &tag) {
+            Some(record) => {
+                let digest = record.digest.clone();
+                let app2 = app.clone();
+                app.blocking(move |store| {
+                    read_manifest(&app2, store, &digest)?.ok_or_else(|| {
+                        ApiError::internal(format!(
+                            "{repo}:{tag} names {digest}, which is missing from the store"
+                        ))
+                    })
+                })
+                .await?
+            }
+            None => {
+                // The signature tag of a manifest this repository names (SERVE-5).
+                let subject = catalog
+                    .records(&repo)
+                    .map(|r| r.digest.clone())
+                    .find(|d| signature_tag(d) == tag);
+                let what = format!("{repo}:{tag}");
+                let Some(subject) = subject else {
+                    return Err(ApiError::manifest_unknown(what));
+                };
+                app.blocking(move |store| {
+                    signature_set(store, &subject)?.ok_or_else(|| ApiError::manifest_unknown(what))
+                })
+                .await?
+            }
+        }
+    };
+    Ok(body.response(head))
+}
+
+fn dedup(mut digests: Vec<Digest>) -> Vec<Digest> {
+    digests.sort_by_key(|a| a.to_string());
+    digests.dedup();
+    digests
+}
+
+/// Checks a tag against the distribution grammar.
+pub(crate) fn validate_tag(tag: &str) -> ApiResult<()> {
+    match ferry_core::Reference::parse(&format!("localhost/x:{tag}")) {
+        Ok(r) if r.tag() == Some(tag) => Ok(()),
+        _ => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "MANIFEST_INVALID",
+            format!("invalid tag {tag:?}"),
+        )),
+    }
+}
+
+/// A committed blob as a manifest, `None` if it is absent or not a manifest. Blocking.
+pub(crate) fn read_manifest(
+    app: &App,
+    store: &Store,
+    digest: &Digest,
+) -> ApiResult<Option<ManifestBody>> {
+    if app.is_corrupt(digest) {
+        return Err(corrupt_error(digest));
+    }
+    let bytes = match store.read_blob(digest, MAX_MANIFEST_SIZE) {
+        Ok(bytes) => bytes,
+        Err(ferry_core::Error::BlobNotFound(_) | ferry_core::Error::TooLarge { .. }) => {
+            return Ok(None)
+        }
+        Err(e) => return Err(ApiError::store(e)),
+    };
+    let recorded = store
+        .blob_record(digest)
+        .map_err(ApiError::store)?
+        .map(|r| r.media_type);
+    match ManifestBlob::parse(bytes, recorded.as_deref(), Some(digest)) {
+        Ok(blob) => Ok(Some(ManifestBody {
+            bytes: blob.bytes,
+            media_type: blob.media_type,
+            digest: blob.digest,
+        })),
+        Err(ferry_core::Error::DigestMismatch { actual, .. }) => {
+            app.mark_corrupt(digest, &actual);
+            Err(corrupt_error(digest))
+        }
+        Err(_) => Ok(None),
+    }
+}
+
+/// The answer for a blob found corrupt at rest.
+pub(crate) fn corrupt_error(digest: &Digest) -> ApiError {
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "BLOB_UNKNOWN",
+        format!("blob {digest} is corrupt in this store; not serving it"),
+    )
+}
+
+/// The signature set of manifest `subject` (SIG-13) built from the signatures the store
+/// keeps for it (SIG-17), `None` when it keeps none (SERVE-5). Blocking.
+pub(crate) fn signature_set(store: &Store, subject: &Digest) -> ApiResult<Option<ManifestBody>> {
+    let key = subject.to_string();
+    let mut layers = Vec::new();
+    for (_, envelope) in store
+        .roots(ROOT_KIND)
+        .map_err(ApiError::store)?
+        .into_iter()
+        .filter(|(k, _)| *k == key)
+    {
+        if let Some(size) = store.blob_size(&envelope).map_err(ApiError::store)? {
+            layers.push(serde_json::json!({
+                "mediaType": SIGNATURE_MEDIA_TYPE,
+                "digest": envelope.to_string(),
+                "size": size,
+            }));
+        }
+    }
+    if layers.is_empty() {
+        return Ok(None);
+    }
+    let Some(subject_size) = store.blob_size(subject).map_err(ApiError::store)? else {
+        return Ok(None);
+    };
+    let subject_type = store
+        .blob_record(subject)
+        .map_err(ApiError::store)?
+        .map(|r| r.media_type)
+        .filter(|t| media::is_manifest(t))
+        .unwrap_or_else(|| media::OCI_MANIFEST.to_string());
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": media::OCI_MANIFEST,
+        "artifactType": SIGNATURE_CONFIG_MEDIA_TYPE,
+        "config": {
+            "mediaType": SIGNATURE_CONFIG_MEDIA_TYPE,
+            "digest": Digest::sha256(SIGNATURE_CONFIG).to_string(),
+            "size": SIGNATURE_CONFIG.len(),
+        },
+        "layers": layers,
+        "subject": {
+            "mediaType": subject_type,
+            "digest": key,
+            "size": subject_size,
+        },
+    });
+    let bytes = serde_json::to_vec(&manifest)
+        .map_err(|e| ApiError::internal(format!("signature set of {subject}: {e}")))?;
+    Ok(Some(ManifestBody {
+        digest: Digest::sha256(&bytes),
+        media_type: media::OCI_MANIFEST.to_string(),
+        bytes,
+    }))
+}
+
+/// `GET|HEAD /v2/<repo>/blobs/<digest>` (SERVE-4).
+async fn blob(
+    app: &App,
+    repo: &str,
+    digest: &str,
+    headers: &HeaderMap,
+    head: bool,
+) -> ApiResult<Response> {
+    let digest = parse_digest(digest)?;
+    known_repository(app, repo).await?;
+    send_blob(app, &digest, headers.get(header::RANGE), head).await
+}
+
+/// A byte range asked for with `Range`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Span {
+    Whole,
+    Part(u64, u64),
+    Unsatisfiable,
+}
+
+/// Interprets a `Range` header for a blob of `size` bytes: one range (`a-b`, `a-`, `-n`);
+/// anything else is ignored and the whole blob is sent.
+fn span(range: Option<&HeaderValue>, size: u64) -> Span {
+    let Some(spec) = range
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().strip_prefix("bytes="))
+    else {
+        return Span::Whole;
+    };
+    if spec.contains(',') {
+        return Span::Whole;
+    }
+    let Some((a, b)) = spec.trim().split_once('-') else {
+        return Span::Whole;
+    };
+    let (a, b) = (a.trim(), b.trim());
+    match (a.parse::<u64>(), b.parse::<u64>()) {
+        (Ok(start), Ok(end)) if start <= end => {
+            if start >= size {
+                Span::Unsatisfiable
+            } else {
+                Span::Part(start, end.min(size - 1))
+            }
+        }
+        (Ok(start), Err(_)) if b.is_empty() => {
+            if start >= size {
+                Span::Unsatisfiable
+            } else {
+                Span::Part(start, size - 1)
+            }
+        }
+        (Err(_), Ok(n)) if a.is_empty() => {
+            if n == 0 || size == 0 {
+                Span::Unsatisfiable
+            } else {
+                Span::Part(size - n.min(size), size - 1)
+            }
+        }
+        _ => Span::Whole,
+    }
+}
+
+/// Streams committed blob `digest` (or the range `Range` asks for) from its file (SERVE-4).
+pub(crate) async fn send_blob(
+    app: &App,
+    digest: &Digest,
+    range: Option<&HeaderValue>,
+    head: bool,
+) -> ApiResult<Response> {
+    if app.is_corrupt(digest) {
+        return Err(corrupt_error(digest));
+    }
+    let wanted = digest.clone();
+    let file = app
+        .blocking(move |store| match store.open_blob(&wanted) {
+            Ok(file) => {
+                let size = file
+                    .metadata()
+                    .map_err(|e| ApiError::internal(format!("stat blob {wanted}: {e}")))?
+                    .len();
+                Ok(Some((file, size)))
+            }
+            Err(ferry_core::Error::BlobNotFound(_)) => Ok(None),
+            Err(e) => Err(ApiError::store(e)),
+        })
+        .await?;
+    let Some((file, size)) = file else {
+        // The config blob of every signature set: served even when no store has it (SERVE-5).
+        if *digest == Digest::sha256(SIGNATURE_CONFIG) {
+            return Ok(memory_blob(digest, SIGNATURE_CONFIG, head));
+        }
+        return Err(ApiError::blob_unknown(digest));
+    };
+    let (status, start, len) = match span(range, size) {
+        Span::Whole => (StatusCode::OK, 0, size),
+        Span::Part(a, b) => (StatusCode::PARTIAL_CONTENT, a, b - a + 1),
+        Span::Unsatisfiable => {
+            return Err(ApiError::new(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                "BLOB_UNKNOWN",
+                format!("blob {digest} has {size} bytes; the range asked for is outside it"),
+            )
+            .with_header(header::CONTENT_RANGE, &format!("bytes */{size}")))
+        }
+    };
+    let body = if head || len == 0 {
+        Body::empty()
+    } else {
+        let mut file = tokio::fs::File::from_std(file);
+        if start > 0 {
+            file.seek(SeekFrom::Start(start))
+                .await
+                .map_err(|e| ApiError::internal(format!("seek in blob {digest}: {e}")))?;
+        }
+        Body::from_stream(ReaderStream::with_capacity(file.take(len), READ_CHUNK))
+    };
+    let mut resp = (status, body).into_response();
+    let h = resp.headers_mut();
+    insert(h, header::CONTENT_TYPE, "application/octet-stream");
+    insert(h, header::CONTENT_LENGTH, &len.to_string());
+    insert(h, CONTENT_DIGEST, &digest.to_string());
+    insert(h, header::ACCEPT_RANGES, "bytes");
+    insert(h, header::ETAG, &format!("\"{digest}\""));
+    if status == StatusCode::PARTIAL_CONTENT {
+        insert(
+            h,
+            header::CONTENT_RANGE,
+            &format!("bytes {start}-{}/{size}", start + len - 1),
+        );
+    }
+    Ok(resp)
+}
+
+fn memory_blob(digest: &Digest, bytes: &'static [u8], head: bool) -> Response {
+    let mut resp = if head {
+        Body::empty().into_response()
+    } else {
+        Body::from(bytes).into_response()
+    };
+    let h = resp.headers_mut();
+    insert(h, header::CONTENT_TYPE, "application/octet-stream");
+    insert(h, header::CONTENT_LENGTH, &bytes.len().to_string());
+    insert(h, CONTENT_DIGEST, &digest.to_string());
+    resp
+}
+
+/// `GET /v2/<repo>/referrers/<digest>[?artifactType=]`: the signature set of a manifest
+/// the repository names, as an index (SERVE-7).
+async fn referrers(
+    app: &App,
+    repo: &str,
+    digest: &str,
+    query: &HashMap<String, String>,
+) -> ApiResult<Response> {
+    let digest = parse_digest(digest)?;
+    let catalog = known_repository(app, repo).await?;
+    let named = catalog.records(repo).any(|r| r.digest == digest);
+    let set = if named {
+        let subject = digest.clone();
+        app.blocking(move |store| signature_set(store, &subject))
+            .await?
+    } else {
+        None
+    };
+    let filter = query.get("artifactType");
+    let manifests: Vec<serde_json::Value> = set
+        .into_iter()
+        .filter(|_| filter.is_none_or(|t| t == SIGNATURE_CONFIG_MEDIA_TYPE))
+        .map(|set| {
+            serde_json::json!({
+                "mediaType": media::OCI_MANIFEST,
+                "digest": set.digest.to_string(),
+                "size": set.bytes.len(),
+                "artifactType": SIGNATURE_CONFIG_MEDIA_TYPE,
+            })
+        })
+        .collect();
+    let body = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": media::OCI_INDEX,
+        "manifests": manifests,
+    });
+    let mut resp = (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, media::OCI_INDEX)],
+        body.to_string(),
+    )
+        .into_response();
+    if filter.is_some() {
+        insert(resp.headers_mut(), "oci-filters-applied", "artifactType");
+    }
+    Ok(resp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_split_repositories_with_slashes() {
+        assert_eq!(route("_catalog"), Some(Route::Catalog));
+        assert_eq!(route("a/b/tags/list"), Some(Route::Tags("a/b")));
+        assert_eq!(
+            route("a/b/manifests/latest"),
+            Some(Route::Manifest("a/b", "latest"))
+        );
+        assert_eq!(
+            route("a/blobs/sha256:ab"),
+            Some(Route::Blob("a", "sha256:ab"))
+        );
+        assert_eq!(route("a/b/blobs/uploads/"), Some(Route::UploadStart("a/b")));
+        assert_eq!(
+            route("a/b/blobs/uploads/xyz"),
+            Some(Route::Upload("a/b", "xyz"))
+        );
+        assert_eq!(
+            route("a/referrers/sha256:ab"),
+            Some(Route::Referrers("a", "sha256:ab"))
+        );
+        // A repository may end in a component named like an endpoint.
+        assert_eq!(
+            route("blobs/manifests/x"),
+            Some(Route::Manifest("blobs", "x"))
+        );
+        assert_eq!(route("a/b"), None);
+        assert_eq!(route("a/manifests/"), None);
+    }
+
+    #[test]
+    fn ranges_follow_rfc_9110_single_ranges() {
+        let h = |s: &str| HeaderValue::from_str(s).unwrap();
+        assert_eq!(span(None, 10), Span::Whole);
+        assert_eq!(span(Some(&h("bytes=0-3")), 10), Span::Part(0, 3));
+        assert_eq!(span(Some(&h("bytes=4-")), 10), Span::Part(4, 9));
+        assert_eq!(span(Some(&h("bytes=8-100")), 10), Span::Part(8, 9));
+        assert_eq!(span(Some(&h("bytes=-3")), 10), Span::Part(7, 9));
+        assert_eq!(span(Some(&h("bytes=-30")), 10), Span::Part(0, 9));
+        assert_eq!(span(Some(&h("bytes=10-")), 10), Span::Unsatisfiable);
+        assert_eq!(span(Some(&h("bytes=-0")), 10), Span::Unsatisfiable);
+        assert_eq!(span(Some(&h("bytes=0-1,4-5")), 10), Span::Whole);
+        assert_eq!(span(Some(&h("items=0-1")), 10), Span::Whole);
+        assert_eq!(span(Some(&h("bytes=5-2")), 10), Span::Whole);
+    }
+}

@@ -1,0 +1,703 @@
+//! Pushes (SERVE-9..12), only with `--allow-push`: blob uploads spooled to a file, then
+//! committed through the store's verified ingest; cross-repository mounts; manifest PUTs.
+
+use std::collections::HashMap;
+use std::io::{Read as _, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use ferry_core::manifest::{descriptor_digest, parse_config, MAX_CONFIG_SIZE, MAX_MANIFEST_SIZE};
+use ferry_core::store::ImageRecord;
+use ferry_core::{Digest, Manifest, ManifestBlob, Store};
+use ferry_drivers::signatures::{signature_tag, ROOT_KIND, SIGNATURE_CONFIG_MEDIA_TYPE};
+use ferry_signing::{SignatureEnvelope, MAX_ENVELOPE_SIZE, SIGNATURE_MEDIA_TYPE};
+use futures::StreamExt as _;
+use sha2::{Digest as _, Sha256};
+use tokio::io::{AsyncSeekExt as _, AsyncWriteExt as _};
+
+use crate::content::{parse_digest, validate_tag, CONTENT_DIGEST};
+use crate::error::{ApiError, ApiResult, Error};
+use crate::App;
+
+/// Kind of the store roots that keep pushed blobs until a manifest names them (SERVE-10).
+pub const UPLOAD_ROOT_KIND: &str = "serve-upload";
+/// How long a pushed blob is kept without a manifest naming it, and an idle upload lives.
+const UPLOAD_TTL: Duration = Duration::from_secs(3600);
+/// How often expired uploads and roots are swept.
+const SWEEP_EVERY: Duration = Duration::from_secs(600);
+/// Bytes copied per read when committing a spooled upload.
+const COPY_CHUNK: usize = 1 << 20;
+
+/// Uploads in progress: a spool file per upload under `ROOT/serve/uploads/`.
+pub(crate) struct Uploads {
+    dir: PathBuf,
+    sessions: Mutex<HashMap<String, Slot>>,
+}
+
+enum Slot {
+    /// A request is writing to it.
+    Busy,
+    Idle(Session),
+}
+
+struct Session {
+    repo: String,
+    offset: u64,
+    hasher: Sha256,
+    touched: Instant,
+}
+
+impl Uploads {
+    /// Creates (or empties) the spool directory of the store at `root`.
+    pub(crate) fn open(root: &Path) -> Result<Uploads, Error> {
+        let dir = root.join("serve").join("uploads");
+        let io = |e: std::io::Error| {
+            Error::Store(ferry_core::Error::io("create upload directory", &dir, e))
+        };
+        std::fs::create_dir_all(&dir).map_err(io)?;
+        // Uploads do not survive a restart: their hash state was in memory.
+        for entry in std::fs::read_dir(&dir).map_err(io)?.flatten() {
+            let _ = std::fs::remove_file(entry.path());
+        }
+        Ok(Uploads {
+            dir,
+            sessions: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn path(&self, id: &str) -> PathBuf {
+        self.dir.join(id)
+    }
+
+    fn create(&self, repo: &str) -> ApiResult<String> {
+        let id = hex::encode(rand::random::<[u8; 16]>());
+        std::fs::File::create(self.path(&id))
+            .map_err(|e| ApiError::internal(format!("create upload {id}: {e}")))?;
+        self.sessions.lock().expect("uploads").insert(
+            id.clone(),
+            Slot::Idle(Session {
+                repo: repo.to_string(),
+                offset: 0,
+                hasher: Sha256::new(),
+                touched: Instant::now(),
+            }),
+        );
+        Ok(id)
+    }
+
+    /// Takes the session out for one request (others see it busy).
+    fn take(&self, repo: &str, id: &str) -> ApiResult<Session> {
+        let unknown = || {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "BLOB_UPLOAD_UNKNOWN",
+                format!("upload {id} of {repo} is unknown (finished, cancelled or expired)"),
+            )
+        };
+        let mut sessions = self.sessions.lock().expect("uploads");
+        match sessions.get(id) {
+            Some(Slot::Idle(s)) if s.repo == repo => {}
+            Some(Slot::Busy) => {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "BLOB_UPLOAD_INVALID",
+                    format!("upload {id} of {repo} is busy with another request"),
+                ))
+            }
+            _ => return Err(unknown()),
+        }
+        match sessions.insert(id.to_string(), Slot::Busy) {
+            Some(Slot::Idle(s)) => Ok(s),
+            _ => Err(unknown()),
+        }
+    }
+
+    fn put_back(&self, id: &str, mut session: Session) {
+        session.touched = Instant::now();
+        self.sessions
+            .lock()
+            .expect("uploads")
+            .insert(id.to_string(), Slot::Idle(session));
+    }
+
+    fn remove(&self, id: &str) {
+        self.sessions.lock().expect("uploads").remove(id);
+        let _ = std::fs::remove_file(self.path(id));
+    }
+
+    fn offset(&self, repo: &str, id: &str) -> ApiResult<u64> {
+        match self.sessions.lock().expect("uploads").get(id) {
+            Some(Slot::Idle(s)) if s.repo == repo => Ok(s.offset),
+            Some(Slot::Busy) => Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "BLOB_UPLOAD_INVALID",
+                format!("upload {id} of {repo} is busy with another request"),
+            )),
+            _ => Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "BLOB_UPLOAD_UNKNOWN",
+                format!("upload {id} of {repo} is unknown"),
+            )),
+        }
+    }
+
+    /// Drops uploads idle for longer than [`UPLOAD_TTL`].
+    fn expire(&self) {
+        let expired: Vec<String> = self
+            .sessions
+            .lock()
+            .expect("uploads")
+            .iter()
+            .filter(|(_, slot)| matches!(slot, Slot::Idle(s) if s.touched.elapsed() > UPLOAD_TTL))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in expired {
+            tracing::info!("upload {id} expired after {UPLOAD_TTL:?} idle");
+            self.remove(&id);
+        }
+    }
+}
+
+/// Every [`SWEEP_EVERY`]: drops idle uploads and the roots of pushed blobs no manifest named
+/// within [`UPLOAD_TTL`].
+pub(crate) async fn sweep_forever(app: App) {
+    loop {
+        tokio::time::sleep(SWEEP_EVERY).await;
+        app.0.uploads.expire();
+        let swept = app
+            .blocking(|store| expire_upload_roots(store).map_err(ApiError::store))
+            .await;
+        if let Err(e) = swept {
+            tracing::warn!("sweeping upload roots: {}", e.message);
+        }
+    }
+}
+
+fn expire_upload_roots(store: &Store) -> ferry_core::Result<()> {
+    let now = unix_now();
+    let mut keys: Vec<String> = store
+        .roots(UPLOAD_ROOT_KIND)?
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    keys.dedup();
+    for key in keys {
+        let stale = key
+            .parse::<i64>()
+            .map_or(true, |t| now - t > UPLOAD_TTL.as_secs() as i64);
+        if stale {
+            store.remove_roots(UPLOAD_ROOT_KIND, &key)?;
+        }
+    }
+    Ok(())
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+fn require_push(app: &App) -> ApiResult<()> {
+    if app.0.allow_push {
+        Ok(())
+    } else {
+        Err(ApiError::read_only())
+    }
+}
+
+/// `POST /v2/<repo>/blobs/uploads/[?digest=|?mount=&from=]` (SERVE-9, SERVE-11).
+pub(crate) async fn start_upload(
+    app: &App,
+    repo: &str,
+    query: &HashMap<String, String>,
+    body: Body,
+) -> ApiResult<Response> {
+    require_push(app)?;
+    if let Some(mount) = query.get("mount") {
+        let digest = parse_digest(mount)?;
+        let wanted = digest.clone();
+        let present = app
+            .blocking(move |store| store.blob_size(&wanted).map_err(ApiError::store))
+            .await?;
+        if present.is_some() && !app.is_corrupt(&digest) {
+            return Ok(created_blob(repo, &digest));
+        }
+        // Not here: a normal upload, as the spec says.
+    }
+    let id = app.0.uploads.create(repo)?;
+    if let Some(digest) = query.get("digest") {
+        let digest = match parse_digest(digest) {
+            Ok(d) => d,
+            Err(e) => {
+                app.0.uploads.remove(&id);
+                return Err(e);
+            }
+        };
+        let session = app.0.uploads.take(repo, &id)?;
+        return finish(app, repo, &id, session, &digest, body).await;
+    }
+    Ok(accepted(repo, &id, 0))
+}
+
+/// `PATCH /v2/<repo>/blobs/uploads/<id>`: appends the body at the upload's offset (SERVE-9).
+pub(crate) async fn patch_upload(
+    app: &App,
+    repo: &str,
+    id: &str,
+    headers: &HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    require_push(app)?;
+    let mut session = app.0.uploads.take(repo, id)?;
+    if let Some(start) = headers
+        .get(header::CONTENT_RANGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(content_range_start)
+    {
+        if start != session.offset {
+            let offset = session.offset;
+            app.0.uploads.put_back(id, session);
+            return Err(ApiError::new(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                "BLOB_UPLOAD_INVALID",
+                format!("upload {id} of {repo} is at byte {offset}, not {start}"),
+            )
+            .with_header(header::RANGE, &range_value(offset))
+            .with_header(header::LOCATION, &upload_location(repo, id)));
+        }
+    }
+    let written = append(app, id, &mut session, body).await;
+    let offset = session.offset;
+    app.0.uploads.put_back(id, session);
+    written?;
+    Ok(accepted(repo, id, offset))
+}
+
+/// The first byte of a `Content-Range` of a PATCH (`a-b`, or `bytes a-b/…`).
+fn content_range_start(v: &str) -> Option<u64> {
+    let v = v.trim();
+    let v = v.strip_prefix("bytes").map_or(v, str::trim_start);
+    let v = v.strip_prefix('=').unwrap_or(v).trim();
+    v.split('-').next()?.trim().parse().ok()
+}
+
+/// `PUT /v2/<repo>/blobs/uploads/<id>?digest=`: the last bytes, then verify and commit (SERVE-9).
+pub(crate) async fn finish_upload(
+    app: &App,
+    repo: &str,
+    id: &str,
+    query: &HashMap<String, String>,
+    body: Body,
+) -> ApiResult<Response> {
+    require_push(app)?;
+    let digest = parse_digest(query.get("digest").map_or("", String::as_str))?;
+    let session = app.0.uploads.take(repo, id)?;
+    finish(app, repo, id, session, &digest, body).await
+}
+
+/// `GET /v2/<repo>/blobs/uploads/<id>`: where the upload stands.
+pub(crate) async fn upload_status(app: &App, repo: &str, id: &str) -> ApiResult<Response> {
+    require_push(app)?;
+    let offset = app.0.uploads.offset(repo, id)?;
+    let mut resp = accepted(repo, id, offset);
+    *resp.status_mut() = StatusCode::NO_CONTENT;
+    Ok(resp)
+}
+
+/// `DELETE /v2/<repo>/blobs/uploads/<id>`: drops the upload.
+pub(crate) async fn cancel_upload(app: &App, repo: &str, id: &str) -> ApiResult<Response> {
+    require_push(app)?;
+    app.0.uploads.offset(repo, id)?;
+    app.0.uploads.remove(id);
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// Appends a request body to the spool file, hashing what was written.
+async fn append(app: &App, id: &str, session: &mut Session, body: Body) -> ApiResult<()> {
+    let path = app.0.uploads.path(id);
+    let io = |op: &str, e: std::io::Error| ApiError::internal(format!("{op} upload {id}: {e}"));
+    let mut file = tokio::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .await
+        .map_err(|e| io("open", e))?;
+    file.seek(SeekFrom::Start(session.offset))
+        .await
+        .map_err(|e| io("seek", e))?;
+    let mut stream = body.into_data_stream();
+    let mut result = Ok(());
+    while let Some(chunk) = stream.next().await {
+        let chunk = match chunk {
+            Ok(c) => c,
+            Err(e) => {
+                // What arrived so far is kept: the client asks where it stands and resumes.
+                result = Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "BLOB_UPLOAD_INVALID",
+                    format!("upload {id}: request body broke off: {e}"),
+                ));
+                break;
+            }
+        };
+        if let Err(e) = file.write_all(&chunk).await {
+            result = Err(io("write", e));
+            break;
+        }
+        session.hasher.update(&chunk);
+        session.offset += chunk.len() as u64;
+    }
+    // Keep the file exactly the hashed bytes (a failed write may have left a tail).
+    file.flush().await.map_err(|e| io("flush", e))?;
+    file.set_len(session.offset)
+        .await
+        .map_err(|e| io("truncate", e))?;
+    result
+}
+
+/// Appends the last body, checks the digest, commits through the store's ingest.
+async fn finish(
+    app: &App,
+    repo: &str,
+    id: &str,
+    mut session: Session,
+    digest: &Digest,
+    body: Body,
+) -> ApiResult<Response> {
+    if let Err(e) = append(app, id, &mut session, body).await {
+        app.0.uploads.put_back(id, session);
+        return Err(e);
+    }
+    let actual = match digest.algorithm() {
+        ferry_core::Algorithm::Sha256 => Digest::parse(&format!(
+            "sha256:{}",
+            hex::encode(session.hasher.clone().finalize())
+        ))
+        .map_err(|e| ApiError::internal(e.to_string()))?,
+        // Rare: hash the spool file again with the named algorithm.
+        other => {
+            let path = app.0.uploads.path(id);
+            app.blocking(move |_| hash_file(&path, other)).await?
+        }
+    };
+    if &actual != digest {
+        app.0.uploads.remove(id);
+        return Err(ApiError::digest_invalid(format!(
+            "upload {id} of {repo}: {} bytes hash to {actual}, not {digest}",
+            session.offset
+        )));
+    }
+    let size = session.offset;
+    let path = app.0.uploads.path(id);
+    let wanted = digest.clone();
+    let committed = app
+        .blocking(move |store| commit_file(store, &path, &wanted, size))
+        .await;
+    app.0.uploads.remove(id);
+    committed?;
+    Ok(created_blob(repo, digest))
+}
+
+fn hash_file(path: &Path, algorithm: ferry_core::Algorithm) -> ApiResult<Digest> {
+    let mut file = std::fs::File::open(path)
+        .map_err(|e| ApiError::internal(format!("open {}: {e}", path.display())))?;
+    let mut hasher = ferry_core::Hasher::new(algorithm);
+    let mut buf = vec![0; COPY_CHUNK];
+    loop {
+        let n = file
+            .read(&mut buf)
+            .map_err(|e| ApiError::internal(format!("read {}: {e}", path.display())))?;
+        if n == 0 {
+            return Ok(hasher.finish());
+        }
+        hasher.update(&buf[..n]);
+    }
+}
+
+/// Writes the spool file through `Store::ingest` (which hashes again) and commits it, then
+/// keeps it with an upload root until a manifest names it (SERVE-10). Blocking.
+fn commit_file(store: &Store, path: &Path, digest: &Digest, size: u64) -> ApiResult<()> {
+    let store_err = |e: ferry_core::Error| match e {
+        ferry_core::Error::DigestMismatch { .. } | ferry_core::Error::SizeMismatch { .. } => {
+            ApiError::digest_invalid(e.to_string())
+        }
+        other => ApiError::store(other),
+    };
+    let _lease = store.lease().map_err(ApiError::store)?;
+    let mut ingest = store.ingest(digest, Some(size)).map_err(store_err)?;
+    if ingest.offset() != size {
+        ingest.reset().map_err(store_err)?;
+        let mut file = std::fs::File::open(path)
+            .map_err(|e| ApiError::internal(format!("open {}: {e}", path.display())))?;
+        let mut buf = vec![0; COPY_CHUNK];
+        loop {
+            let n = file
+                .read(&mut buf)
+                .map_err(|e| ApiError::internal(format!("read {}: {e}", path.display())))?;
+            if n == 0 {
+                break;
+            }
+            ingest.write_all(&buf[..n]).map_err(store_err)?;
+        }
+    }
+    ingest
+        .commit("application/octet-stream", Some("push"))
+        .map_err(store_err)?;
+    store
+        .add_root(UPLOAD_ROOT_KIND, &unix_now().to_string(), digest)
+        .map_err(ApiError::store)
+}
+
+fn upload_location(repo: &str, id: &str) -> String {
+    format!("/v2/{repo}/blobs/uploads/{id}")
+}
+
+/// `Range: 0-<last byte>` of an upload (`0-0` before the first byte, as registries do).
+fn range_value(offset: u64) -> String {
+    format!("0-{}", offset.saturating_sub(1))
+}
+
+fn accepted(repo: &str, id: &str, offset: u64) -> Response {
+    let mut resp = StatusCode::ACCEPTED.into_response();
+    let h = resp.headers_mut();
+    for (name, value) in [
+        (header::LOCATION.as_str(), upload_location(repo, id)),
+        (header::RANGE.as_str(), range_value(offset)),
+        ("docker-upload-uuid", id.to_string()),
+        (header::CONTENT_LENGTH.as_str(), "0".to_string()),
+    ] {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            h.insert(
+                header::HeaderName::from_bytes(name.as_bytes()).expect("name"),
+                v,
+            );
+        }
+    }
+    resp
+}
+
+fn created_blob(repo: &str, digest: &Digest) -> Response {
+    created(&format!("/v2/{repo}/blobs/{digest}"), digest)
+}
+
+fn created(location: &str, digest: &Digest) -> Response {
+    let mut resp = StatusCode::CREATED.into_response();
+    let h = resp.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(location) {
+        h.insert(header::LOCATION, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&digest.to_string()) {
+        h.insert(CONTENT_DIGEST, v);
+    }
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+    resp
+}
+
+/// Layers clients never push (foreign / non-distributable): a manifest may name them absent.
+fn non_distributable(media_type: &str) -> bool {
+    media_type.contains("foreign") || media_type.contains("nondistributable")
+}
+
+/// `PUT /v2/<repo>/manifests/<tag|digest>` (SERVE-12).
+pub(crate) async fn put_manifest(
+    app: &App,
+    repo: &str,
+    reference: &str,
+    headers: &HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    require_push(app)?;
+    let bytes = axum::body::to_bytes(body, MAX_MANIFEST_SIZE as usize)
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "MANIFEST_INVALID",
+                format!("manifest for {repo}:{reference}: {e} (limit {MAX_MANIFEST_SIZE} bytes)"),
+            )
+        })?;
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(';').next().unwrap_or(v).trim().to_string());
+    let (tag, expected) = if reference.contains(':') {
+        (None, Some(parse_digest(reference)?))
+    } else {
+        validate_tag(reference)?;
+        (Some(reference.to_string()), None)
+    };
+    let blob = ManifestBlob::parse(bytes.to_vec(), content_type.as_deref(), expected.as_ref())
+        .map_err(|e| match e {
+            ferry_core::Error::DigestMismatch { .. } => {
+                ApiError::digest_invalid(format!("manifest for {repo}@{reference}: {e}"))
+            }
+            other => ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "MANIFEST_INVALID",
+                format!("manifest for {repo}:{reference}: {other}"),
+            ),
+        })?;
+    let name = app.catalog().await?.push_name(repo);
+    let digest = blob.digest.clone();
+    let repo_owned = repo.to_string();
+    app.blocking(move |store| store_manifest(store, &repo_owned, &name, tag.as_deref(), &blob))
+        .await?;
+    app.names_changed();
+    Ok(created(&format!("/v2/{repo}/manifests/{digest}"), &digest))
+}
+
+/// Checks what a manifest references, stores it, and names it (or, for a ferry signature
+/// set under a signature tag, keeps its signatures). Blocking.
+fn store_manifest(
+    store: &Store,
+    repo: &str,
+    name: &str,
+    tag: Option<&str>,
+    blob: &ManifestBlob,
+) -> ApiResult<()> {
+    let _lease = store.lease().map_err(ApiError::store)?;
+    let missing = |d: &Digest| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "MANIFEST_BLOB_UNKNOWN",
+            format!("manifest for {repo} references {d}, which was not pushed"),
+        )
+    };
+    let bad = |e: ferry_core::Error| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "MANIFEST_INVALID",
+            format!("manifest for {repo}: {e}"),
+        )
+    };
+    let mut size = blob.bytes.len() as u64;
+    let mut created = None;
+    let mut platform = None;
+    match &blob.manifest {
+        Manifest::Image(m) => {
+            for d in std::iter::once(m.config()).chain(m.layers()) {
+                let digest = descriptor_digest(d).map_err(bad)?;
+                size += d.size();
+                if store.blob_size(&digest).map_err(ApiError::store)?.is_none()
+                    && !non_distributable(d.media_type().as_ref())
+                {
+                    return Err(missing(&digest));
+                }
+            }
+            // A ferry signature set under its signature tag: keep its signatures (SERVE-5).
+            if m.config().media_type().to_string() == SIGNATURE_CONFIG_MEDIA_TYPE {
+                if let (Some(tag), Some(subject)) = (tag, m.subject()) {
+                    let subject = descriptor_digest(subject).map_err(bad)?;
+                    if signature_tag(&subject) == tag {
+                        keep_signatures(store, &subject, m.layers())?;
+                        store
+                            .put_blob(&blob.digest, &blob.bytes, &blob.media_type, Some("push"))
+                            .map_err(ApiError::store)?;
+                        return Ok(());
+                    }
+                }
+            }
+            let config_digest = descriptor_digest(m.config()).map_err(bad)?;
+            if let Ok(bytes) = store.read_blob(&config_digest, MAX_CONFIG_SIZE) {
+                if let Ok(config) = parse_config(&bytes, &config_digest) {
+                    created = config.created().clone();
+                    let mut p = format!("{}/{}", config.os(), config.architecture());
+                    if let Some(v) = config.variant() {
+                        p.push('/');
+                        p.push_str(v);
+                    }
+                    platform = Some(p);
+                }
+            }
+        }
+        Manifest::Index(index) => {
+            for child in index.manifests() {
+                let digest = descriptor_digest(child).map_err(bad)?;
+                size += child.size();
+                if store.blob_size(&digest).map_err(ApiError::store)?.is_none() {
+                    return Err(missing(&digest));
+                }
+            }
+        }
+    }
+    store
+        .put_blob(&blob.digest, &blob.bytes, &blob.media_type, Some("push"))
+        .map_err(ApiError::store)?;
+    store
+        .set_image(&ImageRecord {
+            name: name.to_string(),
+            tag: tag.map(str::to_string),
+            digest: blob.digest.clone(),
+            media_type: blob.media_type.clone(),
+            size,
+            created,
+            platform,
+            updated: unix_now(),
+        })
+        .map_err(|e| match e {
+            ferry_core::Error::InvalidReference { .. } => {
+                ApiError::name_invalid(repo, &e.to_string())
+            }
+            other => ApiError::store(other),
+        })?;
+    tracing::info!(name, tag, digest = %blob.digest, "pushed manifest");
+    Ok(())
+}
+
+/// Keeps the envelopes of a pushed signature set as signatures of `subject` (SIG-17).
+fn keep_signatures(
+    store: &Store,
+    subject: &Digest,
+    layers: &[ferry_core::oci_spec::image::Descriptor],
+) -> ApiResult<()> {
+    for layer in layers
+        .iter()
+        .take(ferry_drivers::signatures::MAX_SIGNATURES)
+    {
+        let Ok(digest) = descriptor_digest(layer) else {
+            continue;
+        };
+        if layer.media_type().to_string() != SIGNATURE_MEDIA_TYPE {
+            tracing::warn!(
+                "signature set of {subject}: layer {digest} is not an envelope; skipped"
+            );
+            continue;
+        }
+        match store.read_blob(&digest, MAX_ENVELOPE_SIZE as u64) {
+            Ok(bytes) if SignatureEnvelope::from_bytes(&bytes).is_ok() => {
+                store
+                    .add_root(ROOT_KIND, &subject.to_string(), &digest)
+                    .map_err(ApiError::store)?;
+            }
+            Ok(_) => tracing::warn!(
+                "signature set of {subject}: layer {digest} is not a valid envelope; skipped"
+            ),
+            Err(e) => tracing::warn!("signature set of {subject}: layer {digest}: {e}; skipped"),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_ranges_of_patches_parse_in_both_spellings() {
+        assert_eq!(content_range_start("0-99"), Some(0));
+        assert_eq!(content_range_start("100-199"), Some(100));
+        assert_eq!(content_range_start("bytes 100-199/*"), Some(100));
+        assert_eq!(content_range_start("bytes=5-9"), Some(5));
+        assert_eq!(content_range_start("x"), None);
+    }
+
+    #[test]
+    fn upload_ranges_name_the_last_byte() {
+        assert_eq!(range_value(0), "0-0");
+        assert_eq!(range_value(10), "0-9");
+    }
+}
