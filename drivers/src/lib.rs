@@ -3,6 +3,7 @@
 
 #![warn(missing_docs)]
 
+pub mod archive;
 pub mod config;
 pub mod copy;
 mod error;
