@@ -61,6 +61,16 @@ enum Command {
     Verify(commands::verify::Args),
     /// Serve the store over the OCI distribution API (and to ferry peers).
     Serve(commands::serve::Args),
+    /// Copy an image of the store, with its signatures, to a writable source.
+    Push(commands::push::Args),
+    /// Copy an image between any two sources, verified on the way.
+    Copy(commands::copy::Args),
+    /// Write images of the store into one archive (ferry, oci-archive or docker-archive).
+    Save(commands::save::Args),
+    /// Read an archive into the store: every blob verified, names set last.
+    Load(commands::load::Args),
+    /// Look into the store itself (e.g. list its blob digests).
+    Store(commands::store::Args),
 }
 
 fn main() -> ExitCode {

@@ -1,16 +1,21 @@
 //! One module per subcommand; each has an `Args` struct and a `run` function.
 
 pub mod config;
+pub mod copy;
 pub mod gc;
 pub mod images;
 pub mod inspect;
 pub mod key;
+pub mod load;
 pub mod login;
 pub mod pull;
+pub mod push;
 pub mod rm;
 pub mod run;
+pub mod save;
 pub mod serve;
 pub mod sign;
+pub mod store;
 mod trust;
 pub mod unpack;
 pub mod verify;
@@ -39,6 +44,11 @@ pub async fn dispatch(cli: &Cli) -> Result<ExitCode> {
         Command::Sign(args) => sign::run(cli, args).await,
         Command::Verify(args) => verify::run(cli, args),
         Command::Serve(args) => serve::run(cli, args).await,
+        Command::Push(args) => push::run(cli, args).await,
+        Command::Copy(args) => copy::run(cli, args).await,
+        Command::Save(args) => save::run(cli, args).await,
+        Command::Load(args) => load::run(cli, args).await,
+        Command::Store(args) => store::run(cli, args),
     }
 }
 

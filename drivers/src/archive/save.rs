@@ -107,6 +107,8 @@ pub fn save<W: Write>(
     if references.is_empty() {
         return Err(invalid("no image to save"));
     }
+    // Blobs of the images stay while they are read, even if a name goes meanwhile.
+    let _lease = store.lease().map_err(local)?;
     let mut planned: Vec<Planned> = Vec::new();
     for reference in references {
         let record = store.find_image(reference).map_err(local)?;

@@ -1,0 +1,96 @@
+//! `ferry load -i FILE|- [--name NAME]`: an archive (ferry, oci-archive or docker-archive,
+//! compressed or not) into the store, every blob verified, names set only when all of it
+//! checked out and the trust policy accepts it (specs/archive.md).
+
+use std::io::{BufReader, IsTerminal, Read};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use ferry_drivers::archive::{self, LoadOptions, LoadReport, StreamCompression};
+use ferry_signing::Policy;
+
+use crate::commands::open_store;
+use crate::output::human_size;
+use crate::Cli;
+
+/// Read buffer for the archive stream.
+const BUFFER: usize = 1 << 20;
+
+/// Arguments of `ferry load`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The archive file, or `-` for standard input.
+    #[arg(short, long, value_name = "FILE")]
+    input: String,
+    /// Image name for entries named by a plain tag (`oci-archive:FILE:TAG` as skopeo writes).
+    #[arg(long)]
+    name: Option<String>,
+}
+
+/// Loads the archive and prints `NAME:TAG@DIGEST` for each image it names.
+pub async fn run(cli: &Cli, args: &Args) -> Result<ExitCode> {
+    let store = open_store(cli)?;
+    let policy = Policy::load_default(cli.policy.as_deref())?;
+    let from_stdin = args.input == "-";
+    if from_stdin && std::io::stdin().is_terminal() {
+        bail!(
+            "refusing to read an archive from a terminal: use -i FILE or redirect standard input"
+        );
+    }
+    let input: Box<dyn Read + Send> = if from_stdin {
+        Box::new(std::io::stdin())
+    } else {
+        Box::new(
+            std::fs::File::open(&args.input).with_context(|| format!("opening {}", args.input))?,
+        )
+    };
+    let options = LoadOptions {
+        name: args.name.clone(),
+        source_label: format!("archive:{}", args.input),
+    };
+    let report = tokio::task::spawn_blocking(move || -> Result<LoadReport> {
+        Ok(archive::load(
+            &store,
+            BufReader::with_capacity(BUFFER, input),
+            &policy,
+            &options,
+        )?)
+    })
+    .await?
+    .with_context(|| {
+        if from_stdin {
+            "loading the archive from standard input".to_string()
+        } else {
+            format!("loading {}", args.input)
+        }
+    })?;
+    if cli.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    for image in &report.images {
+        match image.reference.split_once('@') {
+            Some(_) => println!("{}", image.reference),
+            None => println!("{}@{}", image.reference, image.digest),
+        }
+    }
+    let unchanged = report.images.iter().filter(|i| !i.changed).count();
+    let compression = match report.compression {
+        StreamCompression::None => "",
+        StreamCompression::Gzip => ", gzip",
+        StreamCompression::Zstd => ", zstd",
+    };
+    let mut line = format!(
+        "loaded {} images ({}{compression}): {} blobs added ({}), {} already present",
+        report.images.len(),
+        crate::commands::save::kind_of(report.format),
+        report.blobs_added,
+        human_size(report.bytes_added),
+        report.blobs_present
+    );
+    if unchanged > 0 {
+        line.push_str(&format!("; {unchanged} names were already set so"));
+    }
+    eprintln!("{line}");
+    Ok(ExitCode::SUCCESS)
+}
