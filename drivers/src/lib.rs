@@ -10,6 +10,7 @@ mod error;
 pub mod local;
 pub mod mirror;
 pub mod oci_layout;
+pub mod peer;
 pub mod progress;
 pub mod pull;
 pub mod registry;

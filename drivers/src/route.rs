@@ -10,6 +10,7 @@ use ferry_core::Reference;
 use crate::config::{CredentialsConfig, DriverConfig, SiteConfig, SourceConfig};
 use crate::mirror::MirrorDriver;
 use crate::oci_layout::OciLayoutDriver;
+use crate::peer::{PeerConfig, PeerDriver};
 use crate::pull::Sources;
 use crate::registry::{Credentials, RegistryConfig, RegistryDriver};
 use crate::s3::{S3Config, S3Driver};
@@ -39,9 +40,17 @@ pub fn sources_for(config: &SiteConfig, reference: &Reference) -> Result<Sources
     };
     let content = build_all(&route.sources)?;
     // A source in both lists is one driver, so its token cache and health are shared.
+    // Peers never answer tags of unsigned names (specs/peer.md, PEER-6).
+    let is_peer = |n: &String| {
+        matches!(
+            config.sources.get(n).map(|s| &s.driver),
+            Some(DriverConfig::Peer { .. })
+        )
+    };
     let resolve = route
         .resolve
         .iter()
+        .filter(|n| !is_peer(n))
         .map(|n| match route.sources.iter().position(|s| s == n) {
             Some(i) => Ok(content[i].clone()),
             None => build_all(std::slice::from_ref(n)).map(|mut v| v.remove(0)),
@@ -111,8 +120,8 @@ pub fn build_source(source: &SourceConfig) -> Result<Arc<dyn Driver>> {
             Arc::new(S3Driver::new(config)?)
         }
         DriverConfig::OciLayout { path } => Arc::new(OciLayoutDriver::new(name, path.clone())),
-        DriverConfig::Peer { .. } => {
-            return Err(Error::unsupported(name, "the peer driver in this build"))
+        DriverConfig::Peer { peers } => {
+            Arc::new(PeerDriver::new(PeerConfig::new(name, peers.clone()))?)
         }
     })
 }

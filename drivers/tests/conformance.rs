@@ -6,10 +6,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_drivers::mirror::MirrorDriver;
+use ferry_drivers::peer::{PeerConfig, PeerDriver};
 use ferry_drivers::registry::{Credentials, RegistryConfig, RegistryDriver};
 use ferry_testkit::conformance::{
     self, OciLayoutHarness, RegistryHarness, S3DistributionHarness, S3FerryHarness,
 };
+use ferry_testkit::serve::PeerHarness;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oci_layout_driver_conforms() {
@@ -70,6 +72,18 @@ async fn mirror_driver_conforms() {
             ],
             Duration::from_secs(30),
         ))
+    });
+    conformance::run(&harness).await;
+}
+
+/// The peer driver over a dead peer (closed port) and a live `ferry serve` node whose store
+/// holds the seed: the suite passes through the live one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_driver_conforms() {
+    let harness = PeerHarness::start(|node| {
+        let dead = format!("http://127.0.0.1:{}", ferry_testkit::free_port());
+        let peers = vec![dead.parse().expect("URL"), node.url().parse().expect("URL")];
+        Arc::new(PeerDriver::new(PeerConfig::new("peers", peers)).expect("peer driver"))
     });
     conformance::run(&harness).await;
 }

@@ -374,7 +374,7 @@ pub(crate) fn read_manifest(
 pub(crate) fn corrupt_error(digest: &Digest) -> ApiError {
     ApiError::new(
         StatusCode::INTERNAL_SERVER_ERROR,
-        "BLOB_UNKNOWN",
+        "BLOB_CORRUPT",
         format!("blob {digest} is corrupt in this store; not serving it"),
     )
 }

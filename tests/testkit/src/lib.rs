@@ -8,6 +8,7 @@ pub mod fixtures;
 pub mod proxy;
 pub mod registry;
 pub mod s3;
+pub mod serve;
 pub mod token;
 pub mod tree;
 

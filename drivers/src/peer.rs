@@ -1,0 +1,1049 @@
+//! The peer driver: content by digest from other ferry nodes (`ferry serve`), large blobs in
+//! pieces from several peers at once, every piece checked before it is handed on.
+//!
+//! Design and wire format: `specs/peer.md` (PEER-n).
+//!
+//! - **Where**: every usable peer is asked (`HEAD /ferry/v1/blobs/<digest>`) whether it has
+//!   the blob; the peers that do are its *holders*.
+//! - **Who serves which piece**: rendezvous hashing of (peer, blob, piece) ranks the holders
+//!   for each piece; the top one serves it, the next ones are fallbacks. Every requester
+//!   computes the same ranking, so the load of a blob spreads evenly over its holders.
+//! - **Integrity**: blobs up to [`SMALL_BLOB`] bytes are fetched whole and checked against
+//!   their digest here. Larger ones use the holders' piece tables (BLAKE3 per piece,
+//!   computed by the serving node from a blob it checked against its digest); the table most
+//!   holders agree on is used, and each piece is checked against it as it arrives. A peer
+//!   that sends a wrong piece (or disagrees about the table) is excluded for that blob and
+//!   the piece comes from the next holder. The store still checks the whole blob at commit.
+//! - **Dead peers**: a connection failure or timeout marks a peer down for a cool-down, so
+//!   a dead peer costs one short timeout per pull, not one per blob.
+//! - **Tags**: peers can answer tags ([`Driver::resolve`] works), but routes never ask them
+//!   for unsigned names (`route::sources_for` leaves peer sources out of `resolve`); for
+//!   names the policy wants signed, the signature vouches for the answer (POL-9).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use ferry_core::manifest::MAX_MANIFEST_SIZE;
+use ferry_core::oci_spec::image::Descriptor;
+use ferry_core::{media, Digest};
+use futures::{StreamExt as _, TryStreamExt as _};
+use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE, RANGE};
+use reqwest::{Method, StatusCode};
+use url::Url;
+
+use crate::{
+    BlobBody, ByteRange, ByteStream, Capabilities, Driver, Error, ErrorKind, ManifestBytes, Result,
+};
+
+/// Blobs up to this size are fetched whole from one peer and checked against their digest.
+pub const SMALL_BLOB: u64 = 4 << 20;
+/// Largest chunk handed to the consumer.
+const OUT_CHUNK: usize = 1 << 20;
+/// Largest piece table read (a 64 GiB blob in 4 MiB pieces is about 1.1 MB of JSON).
+const MAX_TABLE_BYTES: usize = 16 << 20;
+/// Largest piece accepted in a table.
+const MAX_PIECE_SIZE: u64 = 64 << 20;
+/// Largest JSON answer of `resolve` and `tags`.
+const MAX_JSON_BYTES: usize = 4 << 20;
+
+/// Settings of a [`PeerDriver`].
+#[derive(Debug, Clone)]
+pub struct PeerConfig {
+    /// The source name used in messages.
+    pub source_name: String,
+    /// Base URLs of the peers (`http://host:port`, optionally with `user:password@`).
+    pub peers: Vec<Url>,
+    /// Longest time to open a connection to a peer.
+    pub connect_timeout: Duration,
+    /// Longest wait for the next bytes of an answer (a piece table may take longer: the
+    /// peer hashes the blob first).
+    pub stall_timeout: Duration,
+    /// Longest wait for a piece table.
+    pub table_timeout: Duration,
+    /// How long a peer that could not be reached is skipped.
+    pub cooldown: Duration,
+    /// Pieces of one blob in flight at once (memory: this times the piece size).
+    pub window: usize,
+}
+
+impl PeerConfig {
+    /// Defaults: 2 s to connect, 10 s without progress, 5 min for a table, 30 s cool-down,
+    /// 4 pieces in flight.
+    pub fn new(source_name: &str, peers: Vec<Url>) -> Self {
+        PeerConfig {
+            source_name: source_name.to_string(),
+            peers,
+            connect_timeout: Duration::from_secs(2),
+            stall_timeout: Duration::from_secs(10),
+            table_timeout: Duration::from_secs(300),
+            cooldown: Duration::from_secs(30),
+            window: 4,
+        }
+    }
+}
+
+/// Other ferry nodes serving their stores (`ferry serve`), asked for content by digest.
+#[derive(Clone)]
+pub struct PeerDriver(Arc<Inner>);
+
+struct Inner {
+    source_name: String,
+    peers: Vec<Peer>,
+    /// For blobs, manifests and small answers: short stall timeout.
+    http: reqwest::Client,
+    /// For piece tables, which a peer computes before answering.
+    tables: reqwest::Client,
+    table_timeout: Duration,
+    cooldown: Duration,
+    window: usize,
+    health: Mutex<Health>,
+}
+
+impl std::fmt::Debug for PeerDriver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerDriver")
+            .field("source_name", &self.0.source_name)
+            .field(
+                "peers",
+                &self.0.peers.iter().map(|p| &p.label).collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+/// One peer: where it is and how to log in.
+struct Peer {
+    base: Url,
+    /// The base URL without credentials, for messages.
+    label: String,
+    basic: Option<(String, String)>,
+}
+
+#[derive(Default)]
+struct Health {
+    /// Peers that could not be reached, until when they are skipped.
+    down: HashMap<usize, Instant>,
+    /// Peers that served wrong bytes (or a disagreeing table) for a blob.
+    excluded: HashSet<(usize, Digest)>,
+}
+
+/// A peer's failure, sorted the way the driver acts on it.
+#[derive(Debug)]
+enum Fault {
+    /// The peer does not have it.
+    Missing,
+    /// The peer could not be reached or broke off: skip it for the cool-down.
+    Down(String),
+    /// The peer served wrong bytes or says its copy is corrupt: exclude it for this blob.
+    Corrupt(String),
+    /// Anything else (unexpected status): exclude it for this blob.
+    Other(String),
+}
+
+/// The piece table a serving node announces for a committed blob (PEER-3).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PieceTable {
+    digest: String,
+    size: u64,
+    piece_size: u64,
+    pieces: Vec<String>,
+}
+
+/// The rendezvous score of peer `label` for `key` (and piece): highest serves.
+fn score(label: &str, key: &str, piece: u64) -> u64 {
+    let mut h = blake3::Hasher::new();
+    h.update(label.as_bytes());
+    h.update(&[0]);
+    h.update(key.as_bytes());
+    h.update(&[0]);
+    h.update(&piece.to_le_bytes());
+    let bytes = h.finalize();
+    u64::from_le_bytes(bytes.as_bytes()[..8].try_into().expect("8 bytes"))
+}
+
+impl PeerDriver {
+    /// A driver over `config.peers`; refuses URLs that are not http(s) or have no host.
+    pub fn new(config: PeerConfig) -> Result<Self> {
+        let source = config.source_name.as_str();
+        let invalid = |msg: String| Error::new(ErrorKind::Invalid, source, msg);
+        if config.peers.is_empty() {
+            return Err(invalid("no peers configured".into()));
+        }
+        let mut peers = Vec::new();
+        for url in &config.peers {
+            if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+                return Err(invalid(format!("peer URL {url} is not http(s)://host")));
+            }
+            let basic = (!url.username().is_empty()).then(|| {
+                (
+                    percent_decode(url.username()),
+                    percent_decode(url.password().unwrap_or("")),
+                )
+            });
+            let mut base = url.clone();
+            let _ = base.set_username("");
+            let _ = base.set_password(None);
+            base.set_query(None);
+            base.set_fragment(None);
+            if !base.path().ends_with('/') {
+                let path = format!("{}/", base.path());
+                base.set_path(&path);
+            }
+            let label = base.as_str().trim_end_matches('/').to_string();
+            peers.push(Peer { base, label, basic });
+        }
+        let build = |read_timeout: Option<Duration>| {
+            let mut b = reqwest::Client::builder()
+                .connect_timeout(config.connect_timeout)
+                .redirect(reqwest::redirect::Policy::none())
+                .user_agent(concat!("ferry/", env!("CARGO_PKG_VERSION"), " (peer)"));
+            if let Some(t) = read_timeout {
+                b = b.read_timeout(t);
+            }
+            b.build()
+                .map_err(|e| invalid(format!("cannot build the HTTP client: {e}")))
+        };
+        Ok(PeerDriver(Arc::new(Inner {
+            source_name: config.source_name.clone(),
+            http: build(Some(config.stall_timeout))?,
+            tables: build(None)?,
+            table_timeout: config.table_timeout,
+            cooldown: config.cooldown,
+            window: config.window.max(1),
+            peers,
+            health: Mutex::new(Health::default()),
+        })))
+    }
+
+    /// The configured peers, as `scheme://host:port` without credentials.
+    pub fn peer_labels(&self) -> Vec<String> {
+        self.0.peers.iter().map(|p| p.label.clone()).collect()
+    }
+}
+
+impl Inner {
+    fn error(&self, kind: ErrorKind, message: String) -> Error {
+        Error::new(kind, &self.source_name, message)
+    }
+
+    /// Peers not down and not excluded for `digest`, best first for `key`/`piece`.
+    fn ranked(
+        &self,
+        key: &str,
+        piece: u64,
+        digest: Option<&Digest>,
+        among: &[usize],
+    ) -> Vec<usize> {
+        let health = self.health.lock().expect("peer health");
+        let mut ids: Vec<usize> = among
+            .iter()
+            .copied()
+            .filter(|i| {
+                health
+                    .down
+                    .get(i)
+                    .is_none_or(|t| t.elapsed() >= self.cooldown)
+            })
+            .filter(|i| digest.is_none_or(|d| !health.excluded.contains(&(*i, d.clone()))))
+            .collect();
+        ids.sort_by_key(|i| std::cmp::Reverse(score(&self.peers[*i].label, key, piece)));
+        ids
+    }
+
+    fn all(&self) -> Vec<usize> {
+        (0..self.peers.len()).collect()
+    }
+
+    fn mark_down(&self, i: usize, why: &str) {
+        tracing::warn!(
+            "source {:?}: peer {} is unreachable ({why}); skipping it for {:?}",
+            self.source_name,
+            self.peers[i].label,
+            self.cooldown
+        );
+        self.health
+            .lock()
+            .expect("peer health")
+            .down
+            .insert(i, Instant::now());
+    }
+
+    fn exclude(&self, i: usize, digest: &Digest, why: &str) {
+        tracing::warn!(
+            "source {:?}: {why}; excluding peer {} for {digest}",
+            self.source_name,
+            self.peers[i].label
+        );
+        self.health
+            .lock()
+            .expect("peer health")
+            .excluded
+            .insert((i, digest.clone()));
+    }
+
+    /// Acts on a peer's fault for `digest`: down, or excluded for the blob.
+    fn record(&self, i: usize, digest: Option<&Digest>, fault: &Fault) {
+        match (fault, digest) {
+            (Fault::Down(why), _) => self.mark_down(i, why),
+            (Fault::Corrupt(why) | Fault::Other(why), Some(d)) => self.exclude(i, d, why),
+            _ => {}
+        }
+    }
+
+    /// Sends one request to peer `i`.
+    async fn send(
+        &self,
+        i: usize,
+        table: bool,
+        method: Method,
+        path: &str,
+        query: &[(&str, &str)],
+        range: Option<(u64, u64)>,
+    ) -> std::result::Result<reqwest::Response, Fault> {
+        let peer = &self.peers[i];
+        let mut url = peer
+            .base
+            .join(path)
+            .map_err(|e| Fault::Other(format!("bad path {path:?}: {e}")))?;
+        if !query.is_empty() {
+            url.query_pairs_mut().extend_pairs(query);
+        }
+        let client = if table { &self.tables } else { &self.http };
+        let mut req = client.request(method, url);
+        if let Some((a, b)) = range {
+            req = req.header(RANGE, format!("bytes={a}-{b}"));
+        }
+        if let Some((u, p)) = &peer.basic {
+            req = req.basic_auth(u, Some(p));
+        }
+        if table {
+            req = req.timeout(self.table_timeout);
+        }
+        req.send()
+            .await
+            .map_err(|e| Fault::Down(format!("{}/{path}: {}", peer.label, chain(&e))))
+    }
+
+    /// What a non-success status means; reads the OCI error code of the body.
+    async fn status_fault(&self, i: usize, resp: reqwest::Response, what: &str) -> Fault {
+        let status = resp.status();
+        if status == StatusCode::NOT_FOUND {
+            return Fault::Missing;
+        }
+        let body = read_capped(resp, 4096).await.unwrap_or_default();
+        let code = serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v["errors"][0]["code"].as_str().map(str::to_string))
+            .unwrap_or_default();
+        let message = format!(
+            "{what} at peer {}: {status}{}",
+            self.peers[i].label,
+            if code.is_empty() {
+                String::new()
+            } else {
+                format!(" ({code})")
+            }
+        );
+        match status {
+            _ if code == "BLOB_CORRUPT" => Fault::Corrupt(message),
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Fault::Other(message),
+            s if s.is_server_error() || s == StatusCode::TOO_MANY_REQUESTS => Fault::Down(message),
+            _ => Fault::Other(message),
+        }
+    }
+
+    /// The peers that hold `digest`, with the size most of them report (PEER-2).
+    async fn locate(&self, digest: &Digest) -> Result<(Vec<usize>, u64)> {
+        let candidates = self.ranked(&digest.to_string(), u64::MAX, Some(digest), &self.all());
+        if candidates.is_empty() {
+            let excluded = self
+                .health
+                .lock()
+                .expect("peer health")
+                .excluded
+                .iter()
+                .any(|(_, d)| d == digest);
+            return Err(if excluded {
+                self.error(
+                    ErrorKind::Corrupt,
+                    format!(
+                        "blob {digest}: digest mismatch: every peer that has it served wrong bytes"
+                    ),
+                )
+            } else {
+                self.error(
+                    ErrorKind::Unavailable,
+                    format!("blob {digest}: no peer reachable"),
+                )
+            });
+        }
+        let path = format!("ferry/v1/blobs/{digest}");
+        let answers = futures::future::join_all(candidates.iter().map(|&i| {
+            let path = path.clone();
+            async move {
+                let answer = match self.send(i, false, Method::HEAD, &path, &[], None).await {
+                    Ok(resp) if resp.status().is_success() => resp
+                        .headers()
+                        .get(CONTENT_LENGTH)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.trim().parse::<u64>().ok())
+                        .ok_or_else(|| {
+                            Fault::Other(format!(
+                                "blob {digest} at peer {}: HEAD without Content-Length",
+                                self.peers[i].label
+                            ))
+                        }),
+                    Ok(resp) => Err(self.status_fault(i, resp, &format!("blob {digest}")).await),
+                    Err(f) => Err(f),
+                };
+                (i, answer)
+            }
+        }))
+        .await;
+        let mut sizes: Vec<(usize, u64)> = Vec::new();
+        let (mut missing, mut failures) = (0, Vec::new());
+        for (i, answer) in answers {
+            match answer {
+                Ok(size) => sizes.push((i, size)),
+                Err(Fault::Missing) => missing += 1,
+                Err(f) => {
+                    self.record(i, Some(digest), &f);
+                    failures.push(f);
+                }
+            }
+        }
+        if sizes.is_empty() {
+            return Err(self.no_holder(&format!("blob {digest}"), missing, &failures));
+        }
+        // Peers hold one content: a size most of them disagree with is a wrong copy.
+        let mut votes: HashMap<u64, usize> = HashMap::new();
+        for (_, s) in &sizes {
+            *votes.entry(*s).or_default() += 1;
+        }
+        let best = sizes[0].1;
+        let size = votes
+            .iter()
+            .max_by_key(|(s, n)| (**n, **s == best))
+            .map(|(s, _)| *s)
+            .unwrap_or(best);
+        let mut holders = Vec::new();
+        for (i, s) in sizes {
+            if s == size {
+                holders.push(i);
+            } else {
+                self.exclude(
+                    i,
+                    digest,
+                    &format!(
+                        "blob {digest}: peer {} has {s} bytes, other peers {size}",
+                        self.peers[i].label
+                    ),
+                );
+            }
+        }
+        Ok((holders, size))
+    }
+
+    /// The error when no peer could serve `what`.
+    fn no_holder(&self, what: &str, missing: usize, failures: &[Fault]) -> Error {
+        let detail: Vec<String> = failures
+            .iter()
+            .map(|f| match f {
+                Fault::Missing => "not found".to_string(),
+                Fault::Down(m) | Fault::Corrupt(m) | Fault::Other(m) => m.clone(),
+            })
+            .collect();
+        let kind = if failures.iter().any(|f| matches!(f, Fault::Corrupt(_))) {
+            ErrorKind::Corrupt
+        } else if missing > 0 {
+            ErrorKind::NotFound
+        } else {
+            ErrorKind::Unavailable
+        };
+        let mut message = if kind == ErrorKind::NotFound {
+            format!("not found: {what}: no peer has it")
+        } else {
+            format!("{what}: no peer could serve it")
+        };
+        if !detail.is_empty() {
+            message.push_str(&format!(" ({})", detail.join("; ")));
+        }
+        self.error(kind, message)
+    }
+
+    /// A blob of at most [`SMALL_BLOB`] bytes from the best holder, checked against its
+    /// digest; a wrong copy excludes its peer and the next holder is asked.
+    async fn fetch_small(&self, digest: &Digest, holders: &[usize], size: u64) -> Result<Bytes> {
+        let path = format!("ferry/v1/blobs/{digest}");
+        let mut failures = Vec::new();
+        for i in self.ranked(&digest.to_string(), 0, Some(digest), holders) {
+            let result = async {
+                let resp = self.send(i, false, Method::GET, &path, &[], None).await?;
+                if !resp.status().is_success() {
+                    return Err(self.status_fault(i, resp, &format!("blob {digest}")).await);
+                }
+                let bytes = read_capped(resp, size as usize).await.map_err(|e| {
+                    Fault::Down(format!(
+                        "blob {digest} from peer {}: {e}",
+                        self.peers[i].label
+                    ))
+                })?;
+                let actual = Digest::of(digest.algorithm(), &bytes);
+                if bytes.len() as u64 != size || &actual != digest {
+                    return Err(Fault::Corrupt(format!(
+                        "blob {digest} from peer {}: digest mismatch: {} bytes hashing to {actual}",
+                        self.peers[i].label,
+                        bytes.len()
+                    )));
+                }
+                Ok(bytes)
+            }
+            .await;
+            match result {
+                Ok(bytes) => return Ok(bytes),
+                Err(f) => {
+                    self.record(i, Some(digest), &f);
+                    failures.push(f);
+                }
+            }
+        }
+        Err(self.no_holder(&format!("blob {digest}"), 0, &failures))
+    }
+
+    /// The piece table most holders agree on, and those holders; the others are excluded
+    /// for this blob (PEER-3).
+    async fn table(
+        &self,
+        digest: &Digest,
+        holders: &[usize],
+        size: u64,
+    ) -> Result<(PieceTable, Vec<usize>)> {
+        let path = format!("ferry/v1/pieces/{digest}");
+        let answers = futures::future::join_all(holders.iter().map(|&i| {
+            let path = path.clone();
+            async move {
+                let result = async {
+                    let resp = self.send(i, true, Method::GET, &path, &[], None).await?;
+                    if !resp.status().is_success() {
+                        return Err(self
+                            .status_fault(i, resp, &format!("piece table of {digest}"))
+                            .await);
+                    }
+                    let body = read_capped(resp, MAX_TABLE_BYTES).await.map_err(|e| {
+                        Fault::Down(format!(
+                            "piece table of {digest} from peer {}: {e}",
+                            self.peers[i].label
+                        ))
+                    })?;
+                    let table: PieceTable = serde_json::from_slice(&body).map_err(|e| {
+                        Fault::Other(format!(
+                            "piece table of {digest} from peer {}: bad JSON: {e}",
+                            self.peers[i].label
+                        ))
+                    })?;
+                    check_table(&table, digest, size).map_err(|why| {
+                        Fault::Corrupt(format!(
+                            "piece table of {digest} from peer {}: {why}",
+                            self.peers[i].label
+                        ))
+                    })?;
+                    Ok(table)
+                }
+                .await;
+                (i, result)
+            }
+        }))
+        .await;
+        let mut groups: Vec<(PieceTable, Vec<usize>)> = Vec::new();
+        let mut failures = Vec::new();
+        for (i, answer) in answers {
+            match answer {
+                Ok(table) => match groups.iter_mut().find(|(t, _)| *t == table) {
+                    Some((_, peers)) => peers.push(i),
+                    None => groups.push((table, vec![i])),
+                },
+                Err(f) => {
+                    self.record(i, Some(digest), &f);
+                    failures.push(f);
+                }
+            }
+        }
+        // The table most holders announce; a tie goes to the best-ranked holder's.
+        let rank = self.ranked(&digest.to_string(), u64::MAX, None, holders);
+        let position = |peers: &Vec<usize>| {
+            peers
+                .iter()
+                .filter_map(|p| rank.iter().position(|r| r == p))
+                .min()
+                .unwrap_or(usize::MAX)
+        };
+        groups.sort_by_key(|(_, peers)| (std::cmp::Reverse(peers.len()), position(peers)));
+        let mut groups = groups.into_iter();
+        let Some((table, agreeing)) = groups.next() else {
+            return Err(self.no_holder(&format!("blob {digest}"), 0, &failures));
+        };
+        for (_, peers) in groups {
+            for i in peers {
+                self.exclude(
+                    i,
+                    digest,
+                    &format!(
+                        "blob {digest}: peer {} announces a piece table other peers disagree with",
+                        self.peers[i].label
+                    ),
+                );
+            }
+        }
+        Ok((table, agreeing))
+    }
+
+    /// Piece `p` of a blob, from the best holder that serves it right (PEER-4).
+    async fn fetch_piece(
+        &self,
+        digest: &Digest,
+        table: &PieceTable,
+        holders: &[usize],
+        p: u64,
+    ) -> Result<Bytes> {
+        let start = p * table.piece_size;
+        let end = (start + table.piece_size).min(table.size);
+        let want = &table.pieces[p as usize];
+        let path = format!("ferry/v1/blobs/{digest}");
+        let mut failures = Vec::new();
+        for i in self.ranked(&digest.to_string(), p, Some(digest), holders) {
+            let what = format!(
+                "blob {digest} piece {p} (bytes {start}-{}) from peer {}",
+                end - 1,
+                self.peers[i].label
+            );
+            let result = async {
+                let resp = self
+                    .send(i, false, Method::GET, &path, &[], Some((start, end - 1)))
+                    .await?;
+                let whole = start == 0 && end == table.size;
+                match resp.status() {
+                    StatusCode::PARTIAL_CONTENT => {}
+                    StatusCode::OK if whole => {}
+                    s if s.is_success() => {
+                        return Err(Fault::Other(format!("{what}: {s} to a range request")))
+                    }
+                    _ => return Err(self.status_fault(i, resp, &what).await),
+                }
+                let bytes = read_capped(resp, (end - start) as usize)
+                    .await
+                    .map_err(|e| Fault::Down(format!("{what}: {e}")))?;
+                if bytes.len() as u64 != end - start {
+                    return Err(Fault::Down(format!(
+                        "{what}: body ended after {} of {} bytes",
+                        bytes.len(),
+                        end - start
+                    )));
+                }
+                let actual = blake3::hash(&bytes);
+                if actual.to_hex().as_str() != want {
+                    return Err(Fault::Corrupt(format!(
+                        "{what}: digest mismatch: BLAKE3 {} where the piece table says {want}",
+                        actual.to_hex()
+                    )));
+                }
+                Ok(bytes)
+            }
+            .await;
+            match result {
+                Ok(bytes) => return Ok(bytes),
+                Err(f) => {
+                    self.record(i, Some(digest), &f);
+                    failures.push(f);
+                }
+            }
+        }
+        Err(self.no_holder(&format!("blob {digest} piece {p}"), 0, &failures))
+    }
+}
+
+/// Checks a piece table's shape against the blob it is for.
+fn check_table(table: &PieceTable, digest: &Digest, size: u64) -> std::result::Result<(), String> {
+    if table.digest != digest.to_string() {
+        return Err(format!("it is for {}", table.digest));
+    }
+    if table.size != size {
+        return Err(format!("it says {} bytes, not {size}", table.size));
+    }
+    if table.piece_size == 0 || table.piece_size > MAX_PIECE_SIZE {
+        return Err(format!("piece size {} out of range", table.piece_size));
+    }
+    let count = size.div_ceil(table.piece_size).max(1);
+    if table.pieces.len() as u64 != count {
+        return Err(format!(
+            "{} pieces where {size} bytes make {count}",
+            table.pieces.len()
+        ));
+    }
+    if let Some(bad) = table
+        .pieces
+        .iter()
+        .find(|h| h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()))
+    {
+        return Err(format!("bad piece hash {bad:?}"));
+    }
+    Ok(())
+}
+
+/// Reads a body of at most `limit` bytes (more is an error).
+async fn read_capped(resp: reqwest::Response, limit: usize) -> std::result::Result<Bytes, String> {
+    let mut stream = resp.bytes_stream();
+    let mut buf = BytesMut::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| chain(&e))?;
+        if buf.len() + chunk.len() > limit {
+            return Err(format!("body larger than {limit} bytes"));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf.freeze())
+}
+
+/// An error and its sources on one line.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        let text = inner.to_string();
+        if !s.contains(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
+        source = inner.source();
+    }
+    s
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Splits `bytes` into chunks of at most [`OUT_CHUNK`] (no copies).
+fn chunks(bytes: Bytes) -> impl futures::Stream<Item = Result<Bytes>> + Send {
+    let n = bytes.len().div_ceil(OUT_CHUNK);
+    futures::stream::iter(
+        (0..n).map(move |k| Ok(bytes.slice(k * OUT_CHUNK..((k + 1) * OUT_CHUNK).min(bytes.len())))),
+    )
+}
+
+#[async_trait]
+impl Driver for PeerDriver {
+    fn source_name(&self) -> &str {
+        &self.0.source_name
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            resolve: true,
+            list_tags: true,
+            write: false,
+            ranges: true,
+        }
+    }
+
+    async fn resolve(&self, name: &str, tag: &str) -> Result<Descriptor> {
+        self.0.resolve(name, tag).await
+    }
+
+    async fn fetch_manifest(&self, name: &str, digest: &Digest) -> Result<ManifestBytes> {
+        self.0.fetch_manifest(name, digest).await
+    }
+
+    async fn fetch_blob(&self, name: &str, digest: &Digest, range: ByteRange) -> Result<BlobBody> {
+        self.0.fetch_blob(name, digest, range).await
+    }
+
+    async fn blob_size(&self, name: &str, digest: &Digest) -> Result<Option<u64>> {
+        self.0.blob_size(name, digest).await
+    }
+
+    async fn list_tags(&self, name: &str) -> Result<Vec<String>> {
+        self.0.list_tags(name).await
+    }
+}
+
+/// The driver operations, on the shared state.
+impl Inner {
+    async fn resolve(&self, name: &str, tag: &str) -> Result<Descriptor> {
+        let what = format!("{name}:{tag}");
+        let mut failures = Vec::new();
+        for i in self.ranked(name, 0, None, &self.all()) {
+            let result = async {
+                let resp = self
+                    .send(
+                        i,
+                        false,
+                        Method::GET,
+                        "ferry/v1/resolve",
+                        &[("name", name), ("tag", tag)],
+                        None,
+                    )
+                    .await?;
+                if !resp.status().is_success() {
+                    return Err(self.status_fault(i, resp, &what).await);
+                }
+                let body = read_capped(resp, MAX_JSON_BYTES).await.map_err(|e| {
+                    Fault::Down(format!("{what} from peer {}: {e}", self.peers[i].label))
+                })?;
+                #[derive(serde::Deserialize)]
+                #[serde(rename_all = "camelCase")]
+                struct Answer {
+                    media_type: String,
+                    digest: String,
+                    size: u64,
+                }
+                let bad = |why: String| {
+                    Fault::Other(format!("{what} from peer {}: {why}", self.peers[i].label))
+                };
+                let a: Answer =
+                    serde_json::from_slice(&body).map_err(|e| bad(format!("bad JSON: {e}")))?;
+                let digest = Digest::parse(&a.digest).map_err(|e| bad(e.to_string()))?;
+                if !media::is_manifest(&a.media_type) || a.size > MAX_MANIFEST_SIZE {
+                    return Err(bad(format!(
+                        "not a manifest descriptor ({}, {} bytes)",
+                        a.media_type, a.size
+                    )));
+                }
+                Ok(Descriptor::new(
+                    a.media_type.as_str().into(),
+                    a.size,
+                    ferry_core::oci_spec::image::Digest::from(&digest),
+                ))
+            }
+            .await;
+            match result {
+                Ok(desc) => return Ok(desc),
+                Err(f) => {
+                    self.record(i, None, &f);
+                    failures.push(f);
+                }
+            }
+        }
+        let missing = failures
+            .iter()
+            .filter(|f| matches!(f, Fault::Missing))
+            .count();
+        Err(self.no_holder(&what, missing, &failures))
+    }
+
+    async fn fetch_manifest(&self, name: &str, digest: &Digest) -> Result<ManifestBytes> {
+        let what = format!("manifest {name}@{digest}");
+        let path = format!("ferry/v1/manifests/{digest}");
+        let mut failures = Vec::new();
+        for i in self.ranked(&digest.to_string(), 0, Some(digest), &self.all()) {
+            let result = async {
+                let resp = self.send(i, false, Method::GET, &path, &[], None).await?;
+                if !resp.status().is_success() {
+                    return Err(self.status_fault(i, resp, &what).await);
+                }
+                let content_type = resp
+                    .headers()
+                    .get(CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .map(|v| v.split(';').next().unwrap_or(v).trim().to_string());
+                let bytes = read_capped(resp, MAX_MANIFEST_SIZE as usize)
+                    .await
+                    .map_err(|e| {
+                        Fault::Down(format!("{what} from peer {}: {e}", self.peers[i].label))
+                    })?;
+                let actual = Digest::of(digest.algorithm(), &bytes);
+                if &actual != digest {
+                    return Err(Fault::Corrupt(format!(
+                        "{what} from peer {}: digest mismatch: the bytes hash to {actual}",
+                        self.peers[i].label
+                    )));
+                }
+                Ok(ManifestBytes {
+                    bytes: bytes.to_vec(),
+                    content_type,
+                })
+            }
+            .await;
+            match result {
+                Ok(m) => return Ok(m),
+                Err(f) => {
+                    self.record(i, Some(digest), &f);
+                    failures.push(f);
+                }
+            }
+        }
+        let missing = failures
+            .iter()
+            .filter(|f| matches!(f, Fault::Missing))
+            .count();
+        Err(self.no_holder(&what, missing, &failures))
+    }
+
+    async fn fetch_blob(
+        self: &Arc<Self>,
+        name: &str,
+        digest: &Digest,
+        range: ByteRange,
+    ) -> Result<BlobBody> {
+        let (holders, size) = self.locate(digest).await.map_err(|e| {
+            Error::new(
+                e.kind,
+                &e.source_name,
+                format!("{} (for {name})", e.message),
+            )
+        })?;
+        let start = range.offset;
+        let end = match range.len {
+            Some(len) => start.saturating_add(len).min(size),
+            None => size,
+        };
+        if start > size || (start == size && size > 0 && range.len != Some(0)) {
+            return Err(self.error(
+                ErrorKind::Invalid,
+                format!(
+                    "blob {name}@{digest}: range from byte {start} is outside its {size} bytes"
+                ),
+            ));
+        }
+        let len = end.saturating_sub(start);
+        if len == 0 {
+            return Ok(BlobBody {
+                len: Some(0),
+                stream: Box::pin(futures::stream::empty()),
+            });
+        }
+        if size <= SMALL_BLOB {
+            let bytes = self.fetch_small(digest, &holders, size).await?;
+            return Ok(BlobBody {
+                len: Some(len),
+                stream: Box::pin(chunks(bytes.slice(start as usize..end as usize))),
+            });
+        }
+        let (table, agreeing) = self.table(digest, &holders, size).await?;
+        let ps = table.piece_size;
+        let (first, last) = (start / ps, (end - 1) / ps);
+        let this = self.clone();
+        let digest = digest.clone();
+        let table = std::sync::Arc::new(table);
+        let pieces = futures::stream::iter(first..=last)
+            .map(move |p| {
+                let (this, digest, table, agreeing) = (
+                    this.clone(),
+                    digest.clone(),
+                    table.clone(),
+                    agreeing.clone(),
+                );
+                async move {
+                    let bytes = this.fetch_piece(&digest, &table, &agreeing, p).await?;
+                    let piece_start = p * table.piece_size;
+                    let a = start.saturating_sub(piece_start) as usize;
+                    let b = ((end - piece_start) as usize).min(bytes.len());
+                    Ok::<Bytes, Error>(bytes.slice(a..b))
+                }
+            })
+            .buffered(self.window);
+        let stream: ByteStream = Box::pin(pieces.map_ok(chunks).try_flatten());
+        Ok(BlobBody {
+            len: Some(len),
+            stream,
+        })
+    }
+
+    async fn blob_size(&self, _name: &str, digest: &Digest) -> Result<Option<u64>> {
+        match self.locate(digest).await {
+            Ok((_, size)) => Ok(Some(size)),
+            Err(e) if e.kind == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn list_tags(&self, name: &str) -> Result<Vec<String>> {
+        let what = format!("tags of {name}");
+        let answers =
+            futures::future::join_all(self.ranked(name, 0, None, &self.all()).into_iter().map(
+                |i| {
+                    let what = what.clone();
+                    async move {
+                        let result = async {
+                            let resp = self
+                                .send(
+                                    i,
+                                    false,
+                                    Method::GET,
+                                    "ferry/v1/tags",
+                                    &[("name", name)],
+                                    None,
+                                )
+                                .await?;
+                            if !resp.status().is_success() {
+                                return Err(self.status_fault(i, resp, &what).await);
+                            }
+                            let body = read_capped(resp, MAX_JSON_BYTES).await.map_err(|e| {
+                                Fault::Down(format!(
+                                    "{what} from peer {}: {e}",
+                                    self.peers[i].label
+                                ))
+                            })?;
+                            #[derive(serde::Deserialize)]
+                            struct Tags {
+                                tags: Vec<String>,
+                            }
+                            serde_json::from_slice::<Tags>(&body)
+                                .map(|t| t.tags)
+                                .map_err(|e| {
+                                    Fault::Other(format!(
+                                        "{what} from peer {}: bad JSON: {e}",
+                                        self.peers[i].label
+                                    ))
+                                })
+                        }
+                        .await;
+                        (i, result)
+                    }
+                },
+            ))
+            .await;
+        let mut tags: Vec<String> = Vec::new();
+        let mut found = false;
+        let mut failures = Vec::new();
+        for (i, answer) in answers {
+            match answer {
+                Ok(t) => {
+                    found = true;
+                    tags.extend(t);
+                }
+                Err(f) => {
+                    self.record(i, None, &f);
+                    failures.push(f);
+                }
+            }
+        }
+        if !found {
+            let missing = failures
+                .iter()
+                .filter(|f| matches!(f, Fault::Missing))
+                .count();
+            return Err(self.no_holder(&format!("image {name}"), missing, &failures));
+        }
+        tags.sort();
+        tags.dedup();
+        Ok(tags)
+    }
+}
