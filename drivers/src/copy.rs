@@ -321,7 +321,13 @@ impl BlobCopy<'_> {
     async fn copy(&self, desc: &Descriptor, kind: BlobKind) -> Result<Option<u64>> {
         let digest = descriptor_digest(desc).map_err(|e| Error::from_core("", e))?;
         let size = desc.size();
-        match self.to.blob_size(self.to_name, &digest).await? {
+        // A destination that does not exist yet (a new layout directory) has nothing.
+        let have = match self.to.blob_size(self.to_name, &digest).await {
+            Ok(have) => have,
+            Err(e) if matches!(e.kind, ErrorKind::Unavailable | ErrorKind::NotFound) => None,
+            Err(e) => return Err(e),
+        };
+        match have {
             Some(have) if have == size => {
                 self.progress.event(&Event::BlobDone {
                     digest: digest.to_string(),
@@ -602,5 +608,197 @@ impl Driver for RouteSource {
             )
         })?;
         resolver.list_tags(name).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ferry_core::store::ImageRecord;
+    use ferry_core::{media, Store};
+    use ferry_signing::{generate_key, sign, Policy, PrivateKey};
+
+    use super::*;
+    use crate::local::LocalDriver;
+    use crate::oci_layout::OciLayoutDriver;
+    use crate::progress::Silent;
+    use crate::pull::{pull, PullOptions};
+    use crate::signatures::store_signature;
+
+    const NAME: &str = "registry.example.com/team/app:1";
+
+    /// A two-layer image in `store` under NAME; its manifest digest.
+    fn put_image(store: &Store) -> Digest {
+        let mut layers = Vec::new();
+        let mut diff_ids = Vec::new();
+        for seed in ["one", "two"] {
+            let bytes = format!("layer {seed}").repeat(50_000).into_bytes();
+            let d = Digest::sha256(&bytes);
+            store
+                .put_blob(&d, &bytes, media::OCI_LAYER_TAR, None)
+                .unwrap();
+            diff_ids.push(d.to_string());
+            layers.push(serde_json::json!({"mediaType": media::OCI_LAYER_TAR, "digest": d.to_string(), "size": bytes.len()}));
+        }
+        let config = serde_json::to_vec(&serde_json::json!({
+            "architecture": "amd64", "os": "linux",
+            "rootfs": {"type": "layers", "diff_ids": diff_ids},
+        }))
+        .unwrap();
+        let cd = Digest::sha256(&config);
+        store
+            .put_blob(&cd, &config, media::OCI_CONFIG, None)
+            .unwrap();
+        let manifest = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2, "mediaType": media::OCI_MANIFEST,
+            "config": {"mediaType": media::OCI_CONFIG, "digest": cd.to_string(), "size": config.len()},
+            "layers": layers,
+        }))
+        .unwrap();
+        let md = Digest::sha256(&manifest);
+        store
+            .put_blob(&md, &manifest, media::OCI_MANIFEST, None)
+            .unwrap();
+        let r = Reference::parse(NAME).unwrap();
+        store
+            .set_image(&ImageRecord {
+                name: r.name(),
+                tag: r.tag().map(str::to_string),
+                digest: md.clone(),
+                media_type: media::OCI_MANIFEST.into(),
+                size: 0,
+                created: None,
+                platform: None,
+                updated: 0,
+            })
+            .unwrap();
+        md
+    }
+
+    fn chunks(parts: &[&'static [u8]]) -> ByteStream {
+        let items: Vec<Result<Bytes>> = parts.iter().map(|p| Ok(Bytes::from_static(p))).collect();
+        Box::pin(futures::stream::iter(items))
+    }
+
+    async fn drain(s: ByteStream) -> Result<Vec<u8>> {
+        let parts: Vec<Bytes> = s.try_collect().await?;
+        Ok(parts.concat())
+    }
+
+    #[tokio::test]
+    async fn verifying_stream_fails_at_its_end_on_wrong_short_or_long_bodies() {
+        let d = Digest::sha256(b"hello world");
+        let ok = verifying(chunks(&[b"hello ", b"world"]), &d, 11, "s", None);
+        assert_eq!(drain(ok).await.unwrap(), b"hello world");
+        for (parts, why) in [
+            (&[b"hello ".as_slice(), b"w0rld"][..], "digest mismatch"),
+            (&[b"hello ".as_slice()][..], "ended at 6 of 11"),
+            (&[b"hello ".as_slice(), b"world!"][..], "more bytes"),
+        ] {
+            let err = drain(verifying(chunks(parts), &d, 11, "s", None))
+                .await
+                .unwrap_err();
+            assert_eq!(err.kind, ErrorKind::Corrupt);
+            assert!(err.to_string().contains(why), "{err}");
+        }
+    }
+
+    #[tokio::test]
+    async fn push_to_a_layout_then_pull_back_gives_the_same_digest_and_skips_present_blobs() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path().join("a")).unwrap());
+        let digest = put_image(&store);
+        let local = LocalDriver::new(store.clone());
+        let layout = OciLayoutDriver::new("usb", dir.path().join("usb"));
+        let r = Reference::parse(NAME).unwrap();
+        let first = copy_image(&local, &r, &layout, &r, &CopyOptions::default(), &Silent)
+            .await
+            .unwrap();
+        assert_eq!(first.digest, digest);
+        assert_eq!((first.blobs_copied, first.blobs_present), (3, 0));
+        let again = copy_image(&local, &r, &layout, &r, &CopyOptions::default(), &Silent)
+            .await
+            .unwrap();
+        assert_eq!((again.blobs_copied, again.blobs_present), (0, 3));
+
+        let b = Arc::new(Store::open(dir.path().join("b")).unwrap());
+        let sources = Sources::single(Arc::new(layout));
+        let pulled = pull(
+            &b,
+            &sources,
+            &r,
+            &Policy::accept_all(),
+            &PullOptions::default(),
+            &Silent,
+        )
+        .await
+        .unwrap();
+        assert_eq!(pulled.record.digest, digest);
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_source_blob_never_reaches_the_destination() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path().join("a")).unwrap());
+        let digest = put_image(&store);
+        let manifest: serde_json::Value =
+            serde_json::from_slice(&store.read_blob(&digest, 1 << 20).unwrap()).unwrap();
+        let layer = Digest::parse(manifest["layers"][1]["digest"].as_str().unwrap()).unwrap();
+        let path = store.blob_path(&layer);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[10] ^= 1;
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+            .unwrap();
+        std::fs::write(&path, &bytes).unwrap();
+        let layout = OciLayoutDriver::new("usb", dir.path().join("usb"));
+        let r = Reference::parse(NAME).unwrap();
+        let err = copy_image(
+            &LocalDriver::new(store.clone()),
+            &r,
+            &layout,
+            &r,
+            &CopyOptions::default(),
+            &Silent,
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Corrupt, "{err}");
+        assert_eq!(layout.blob_size(&r.name(), &layer).await.unwrap(), None);
+        assert!(layout.resolve(&r.name(), "1").await.is_err(), "no tag");
+    }
+
+    #[tokio::test]
+    async fn a_push_carries_the_stores_signatures_before_the_tag() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path().join("a")).unwrap());
+        let digest = put_image(&store);
+        let keys = generate_key(dir.path(), "team").unwrap();
+        let key = PrivateKey::load(&keys.private_key).unwrap();
+        let r = Reference::parse(NAME).unwrap();
+        let envelope = sign(&key, &r, &digest, None).unwrap();
+        store_signature(&store, &digest, &envelope).unwrap();
+        let layout = OciLayoutDriver::new("usb", dir.path().join("usb"));
+        let options = CopyOptions {
+            extra_signatures: crate::signatures::signatures_in_store(&store, &digest).unwrap(),
+            ..CopyOptions::default()
+        };
+        let copied = copy_image(
+            &LocalDriver::new(store.clone()),
+            &r,
+            &layout,
+            &r,
+            &options,
+            &Silent,
+        )
+        .await
+        .unwrap();
+        assert_eq!(copied.signatures, 1);
+        let found = fetch_signatures(&layout, &r.name(), &digest).await.unwrap();
+        assert_eq!(found, vec![envelope]);
+        // Copying on from the layout takes them along by themselves.
+        let other = OciLayoutDriver::new("usb2", dir.path().join("usb2"));
+        let copied = copy_image(&layout, &r, &other, &r, &CopyOptions::default(), &Silent)
+            .await
+            .unwrap();
+        assert_eq!(copied.signatures, 1);
     }
 }
