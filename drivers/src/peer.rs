@@ -40,6 +40,9 @@ use crate::{
 
 /// Blobs up to this size are fetched whole from one peer and checked against their digest.
 pub const SMALL_BLOB: u64 = 4 << 20;
+/// Bytes per relayed piece (PEER-7): every requester cuts a blob the same way, so relays
+/// can share what they fetched.
+pub const RELAY_PIECE: u64 = 4 << 20;
 /// Largest chunk handed to the consumer.
 const OUT_CHUNK: usize = 1 << 20;
 /// Largest piece table read (a 64 GiB blob in 4 MiB pieces is about 1.1 MB of JSON).
@@ -151,6 +154,16 @@ struct PieceTable {
     size: u64,
     piece_size: u64,
     pieces: Vec<String>,
+}
+
+/// The order in which peers (by base URL, e.g. `http://10.0.0.7:7070`) are asked for piece
+/// `piece` of blob `digest` (PEER-4; whole small blobs are piece 0): every node computes the
+/// same order.
+pub fn rank(labels: &[&str], digest: &Digest, piece: u64) -> Vec<usize> {
+    let key = digest.to_string();
+    let mut ids: Vec<usize> = (0..labels.len()).collect();
+    ids.sort_by_key(|&i| std::cmp::Reverse(score(labels[i].trim_end_matches('/'), &key, piece)));
+    ids
 }
 
 /// The rendezvous score of peer `label` for `key` (and piece): highest serves.
@@ -477,12 +490,21 @@ impl Inner {
 
     /// A blob of at most [`SMALL_BLOB`] bytes from the best holder, checked against its
     /// digest; a wrong copy excludes its peer and the next holder is asked.
-    async fn fetch_small(&self, digest: &Digest, holders: &[usize], size: u64) -> Result<Bytes> {
+    async fn fetch_small(
+        &self,
+        digest: &Digest,
+        holders: &[usize],
+        size: u64,
+        name: Option<&str>,
+    ) -> Result<Bytes> {
         let path = format!("ferry/v1/blobs/{digest}");
+        let query: Vec<(&str, &str)> = name.iter().map(|n| ("name", *n)).collect();
         let mut failures = Vec::new();
         for i in self.ranked(&digest.to_string(), 0, Some(digest), holders) {
             let result = async {
-                let resp = self.send(i, false, Method::GET, &path, &[], None).await?;
+                let resp = self
+                    .send(i, name.is_some(), Method::GET, &path, &query, None)
+                    .await?;
                 if !resp.status().is_success() {
                     return Err(self.status_fault(i, resp, &format!("blob {digest}")).await);
                 }
@@ -601,20 +623,17 @@ impl Inner {
         Ok((table, agreeing))
     }
 
-    /// Piece `p` of a blob, from the best holder that serves it right (PEER-4).
-    async fn fetch_piece(
-        &self,
-        digest: &Digest,
-        table: &PieceTable,
-        holders: &[usize],
-        p: u64,
-    ) -> Result<Bytes> {
-        let start = p * table.piece_size;
-        let end = (start + table.piece_size).min(table.size);
-        let want = &table.pieces[p as usize];
+    /// Piece `p` of a blob, from the best-ranked peer of the plan that serves it right
+    /// (PEER-4, PEER-7).
+    async fn fetch_piece(&self, plan: &Plan, p: u64) -> Result<Bytes> {
+        let digest = &plan.digest;
+        let start = p * plan.piece_size;
+        let end = (start + plan.piece_size).min(plan.size);
+        let want = plan.hashes.as_ref().map(|h| h[p as usize].as_str());
         let path = format!("ferry/v1/blobs/{digest}");
+        let query: Vec<(&str, &str)> = plan.name.iter().map(|n| ("name", n.as_str())).collect();
         let mut failures = Vec::new();
-        for i in self.ranked(&digest.to_string(), p, Some(digest), holders) {
+        for i in self.ranked(&digest.to_string(), p, Some(digest), &plan.peers) {
             let what = format!(
                 "blob {digest} piece {p} (bytes {start}-{}) from peer {}",
                 end - 1,
@@ -622,9 +641,16 @@ impl Inner {
             );
             let result = async {
                 let resp = self
-                    .send(i, false, Method::GET, &path, &[], Some((start, end - 1)))
+                    .send(
+                        i,
+                        plan.relayed,
+                        Method::GET,
+                        &path,
+                        &query,
+                        Some((start, end - 1)),
+                    )
                     .await?;
-                let whole = start == 0 && end == table.size;
+                let whole = start == 0 && end == plan.size;
                 match resp.status() {
                     StatusCode::PARTIAL_CONTENT => {}
                     StatusCode::OK if whole => {}
@@ -643,12 +669,14 @@ impl Inner {
                         end - start
                     )));
                 }
-                let actual = blake3::hash(&bytes);
-                if actual.to_hex().as_str() != want {
-                    return Err(Fault::Corrupt(format!(
-                        "{what}: digest mismatch: BLAKE3 {} where the piece table says {want}",
-                        actual.to_hex()
-                    )));
+                if let Some(want) = want {
+                    let actual = blake3::hash(&bytes);
+                    if actual.to_hex().as_str() != want {
+                        return Err(Fault::Corrupt(format!(
+                            "{what}: digest mismatch: BLAKE3 {} where the piece table says {want}",
+                            actual.to_hex()
+                        )));
+                    }
                 }
                 Ok(bytes)
             }
@@ -663,6 +691,66 @@ impl Inner {
         }
         Err(self.no_holder(&format!("blob {digest} piece {p}"), 0, &failures))
     }
+
+    /// The peers that relay `digest` of `name` (PEER-7), with the size most of them report.
+    async fn relays(&self, name: &str, digest: &Digest) -> Result<(Vec<usize>, u64)> {
+        let candidates = self.ranked(&digest.to_string(), u64::MAX, Some(digest), &self.all());
+        let path = format!("ferry/v1/blobs/{digest}");
+        let answers = futures::future::join_all(candidates.iter().map(|&i| {
+            let path = path.clone();
+            async move {
+                let answer = match self
+                    .send(i, true, Method::HEAD, &path, &[("name", name)], None)
+                    .await
+                {
+                    Ok(resp) if resp.status().is_success() => resp
+                        .headers()
+                        .get(CONTENT_LENGTH)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.trim().parse::<u64>().ok())
+                        .ok_or(Fault::Missing),
+                    Ok(resp) => Err(self
+                        .status_fault(i, resp, &format!("relay of {digest}"))
+                        .await),
+                    Err(f) => Err(f),
+                };
+                (i, answer)
+            }
+        }))
+        .await;
+        let mut sizes: HashMap<u64, Vec<usize>> = HashMap::new();
+        let (mut missing, mut failures) = (0, Vec::new());
+        for (i, answer) in answers {
+            match answer {
+                Ok(size) => sizes.entry(size).or_default().push(i),
+                Err(Fault::Missing) => missing += 1,
+                Err(f) => {
+                    self.record(i, Some(digest), &f);
+                    failures.push(f);
+                }
+            }
+        }
+        sizes
+            .into_iter()
+            .max_by_key(|(_, peers)| peers.len())
+            .map(|(size, peers)| (peers, size))
+            .ok_or_else(|| self.no_holder(&format!("blob {digest}"), missing, &failures))
+    }
+}
+
+/// How the pieces of one blob are fetched.
+struct Plan {
+    digest: Digest,
+    size: u64,
+    piece_size: u64,
+    /// BLAKE3 of each piece (from the agreed piece table); `None` for relayed pieces.
+    hashes: Option<Vec<String>>,
+    /// The peers that serve it (holders agreeing on the table, or relays).
+    peers: Vec<usize>,
+    /// The image name, for relays.
+    name: Option<String>,
+    /// Relayed pieces wait for the relay's upstream (long timeout).
+    relayed: bool,
 }
 
 /// Checks a piece table's shape against the blob it is for.
@@ -902,13 +990,27 @@ impl Inner {
         digest: &Digest,
         range: ByteRange,
     ) -> Result<BlobBody> {
-        let (holders, size) = self.locate(digest).await.map_err(|e| {
-            Error::new(
-                e.kind,
-                &e.source_name,
-                format!("{} (for {name})", e.message),
-            )
-        })?;
+        // Holders of the committed blob first; relays when no peer has it (PEER-7).
+        let (holders, size, relayed) = match self.locate(digest).await {
+            Ok((holders, size)) => (holders, size, false),
+            Err(e) if e.kind == ErrorKind::NotFound => match self.relays(name, digest).await {
+                Ok((relays, size)) => (relays, size, true),
+                Err(_) => {
+                    return Err(Error::new(
+                        e.kind,
+                        &e.source_name,
+                        format!("{} (for {name})", e.message),
+                    ))
+                }
+            },
+            Err(e) => {
+                return Err(Error::new(
+                    e.kind,
+                    &e.source_name,
+                    format!("{} (for {name})", e.message),
+                ))
+            }
+        };
         let start = range.offset;
         let end = match range.len {
             Some(len) => start.saturating_add(len).min(size),
@@ -930,29 +1032,46 @@ impl Inner {
             });
         }
         if size <= SMALL_BLOB {
-            let bytes = self.fetch_small(digest, &holders, size).await?;
+            let bytes = self
+                .fetch_small(digest, &holders, size, relayed.then_some(name))
+                .await?;
             return Ok(BlobBody {
                 len: Some(len),
                 stream: Box::pin(chunks(bytes.slice(start as usize..end as usize))),
             });
         }
-        let (table, agreeing) = self.table(digest, &holders, size).await?;
-        let ps = table.piece_size;
+        let plan = if relayed {
+            Plan {
+                digest: digest.clone(),
+                size,
+                piece_size: RELAY_PIECE,
+                hashes: None,
+                peers: holders,
+                name: Some(name.to_string()),
+                relayed: true,
+            }
+        } else {
+            let (table, agreeing) = self.table(digest, &holders, size).await?;
+            Plan {
+                digest: digest.clone(),
+                size,
+                piece_size: table.piece_size,
+                hashes: Some(table.pieces),
+                peers: agreeing,
+                name: None,
+                relayed: false,
+            }
+        };
+        let ps = plan.piece_size;
         let (first, last) = (start / ps, (end - 1) / ps);
         let this = self.clone();
-        let digest = digest.clone();
-        let table = std::sync::Arc::new(table);
+        let plan = Arc::new(plan);
         let pieces = futures::stream::iter(first..=last)
             .map(move |p| {
-                let (this, digest, table, agreeing) = (
-                    this.clone(),
-                    digest.clone(),
-                    table.clone(),
-                    agreeing.clone(),
-                );
+                let (this, plan) = (this.clone(), plan.clone());
                 async move {
-                    let bytes = this.fetch_piece(&digest, &table, &agreeing, p).await?;
-                    let piece_start = p * table.piece_size;
+                    let bytes = this.fetch_piece(&plan, p).await?;
+                    let piece_start = p * plan.piece_size;
                     let a = start.saturating_sub(piece_start) as usize;
                     let b = ((end - piece_start) as usize).min(bytes.len());
                     Ok::<Bytes, Error>(bytes.slice(a..b))

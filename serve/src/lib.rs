@@ -19,6 +19,7 @@ mod error;
 pub mod names;
 mod peer;
 mod push;
+mod relay;
 mod tls;
 
 use std::collections::HashSet;
@@ -38,7 +39,8 @@ use ferry_core::{Digest, Store};
 
 pub use auth::Htpasswd;
 pub use error::{ApiError, ApiResult, Error};
-pub use peer::{PieceTable, PIECE_SIZE};
+pub use peer::{PieceTable, PIECE_SIZE, RELAYED};
+pub use relay::RelayOptions;
 
 /// Header naming the API version on every answer.
 const API_VERSION: (&str, &str) = ("docker-distribution-api-version", "registry/2.0");
@@ -56,6 +58,8 @@ pub struct ServeOptions {
     pub tls: Option<TlsFiles>,
     /// Accept pushes (blob uploads, manifest PUTs); read-only otherwise.
     pub allow_push: bool,
+    /// Relay pieces of blobs this node lacks from its upstream to peers that ask (PEER-7).
+    pub relay: Option<RelayOptions>,
 }
 
 /// PEM files for TLS.
@@ -104,7 +108,7 @@ impl Server {
         };
         listener.set_nonblocking(true).map_err(bind_err)?;
         let addr = listener.local_addr().map_err(bind_err)?;
-        let app = App::new(store, auth, options.allow_push)?;
+        let app = App::new(store, auth, options.allow_push, options.relay.clone())?;
         Ok(Server {
             listener,
             addr,
@@ -165,8 +169,13 @@ impl Server {
 }
 
 /// The HTTP routes of a server over `store` (no listener): for embedding and tests.
-pub fn app(store: Store, auth: Option<Htpasswd>, allow_push: bool) -> Result<Router, Error> {
-    Ok(router(App::new(store, auth, allow_push)?))
+pub fn app(
+    store: Store,
+    auth: Option<Htpasswd>,
+    allow_push: bool,
+    relay: Option<RelayOptions>,
+) -> Result<Router, Error> {
+    Ok(router(App::new(store, auth, allow_push, relay)?))
 }
 
 fn router(app: App) -> Router {
@@ -228,12 +237,18 @@ pub(crate) struct Inner {
     catalog: Mutex<Option<(Instant, Arc<names::Catalog>)>>,
     pub(crate) uploads: push::Uploads,
     pub(crate) pieces: peer::PieceTables,
+    pub(crate) relay: Option<relay::Relay>,
     /// Blobs found corrupt at rest in this store: never served.
     corrupt: Mutex<HashSet<Digest>>,
 }
 
 impl App {
-    fn new(store: Store, auth: Option<Htpasswd>, allow_push: bool) -> Result<App, Error> {
+    fn new(
+        store: Store,
+        auth: Option<Htpasswd>,
+        allow_push: bool,
+        relay: Option<RelayOptions>,
+    ) -> Result<App, Error> {
         let uploads = push::Uploads::open(store.root())?;
         Ok(App(Arc::new(Inner {
             store,
@@ -242,6 +257,7 @@ impl App {
             catalog: Mutex::new(None),
             uploads,
             pieces: peer::PieceTables::default(),
+            relay: relay.map(relay::Relay::new),
             corrupt: Mutex::new(HashSet::new()),
         })))
     }

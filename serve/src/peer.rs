@@ -6,7 +6,7 @@ use std::io::Read as _;
 use std::sync::{Arc, Mutex};
 
 use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use ferry_core::{Digest, Hasher, Store};
@@ -18,8 +18,11 @@ use crate::content::{
     ManifestBody,
 };
 use crate::error::{ApiError, ApiResult};
+use crate::relay::{Relay, MAX_RELAY_PIECE};
 use crate::App;
 
+/// Header marking an answer a relaying node made from its upstream (PEER-7).
+pub const RELAYED: &str = "ferry-relayed";
 /// Bytes per piece of a piece table (PEER-3); the last piece may be shorter.
 pub const PIECE_SIZE: u64 = 4 << 20;
 /// Most piece tables kept in memory.
@@ -152,25 +155,99 @@ pub(crate) async fn node() -> Response {
     Json(serde_json::json!({"ferry": {"api": 1, "pieceSize": PIECE_SIZE}})).into_response()
 }
 
-/// `GET|HEAD /ferry/v1/blobs/<digest>` with `Range`: any committed blob (PEER-2).
+/// Query of `blobs`: the image name, which a relaying node needs to find its upstream.
+#[derive(Debug, Deserialize)]
+pub(crate) struct BlobQuery {
+    name: Option<String>,
+}
+
+/// `GET|HEAD /ferry/v1/blobs/<digest>[?name=]` with `Range`: any committed blob (PEER-2);
+/// with `--relay` and a name, pieces of blobs this node does not have (PEER-7).
 pub(crate) async fn blob(
     State(app): State<App>,
     method: Method,
     Path(digest): Path<String>,
+    Query(query): Query<BlobQuery>,
     headers: HeaderMap,
 ) -> Response {
+    let head = method == Method::HEAD;
     let result = async {
         let digest = parse_digest(&digest)?;
-        send_blob(
-            &app,
-            &digest,
-            headers.get(header::RANGE),
-            method == Method::HEAD,
-        )
-        .await
+        let range = headers.get(header::RANGE);
+        match send_blob(&app, &digest, range, head).await {
+            Err(e) if e.status == StatusCode::NOT_FOUND => match (&app.0.relay, &query.name) {
+                (Some(relay), Some(name)) => relay_blob(relay, name, &digest, range, head).await,
+                _ => Err(e),
+            },
+            other => other,
+        }
     }
     .await;
     result.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// A relayed answer: the size (HEAD) or one piece (a single `Range`) (PEER-7).
+async fn relay_blob(
+    relay: &Relay,
+    name: &str,
+    digest: &Digest,
+    range: Option<&HeaderValue>,
+    head: bool,
+) -> ApiResult<Response> {
+    let size = relay.size(name, digest).await?;
+    let mut resp = if head {
+        StatusCode::OK.into_response()
+    } else {
+        let (start, end) = match range
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().strip_prefix("bytes="))
+            .and_then(|v| v.split_once('-'))
+            .and_then(|(a, b)| Some((a.trim().parse::<u64>().ok()?, b.trim().parse::<u64>().ok()?)))
+        {
+            Some((a, b)) if a <= b && b < size => (a, b),
+            None if size <= MAX_RELAY_PIECE => (0, size.saturating_sub(1)),
+            _ => {
+                return Err(ApiError::new(
+                    StatusCode::RANGE_NOT_SATISFIABLE,
+                    "BLOB_UNKNOWN",
+                    format!(
+                        "relay of {digest}: ask for one range `bytes=a-b` inside its {size} bytes"
+                    ),
+                )
+                .with_header(header::CONTENT_RANGE, &format!("bytes */{size}")))
+            }
+        };
+        let len = end + 1 - start;
+        if len > MAX_RELAY_PIECE {
+            return Err(ApiError::new(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                "BLOB_UNKNOWN",
+                format!("relay of {digest}: ranges of at most {MAX_RELAY_PIECE} bytes"),
+            ));
+        }
+        let bytes = if size == 0 {
+            bytes::Bytes::new()
+        } else {
+            relay.piece(name, digest, start, len).await?
+        };
+        let mut resp = (StatusCode::PARTIAL_CONTENT, bytes).into_response();
+        if let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{end}/{size}")) {
+            resp.headers_mut().insert(header::CONTENT_RANGE, v);
+        }
+        resp
+    };
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    h.insert(RELAYED, HeaderValue::from_static("1"));
+    if head {
+        if let Ok(v) = HeaderValue::from_str(&size.to_string()) {
+            h.insert(header::CONTENT_LENGTH, v);
+        }
+    }
+    Ok(resp)
 }
 
 /// `GET /ferry/v1/pieces/<digest>`: the piece table of a committed blob (PEER-3).

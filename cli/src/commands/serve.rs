@@ -7,7 +7,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use ferry_serve::{ServeOptions, Server, TlsFiles};
+use ferry_drivers::config::SiteConfig;
+use ferry_serve::{RelayOptions, ServeOptions, Server, TlsFiles};
 
 use crate::commands::open_store;
 use crate::Cli;
@@ -30,6 +31,13 @@ pub struct Args {
     /// Accept pushes (blob uploads and manifests); without it the server is read-only.
     #[arg(long)]
     allow_push: bool,
+    /// Relay: give peers pieces of blobs this store lacks, fetched once from the image's
+    /// route in the site config (peer sources left out).
+    #[arg(long)]
+    relay: bool,
+    /// Memory for relayed pieces kept for other peers, in MiB.
+    #[arg(long, default_value_t = 512, requires = "relay")]
+    relay_cache_mib: u64,
 }
 
 /// Serves until SIGINT or SIGTERM; prints `listening on URL` first.
@@ -46,22 +54,31 @@ pub async fn run(cli: &Cli, args: &Args) -> Result<ExitCode> {
             _ => None,
         },
         allow_push: args.allow_push,
+        relay: if args.relay {
+            Some(RelayOptions {
+                config: SiteConfig::load(cli.config.as_deref())?,
+                cache_bytes: args.relay_cache_mib << 20,
+            })
+        } else {
+            None
+        },
     };
     let server = Server::bind((*store).clone(), &options)?;
     let url = server.url();
     if cli.json {
         println!(
             "{}",
-            serde_json::json!({"event": "listening", "url": url, "allow_push": args.allow_push})
+            serde_json::json!({"event": "listening", "url": url, "allow_push": args.allow_push, "relay": args.relay})
         );
     } else {
         println!(
-            "listening on {url} ({}, store {})",
+            "listening on {url} ({}{}, store {})",
             if args.allow_push {
                 "pushes allowed"
             } else {
                 "read-only"
             },
+            if args.relay { ", relaying" } else { "" },
             store.root().display()
         );
     }

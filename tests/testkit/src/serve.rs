@@ -30,9 +30,15 @@ pub struct ServeNode {
 impl ServeNode {
     /// Starts `ferry serve --listen 127.0.0.1:0 EXTRA…` on `root` and waits for its address.
     pub fn start(root: &Path, extra: &[&str]) -> io::Result<ServeNode> {
+        Self::start_at(root, "127.0.0.1:0", extra)
+    }
+
+    /// Starts `ferry [GLOBAL…] serve --listen LISTEN EXTRA…` on `root` and waits for its
+    /// address; `extra` may hold global options such as `--config FILE` too.
+    pub fn start_at(root: &Path, listen: &str, extra: &[&str]) -> io::Result<ServeNode> {
         let log = root.with_extension("serve.log");
         let mut cmd = ferry(root);
-        cmd.args(["serve", "--listen", "127.0.0.1:0"])
+        cmd.args(["serve", "--listen", listen])
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -1,0 +1,695 @@
+//! `ferry serve` end to end with real clients (skopeo, curl, containerd's ctr) and the peer
+//! driver between `ferry serve` nodes. Specs: specs/serve.md (SERVE-n), specs/peer.md (PEER-n).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ferry_drivers::peer::rank;
+use ferry_testkit::fixtures::{Fixtures, APP, BIG, BUSYBOX, INDEX};
+use ferry_testkit::proxy::Proxy;
+use ferry_testkit::registry::{Registry, RegistryOptions};
+use ferry_testkit::serve::{tamper_blob, ServeNode};
+use ferry_testkit::{ferry, free_port, output, run_ok};
+
+/// The name the peer tests pull: only routes make its host reachable.
+const NAME: &str = "registry.example.com/team/app";
+
+fn json(s: &str) -> serde_json::Value {
+    serde_json::from_str(s).unwrap_or_else(|e| panic!("bad JSON ({e}): {s}"))
+}
+
+fn images(root: &Path) -> Vec<serde_json::Value> {
+    json(&run_ok(ferry(root).args(["images", "--json"])))
+        .as_array()
+        .expect("array")
+        .clone()
+}
+
+fn stderr_of(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A registry with fixtures pushed as `team/<tag>:1`, pulled into a fresh store root.
+struct Pulled {
+    _registry: Registry,
+    root: tempfile::TempDir,
+    digests: Vec<(&'static str, String)>,
+}
+
+fn pulled(tags: &[&'static str]) -> Pulled {
+    let fx = Fixtures::get();
+    let registry = Registry::start(RegistryOptions::open()).unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let mut digests = Vec::new();
+    for &tag in tags {
+        let digest = fx.push(tag, &registry.host(), &format!("team/{tag}:1"), false, None);
+        run_ok(ferry(root.path()).args(["pull", &format!("{}/team/{tag}:1", registry.host())]));
+        digests.push((tag, digest));
+    }
+    Pulled {
+        _registry: registry,
+        root,
+        digests,
+    }
+}
+
+/// The manifest digest skopeo sees at `docker://REF` (sha256 of the raw bytes).
+fn raw_digest(reference: &str, extra: &[&str]) -> String {
+    let raw = output(
+        Command::new("skopeo")
+            .args(["inspect", "--raw", "--tls-verify=false"])
+            .args(extra)
+            .arg(format!("docker://{reference}")),
+    );
+    assert!(
+        raw.status.success(),
+        "skopeo inspect {reference}: {}",
+        stderr_of(&raw)
+    );
+    ferry_core::Digest::sha256(&raw.stdout).to_string()
+}
+
+/// `curl -s -i [ARGS] URL`: (status, headers in lower case, body).
+fn curl(args: &[&str], url: &str) -> (u16, String, Vec<u8>) {
+    let out = output(
+        Command::new("curl")
+            .args(["-s", "-i", "-k"])
+            .args(args)
+            .arg(url),
+    );
+    assert!(out.status.success(), "curl {url}: {}", stderr_of(&out));
+    let text = out.stdout;
+    let split = text
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("header end");
+    let head = String::from_utf8_lossy(&text[..split]).to_lowercase();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status");
+    (status, head, text[split + 4..].to_vec())
+}
+
+fn error_code(body: &[u8]) -> String {
+    json(&String::from_utf8_lossy(body))["errors"][0]["code"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn skopeo_pulls_from_ferry_serve_with_identical_digests() {
+    // SERVE-1..4: exact manifest bytes, blobs verified by skopeo itself.
+    let p = pulled(&[BUSYBOX, APP, INDEX]);
+    let node = ServeNode::start(p.root.path(), &[]).unwrap();
+    let (status, head, _) = curl(&[], &format!("{}/v2/", node.url()));
+    assert_eq!(status, 200);
+    assert!(
+        head.contains("docker-distribution-api-version: registry/2.0"),
+        "{head}"
+    );
+    for (tag, digest) in &p.digests {
+        let reference = format!("{}/team/{tag}:1", node.host());
+        assert_eq!(&raw_digest(&reference, &[]), digest, "{tag}");
+        let dir = tempfile::tempdir().unwrap();
+        let dest = format!("oci:{}:x", dir.path().join("oci").display());
+        run_ok(Command::new("skopeo").args([
+            "copy",
+            "--quiet",
+            "--src-tls-verify=false",
+            &format!("docker://{reference}"),
+            &dest,
+        ]));
+        let index = json(&std::fs::read_to_string(dir.path().join("oci/index.json")).unwrap());
+        let copied = index["manifests"][0]["digest"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        if *tag == INDEX {
+            // Without --all skopeo copies this host's image out of the index.
+            let list = json(&String::from_utf8_lossy(&Fixtures::get().blob(digest)));
+            assert!(
+                list["manifests"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|m| m["digest"] == copied.as_str()),
+                "{copied} not in the index"
+            );
+        } else {
+            assert_eq!(&copied, digest, "{tag}");
+        }
+    }
+    let (_, _, body) = curl(&[], &format!("{}/v2/_catalog", node.url()));
+    assert_eq!(
+        json(&String::from_utf8_lossy(&body))["repositories"],
+        serde_json::json!(["team/app", "team/busybox", "team/multi"])
+    );
+    let (_, _, body) = curl(&[], &format!("{}/v2/team/app/tags/list", node.url()));
+    assert_eq!(
+        json(&String::from_utf8_lossy(&body))["tags"],
+        serde_json::json!(["1"])
+    );
+}
+
+#[test]
+fn ctr_pulls_from_ferry_serve() {
+    // SERVE-3, SERVE-4 with containerd's resolver and fetcher.
+    if Command::new("containerd")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("containerd is not installed: skipping ctr_pulls_from_ferry_serve");
+        return;
+    }
+    let p = pulled(&[BUSYBOX]);
+    let node = ServeNode::start(p.root.path(), &[]).unwrap();
+    let ctr = Containerd::start();
+    let reference = format!("{}/team/busybox:1", node.host());
+    let pull = output(
+        ctr.ctr()
+            .args(["images", "pull", "--plain-http", &reference]),
+    );
+    assert!(
+        pull.status.success(),
+        "ctr pull: {}{}",
+        String::from_utf8_lossy(&pull.stdout),
+        stderr_of(&pull)
+    );
+    let list = run_ok(ctr.ctr().args(["images", "ls"]));
+    assert!(list.contains(&p.digests[0].1), "{list}");
+}
+
+/// A private containerd (own root, state and socket; CRI off), killed on drop.
+struct Containerd {
+    dir: tempfile::TempDir,
+    child: std::process::Child,
+}
+
+impl Containerd {
+    fn start() -> Containerd {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let config = d.join("config.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "version = 2\nroot = \"{0}/root\"\nstate = \"{0}/state\"\n\
+                 disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n[grpc]\n  address = \"{0}/sock\"\n",
+                d.display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(std::fs::File::create(d.join("log")).unwrap()))
+            .spawn()
+            .unwrap();
+        let ctr = Containerd { dir, child };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !ctr
+            .ctr()
+            .arg("version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+        {
+            assert!(Instant::now() < deadline, "containerd did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        ctr
+    }
+
+    fn ctr(&self) -> Command {
+        let mut cmd = Command::new("ctr");
+        cmd.arg("--address")
+            .arg(self.dir.path().join("sock"))
+            .args(["-n", "ferry"]);
+        cmd
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = Command::new("umount")
+            .arg("-R")
+            .arg(self.dir.path().join("root"))
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+#[test]
+fn skopeo_pushes_and_ferry_images_lists_the_same_digests() {
+    // SERVE-9..12: uploads through the verified ingest; manifests name images.
+    let fx = Fixtures::get();
+    let root = tempfile::tempdir().unwrap();
+    let node = ServeNode::start(root.path(), &["--allow-push"]).unwrap();
+    for tag in [BUSYBOX, APP, BIG, INDEX] {
+        fx.push(tag, &node.host(), &format!("team/{tag}:1"), false, None);
+    }
+    let listed = images(root.path());
+    for tag in [BUSYBOX, APP, BIG, INDEX] {
+        let row = listed
+            .iter()
+            .find(|r| r["name"] == format!("localhost/team/{tag}").as_str() && r["tag"] == "1")
+            .unwrap_or_else(|| panic!("no localhost/team/{tag}:1 in {listed:?}"));
+        assert_eq!(row["digest"], fx.digest(tag).as_str(), "{tag}");
+        // And they come back byte for byte.
+        assert_eq!(
+            raw_digest(&format!("{}/team/{tag}:1", node.host()), &[]),
+            fx.digest(tag)
+        );
+    }
+    // A whole index comes back with --all.
+    let dir = tempfile::tempdir().unwrap();
+    run_ok(Command::new("skopeo").args([
+        "copy",
+        "--quiet",
+        "--all",
+        "--src-tls-verify=false",
+        &format!("docker://{}/team/{INDEX}:1", node.host()),
+        &format!("oci:{}:x", dir.path().display()),
+    ]));
+    // Nothing is left in the spool or half-ingested.
+    let spool = std::fs::read_dir(root.path().join("serve/uploads"))
+        .unwrap()
+        .count();
+    assert_eq!(spool, 0);
+}
+
+#[test]
+fn read_only_serve_refuses_pushes_with_a_clear_error() {
+    // SERVE-9
+    let fx = Fixtures::get();
+    let p = pulled(&[BUSYBOX]);
+    let node = ServeNode::start(p.root.path(), &[]).unwrap();
+    let push = output(Command::new("skopeo").args([
+        "copy",
+        "--dest-tls-verify=false",
+        &fx.oci_ref(APP),
+        &format!("docker://{}/team/app:2", node.host()),
+    ]));
+    assert!(!push.status.success());
+    assert!(
+        stderr_of(&push).contains("read-only"),
+        "{}",
+        stderr_of(&push)
+    );
+    let (status, _, body) = curl(
+        &["-X", "POST"],
+        &format!("{}/v2/team/busybox/blobs/uploads/", node.url()),
+    );
+    assert_eq!(status, 405);
+    assert_eq!(error_code(&body), "UNSUPPORTED");
+    assert_eq!(images(p.root.path()).len(), 1, "nothing was named");
+}
+
+#[test]
+fn ranged_blob_gets_answer_206_with_content_range() {
+    // SERVE-4
+    let p = pulled(&[BIG]);
+    let node = ServeNode::start(p.root.path(), &[]).unwrap();
+    let fx = Fixtures::get();
+    let manifest = json(&String::from_utf8_lossy(&fx.blob(&p.digests[0].1)));
+    let layer = manifest["layers"][1]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let bytes = fx.blob(&layer);
+    let url = format!("{}/v2/team/big/blobs/{layer}", node.url());
+
+    let (status, head, body) = curl(&["-H", "Range: bytes=1000-4095"], &url);
+    assert_eq!(status, 206);
+    assert!(
+        head.contains(&format!("content-range: bytes 1000-4095/{}", bytes.len())),
+        "{head}"
+    );
+    assert_eq!(body, bytes[1000..4096]);
+    let (status, _, body) = curl(&["-H", "Range: bytes=-10"], &url);
+    assert_eq!((status, body.as_slice()), (206, &bytes[bytes.len() - 10..]));
+    let (status, head, _) = curl(&["-I"], &url);
+    assert_eq!(status, 200);
+    assert!(
+        head.contains(&format!("content-length: {}", bytes.len())),
+        "{head}"
+    );
+    assert!(
+        head.contains(&format!("docker-content-digest: {layer}")),
+        "{head}"
+    );
+    let (status, head, _) = curl(&["-H", &format!("Range: bytes={}-", bytes.len())], &url);
+    assert_eq!(status, 416);
+    assert!(
+        head.contains(&format!("content-range: bytes */{}", bytes.len())),
+        "{head}"
+    );
+    let (status, _, body) = curl(&[], &url);
+    assert_eq!((status, body.len()), (200, bytes.len()));
+    assert!(body == bytes);
+}
+
+#[test]
+fn unknown_names_tags_and_blobs_are_404_with_oci_errors() {
+    // SERVE-2, SERVE-8
+    let p = pulled(&[BUSYBOX]);
+    let node = ServeNode::start(p.root.path(), &[]).unwrap();
+    let missing = format!("sha256:{}", "0".repeat(64));
+    for (path, code) in [
+        ("/v2/team/nothing/manifests/1".to_string(), "NAME_UNKNOWN"),
+        ("/v2/team/nothing/tags/list".to_string(), "NAME_UNKNOWN"),
+        (
+            "/v2/team/busybox/manifests/2".to_string(),
+            "MANIFEST_UNKNOWN",
+        ),
+        (
+            format!("/v2/team/busybox/manifests/{missing}"),
+            "MANIFEST_UNKNOWN",
+        ),
+        (format!("/v2/team/busybox/blobs/{missing}"), "BLOB_UNKNOWN"),
+    ] {
+        let (status, head, body) = curl(&[], &format!("{}{path}", node.url()));
+        assert_eq!(status, 404, "{path}");
+        assert!(head.contains("content-type: application/json"), "{head}");
+        assert_eq!(error_code(&body), code, "{path}");
+    }
+    let (status, _, body) = curl(&[], &format!("{}/v2/Team/x/manifests/1", node.url()));
+    assert_eq!((status, error_code(&body).as_str()), (400, "NAME_INVALID"));
+}
+
+#[test]
+fn htpasswd_auth_answers_401_without_credentials() {
+    // SERVE-13
+    let p = pulled(&[BUSYBOX]);
+    let htpasswd = p.root.path().join("htpasswd");
+    let line = run_ok(Command::new("htpasswd").args(["-Bbn", "alice", "s3cret"]));
+    std::fs::write(&htpasswd, line).unwrap();
+    let node =
+        ServeNode::start(p.root.path(), &["--htpasswd", htpasswd.to_str().unwrap()]).unwrap();
+    let (status, head, body) = curl(&[], &format!("{}/v2/", node.url()));
+    assert_eq!(status, 401);
+    assert!(
+        head.contains("www-authenticate: basic realm=\"ferry\""),
+        "{head}"
+    );
+    assert_eq!(error_code(&body), "UNAUTHORIZED");
+    let (status, _, _) = curl(
+        &["-u", "alice:wrong"],
+        &format!("{}/v2/_catalog", node.url()),
+    );
+    assert_eq!(status, 401);
+    let (status, _, _) = curl(
+        &["-u", "alice:s3cret"],
+        &format!("{}/v2/_catalog", node.url()),
+    );
+    assert_eq!(status, 200);
+    let reference = format!("{}/team/busybox:1", node.host());
+    let anonymous = output(Command::new("skopeo").args([
+        "inspect",
+        "--raw",
+        "--tls-verify=false",
+        &format!("docker://{reference}"),
+    ]));
+    assert!(!anonymous.status.success());
+    assert_eq!(
+        raw_digest(&reference, &["--creds", "alice:s3cret"]),
+        p.digests[0].1
+    );
+}
+
+#[test]
+fn tls_serves_https() {
+    // SERVE-14
+    let p = pulled(&[BUSYBOX]);
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    run_ok(Command::new("openssl").args([
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-addext",
+        "subjectAltName=IP:127.0.0.1",
+        "-keyout",
+        key.to_str().unwrap(),
+        "-out",
+        cert.to_str().unwrap(),
+    ]));
+    let node = ServeNode::start(
+        p.root.path(),
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+    )
+    .unwrap();
+    assert!(node.url().starts_with("https://"), "{}", node.url());
+    let (status, _, _) = curl(
+        &["--cacert", cert.to_str().unwrap()],
+        &format!("{}/v2/", node.url()),
+    );
+    assert_eq!(status, 200);
+    assert_eq!(
+        raw_digest(&format!("{}/team/busybox:1", node.host()), &[]),
+        p.digests[0].1
+    );
+}
+
+// ---- peers ----
+
+/// A site config routing `registry.example.com/team` through `sources`, with a peer source
+/// over `peers` and the registry `origin`.
+fn peer_config(dir: &Path, sources: &str, peers: &[String], origin: &str) -> PathBuf {
+    let peers: Vec<String> = peers.iter().map(|p| format!("{p:?}")).collect();
+    let text = format!(
+        "[[route]]\nprefix = \"registry.example.com/team\"\nsources = [{sources}]\n\n\
+         [source.peers]\ndriver = \"peer\"\npeers = [{}]\n\n\
+         [source.origin]\ndriver = \"registry\"\nurl = \"{origin}\"\n",
+        peers.join(", ")
+    );
+    let path = dir.join(format!("sites-{}.toml", free_port()));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Pulls `NAME:1` into `root` through `config`.
+fn pull_with(root: &Path, config: &Path) -> std::process::Output {
+    output(
+        ferry(root)
+            .arg("--config")
+            .arg(config)
+            .args(["pull", &format!("{NAME}:1")]),
+    )
+}
+
+/// Fixture `tag` at a registry as `team/app:1`, and `n` store roots that hold it (pulled
+/// straight from the registry).
+fn holders(tag: &str, n: usize) -> (Registry, String, tempfile::TempDir, Vec<PathBuf>) {
+    let fx = Fixtures::get();
+    let registry = Registry::start(RegistryOptions::open()).unwrap();
+    let digest = fx.push(tag, &registry.host(), "team/app:1", false, None);
+    let dir = tempfile::tempdir().unwrap();
+    let direct = peer_config(
+        dir.path(),
+        "\"origin\"",
+        &["http://127.0.0.1:1".into()],
+        &registry.url(),
+    );
+    let roots: Vec<PathBuf> = (0..n)
+        .map(|i| {
+            let root = dir.path().join(format!("holder{i}"));
+            let out = pull_with(&root, &direct);
+            assert!(out.status.success(), "{}", stderr_of(&out));
+            root
+        })
+        .collect();
+    (registry, digest, dir, roots)
+}
+
+#[test]
+fn pull_through_peers_survives_a_dead_peer() {
+    // PEER-5: a dead peer costs one short timeout; the live one serves everything.
+    let (registry, digest, dir, roots) = holders(BIG, 2);
+    let mut dead = ServeNode::start(&roots[0], &[]).unwrap();
+    let live = ServeNode::start(&roots[1], &[]).unwrap();
+    let dead_url = dead.url().to_string();
+    dead.kill();
+    let origin = Proxy::start(&registry.host(), None);
+    let config = peer_config(
+        dir.path(),
+        "\"peers\", \"origin\"",
+        &[dead_url, live.url().to_string()],
+        &format!("http://{}", origin.host()),
+    );
+    let root = dir.path().join("puller");
+    let started = Instant::now();
+    let out = pull_with(&root, &config);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(images(&root)[0]["digest"], digest.as_str());
+    // Only the tag went to the origin (peers never resolve unsigned tags): no blob did.
+    assert!(
+        origin.served_bytes() < 64 << 10,
+        "origin sent {} bytes",
+        origin.served_bytes()
+    );
+}
+
+#[test]
+fn tampered_peer_is_excluded_and_the_pull_completes() {
+    // PEER-3, PEER-4: a wrong piece is caught against the BLAKE3 table and fetched from the
+    // other holder; a wrong small blob is caught against its digest; a node that finds its
+    // own copy corrupt refuses to announce a table for it.
+    let fx = Fixtures::get();
+    let (registry, digest, dir, roots) = holders(BIG, 2);
+    let nodes = [
+        ServeNode::start(&roots[0], &[]).unwrap(),
+        ServeNode::start(&roots[1], &[]).unwrap(),
+    ];
+    let labels: Vec<&str> = nodes.iter().map(|n| n.url()).collect();
+    let manifest = json(&String::from_utf8_lossy(&fx.blob(&digest)));
+    let layer = |i: usize| {
+        ferry_core::Digest::parse(manifest["layers"][i]["digest"].as_str().unwrap()).unwrap()
+    };
+    let (small, large) = (layer(0), layer(1));
+    // The node asked first for piece 0 of the large layer announces the table of the right
+    // bytes, then its bytes change at rest.
+    let bad_large = rank(&labels, &large, 0)[0];
+    let (status, _, _) = curl(
+        &[],
+        &format!("{}/ferry/v1/pieces/{large}", nodes[bad_large].url()),
+    );
+    assert_eq!(status, 200);
+    let mut bytes = fx.blob(&large.to_string());
+    bytes[100] ^= 0xff;
+    tamper_blob(&roots[bad_large], &large, &bytes);
+    // The node asked first for the small layer holds wrong bytes for it.
+    let bad_small = rank(&labels, &small, 0)[0];
+    let mut bytes = fx.blob(&small.to_string());
+    bytes[100] ^= 0xff;
+    tamper_blob(&roots[bad_small], &small, &bytes);
+
+    let origin = Proxy::start(&registry.host(), None);
+    let config = peer_config(
+        dir.path(),
+        "\"peers\", \"origin\"",
+        &labels.iter().map(|l| l.to_string()).collect::<Vec<_>>(),
+        &format!("http://{}", origin.host()),
+    );
+    let root = dir.path().join("puller");
+    let out = pull_with(&root, &config);
+    let err = stderr_of(&out);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(images(&root)[0]["digest"], digest.as_str());
+    for (bad, blob) in [(bad_large, &large), (bad_small, &small)] {
+        let line = format!("excluding peer {} for {blob}", labels[bad]);
+        assert!(err.contains(&line), "no {line:?} in: {err}");
+    }
+    assert!(err.contains("digest mismatch"), "{err}");
+    assert!(
+        origin.served_bytes() < 64 << 10,
+        "origin sent {}",
+        origin.served_bytes()
+    );
+    // Asked for a table now, the node finds its small layer corrupt and refuses it.
+    let (status, _, body) = curl(
+        &[],
+        &format!("{}/ferry/v1/pieces/{small}", nodes[bad_small].url()),
+    );
+    assert_eq!((status, error_code(&body).as_str()), (500, "BLOB_CORRUPT"));
+    let (status, _, _) = curl(
+        &[],
+        &format!("{}/v2/team/app/blobs/{small}", nodes[bad_small].url()),
+    );
+    assert_eq!(status, 500, "a blob known corrupt is never served again");
+}
+
+#[test]
+fn relays_bound_origin_egress_when_nodes_pull_at_once() {
+    // PEER-7: three nodes pull the same image at once through [peers, origin]; each piece
+    // leaves the origin about once instead of three times.
+    let fx = Fixtures::get();
+    let registry = Registry::start(RegistryOptions::open()).unwrap();
+    let digest = fx.push(BIG, &registry.host(), "team/app:1", false, None);
+    let origin = Proxy::start(&registry.host(), None);
+    let dir = tempfile::tempdir().unwrap();
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let urls: Vec<String> = ports
+        .iter()
+        .map(|p| format!("http://127.0.0.1:{p}"))
+        .collect();
+    let config = peer_config(
+        dir.path(),
+        "\"peers\", \"origin\"",
+        &urls,
+        &format!("http://{}", origin.host()),
+    );
+    let roots: Vec<PathBuf> = (0..3)
+        .map(|i| dir.path().join(format!("node{i}")))
+        .collect();
+    let _nodes: Vec<ServeNode> = roots
+        .iter()
+        .zip(&ports)
+        .map(|(root, port)| {
+            ServeNode::start_at(
+                root,
+                &format!("127.0.0.1:{port}"),
+                &["--relay", "--config", config.to_str().unwrap()],
+            )
+            .unwrap()
+        })
+        .collect();
+    let children: Vec<std::process::Child> = roots
+        .iter()
+        .map(|root| {
+            ferry(root)
+                .arg("--config")
+                .arg(&config)
+                .args(["pull", &format!("{NAME}:1")])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", stderr_of(&out));
+    }
+    for root in &roots {
+        assert_eq!(images(root)[0]["digest"], digest.as_str());
+    }
+    let manifest = json(&String::from_utf8_lossy(&fx.blob(&digest)));
+    let image: u64 = manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["size"].as_u64().unwrap())
+        .sum();
+    let egress = origin.served_bytes();
+    eprintln!("origin egress for 3 nodes: {egress} bytes for an image of {image} bytes");
+    assert!(
+        egress < image * 3 / 2,
+        "origin sent {egress} bytes for 3 pulls of {image} bytes"
+    );
+}
