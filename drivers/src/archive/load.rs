@@ -345,11 +345,8 @@ impl Loader<'_> {
         if let Some(diff_id) = self.docker_targets.get(&path).cloned() {
             return self.stage_layer(&diff_id, entry, size, &path);
         }
-        if size <= SMALL_FILE
-            || (path.ends_with(".json")
-                && size <= MAX_JSON_SIZE
-                && self.memory + size <= MEMORY_BUDGET)
-        {
+        let fits = self.memory + size <= MEMORY_BUDGET;
+        if fits && (size <= SMALL_FILE || (path.ends_with(".json") && size <= MAX_JSON_SIZE)) {
             let bytes = self.read_small(entry, &path, size)?;
             self.memory += bytes.len() as u64;
             self.files.insert(path.clone(), bytes);

@@ -589,3 +589,83 @@ fn copy_from_a_registry_to_an_oci_layout_keeps_the_digest() {
     let out = run_ok(fy(&root, Some(&both)).args(["copy", NAME, other, "--to", "usb"]));
     assert_eq!(out.trim(), format!("{other}@{digest}"));
 }
+
+#[test]
+fn a_signed_image_crosses_with_its_signature_and_the_policy_decides_on_load_arc_5_10() {
+    let fx = Fixtures::get();
+    let (_reg, name, digest) = registry_with(&fx, BUSYBOX, "team/busybox");
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a");
+    run_ok(fy(&a, None).args(["pull", &name]));
+    for key in ["team", "other"] {
+        run_ok(
+            fy(&a, None)
+                .args(["key", "generate", key, "--dir"])
+                .arg(dir.path().join("keys")),
+        );
+    }
+    run_ok(
+        fy(&a, None)
+            .args(["sign", &name, "--key"])
+            .arg(dir.path().join("keys/team.key")),
+    );
+    let file = dir.path().join("signed.tar");
+    let saved = output(fy(&a, None).args(["save", &name, "-o"]).arg(&file));
+    assert!(
+        stderr(&saved).contains("1 signatures"),
+        "{}",
+        stderr(&saved)
+    );
+    let host = name.split('/').next().unwrap();
+    let policy = |key: &str| {
+        let path = dir.path().join(format!("policy-{key}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                "[default]\naction = \"reject\"\n\n[[rule]]\nprefix = \"{host}/team\"\naction = \"signed-by\"\nkeys = [\"keys/{key}.pub\"]\n"
+            ),
+        )
+        .unwrap();
+        path
+    };
+    // Trusting `team`: loaded, and verified from the store alone.
+    let b = dir.path().join("b");
+    let out = run_ok(
+        fy(&b, None)
+            .arg("--policy")
+            .arg(policy("team"))
+            .args(["load", "-i"])
+            .arg(&file),
+    );
+    assert!(out.contains(&digest), "{out}");
+    let verified = json(&run_ok(
+        fy(&b, None)
+            .arg("--policy")
+            .arg(policy("team"))
+            .args(["images", "--json"]),
+    ));
+    assert!(
+        verified[0]["verified"]
+            .as_str()
+            .unwrap()
+            .starts_with("signed:"),
+        "{verified}"
+    );
+    // Trusting only `other`: refused whole, nothing named, no blob kept.
+    let c = dir.path().join("c");
+    let before = state(&c);
+    let out = output(
+        fy(&c, None)
+            .arg("--policy")
+            .arg(policy("other"))
+            .args(["load", "-i"])
+            .arg(&file),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("nothing was loaded"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(state(&c), before);
+}
