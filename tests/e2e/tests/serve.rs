@@ -693,3 +693,65 @@ fn relays_bound_origin_egress_when_nodes_pull_at_once() {
         "origin sent {egress} bytes for 3 pulls of {image} bytes"
     );
 }
+
+#[test]
+fn signed_images_verify_through_ferry_serve_and_through_peers() {
+    // SERVE-5 (signature sets made from the store's signatures), PEER-6 (signed names may
+    // be resolved by peers: the signature vouches for the answer).
+    let (_registry, digest, dir, roots) = holders(APP, 1);
+    let keys = dir.path().join("keys");
+    let scratch = tempfile::tempdir().unwrap();
+    let key = json(&run_ok(
+        ferry(scratch.path())
+            .args(["key", "generate", "team", "--json", "--dir"])
+            .arg(&keys),
+    ));
+    let key_id = key["key_id"].as_str().unwrap().to_string();
+    run_ok(
+        ferry(&roots[0])
+            .args(["sign", &format!("{NAME}:1"), "--key"])
+            .arg(keys.join("team.key")),
+    );
+    let node = ServeNode::start(&roots[0], &[]).unwrap();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        "[default]\naction = \"reject\"\n\n[[rule]]\nprefix = \"registry.example.com/team\"\n\
+         action = \"signed-by\"\nkeys = [\"keys/team.pub\"]\n",
+    )
+    .unwrap();
+    // The signature tag is served as a ferry signature set naming the image.
+    let sig_tag = format!("{}.sig", digest.replace(':', "-"));
+    let (status, _, body) = curl(
+        &[],
+        &format!("{}/v2/team/app/manifests/{sig_tag}", node.url()),
+    );
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let set = json(&String::from_utf8_lossy(&body));
+    assert_eq!(set["subject"]["digest"], digest.as_str());
+    assert_eq!(set["layers"].as_array().unwrap().len(), 1);
+
+    let pull = |sources: &str, origin: &str| {
+        let config = peer_config(dir.path(), sources, &[node.url().to_string()], origin);
+        let root = dir.path().join(format!("puller-{}", free_port()));
+        let out = output(
+            ferry(&root)
+                .arg("--config")
+                .arg(&config)
+                .arg("--policy")
+                .arg(&policy)
+                .args(["pull", &format!("{NAME}:1")]),
+        );
+        (root, out)
+    };
+    // Through ferry serve as an ordinary registry source.
+    let (root, out) = pull("\"origin\"", node.url());
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let row = &images(&root)[0];
+    assert_eq!(row["digest"], digest.as_str());
+    assert!(stderr_of(&out).contains(&key_id), "{}", stderr_of(&out));
+    // Through the peers alone: they answer the signed tag.
+    let (root, out) = pull("\"peers\"", "http://127.0.0.1:1");
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert_eq!(images(&root)[0]["digest"], digest.as_str());
+}
