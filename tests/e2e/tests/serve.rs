@@ -755,3 +755,93 @@ fn signed_images_verify_through_ferry_serve_and_through_peers() {
     assert!(out.status.success(), "{}", stderr_of(&out));
     assert_eq!(images(&root)[0]["digest"], digest.as_str());
 }
+
+#[test]
+fn ferry_registry_driver_pushes_chunked_uploads_and_mounts_to_ferry_serve() {
+    // SERVE-9 (PATCH chunks with Content-Range), SERVE-11 (mounts), SERVE-12.
+    use ferry_drivers::registry::{Credentials, RegistryConfig, RegistryDriver};
+    use ferry_drivers::{ByteRange, Driver};
+    use futures::StreamExt as _;
+
+    let root = tempfile::tempdir().unwrap();
+    let node = ServeNode::start(root.path(), &["--allow-push"]).unwrap();
+    let driver = RegistryDriver::new(RegistryConfig {
+        source_name: "ferry-serve".into(),
+        base_url: node.url().parse().unwrap(),
+        insecure: false,
+        credentials: Credentials::Anonymous,
+        repository: None,
+    })
+    .unwrap()
+    .with_upload_chunk_size(1 << 20);
+    let name = format!("{}/team/pushed", node.host());
+    let other = format!("{}/other/pushed", node.host());
+    let layer: Vec<u8> = (0..(5u32 << 20) + 123)
+        .map(|i| (i * 7 % 251) as u8)
+        .collect();
+    let config =
+        br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
+    let (layer_digest, config_digest) = (
+        ferry_core::Digest::sha256(&layer),
+        ferry_core::Digest::sha256(config),
+    );
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": ferry_core::media::OCI_MANIFEST,
+        "config": {"mediaType": ferry_core::media::OCI_CONFIG, "digest": config_digest.to_string(), "size": config.len()},
+        "layers": [{"mediaType": ferry_core::media::OCI_LAYER_TAR, "digest": layer_digest.to_string(), "size": layer.len()}],
+    }))
+    .unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let one = |b: Vec<u8>| -> ferry_drivers::ByteStream {
+            Box::pin(futures::stream::once(
+                async move { Ok(bytes::Bytes::from(b)) },
+            ))
+        };
+        driver
+            .put_blob(&name, &layer_digest, layer.len() as u64, one(layer.clone()))
+            .await
+            .unwrap();
+        driver
+            .put_blob(
+                &name,
+                &config_digest,
+                config.len() as u64,
+                one(config.to_vec()),
+            )
+            .await
+            .unwrap();
+        let digest = driver
+            .put_manifest(&name, Some("1"), ferry_core::media::OCI_MANIFEST, &manifest)
+            .await
+            .unwrap();
+        let desc = driver.resolve(&name, "1").await.unwrap();
+        assert_eq!(desc.digest().to_string(), digest.to_string());
+        let mut body = driver
+            .fetch_blob(&name, &layer_digest, ByteRange::WHOLE)
+            .await
+            .unwrap();
+        let mut read = Vec::new();
+        while let Some(chunk) = body.stream.next().await {
+            read.extend_from_slice(&chunk.unwrap());
+        }
+        assert!(read == layer);
+        // The same blob under another repository is mounted, not uploaded again.
+        driver
+            .put_blob(
+                &other,
+                &layer_digest,
+                layer.len() as u64,
+                one(layer.clone()),
+            )
+            .await
+            .unwrap();
+    });
+    let rows = images(root.path());
+    assert_eq!(rows[0]["name"], "localhost/team/pushed");
+    assert_eq!(
+        rows[0]["digest"],
+        ferry_core::Digest::sha256(&manifest).to_string().as_str()
+    );
+}
