@@ -28,7 +28,7 @@ IMAGE_BYTES=$(skopeo inspect --raw --tls-verify=false "docker://$REF" | jq '[.la
 echo "image $REF: $((IMAGE_BYTES / 1000000)) MB of config and layers"
 
 # egress_since LINE: body bytes the origin sent in access-log lines after LINE.
-egress_since() { tail -n +"$(( $1 + 1 ))" "$WORK/access.log" | awk '$9 ~ /^[0-9]+$/ { s += $10 } END { print s + 0 }'; }
+egress_since() { tail -n +"$(( $1 + 1 ))" "$WORK/access.log" | awk '$9 ~ /^[0-9]+$/ { s += $10 } END { printf "%.0f\n", s }'; }
 log_lines() { wc -l < "$WORK/access.log"; }
 now() { date +%s.%N; }
 
