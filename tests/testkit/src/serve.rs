@@ -36,7 +36,8 @@ impl ServeNode {
     /// Starts `ferry [GLOBAL…] serve --listen LISTEN EXTRA…` on `root` and waits for its
     /// address; `extra` may hold global options such as `--config FILE` too.
     pub fn start_at(root: &Path, listen: &str, extra: &[&str]) -> io::Result<ServeNode> {
-        let log = root.with_extension("serve.log");
+        std::fs::create_dir_all(root)?;
+        let log = root.join("serve.log");
         let mut cmd = ferry(root);
         cmd.args(["serve", "--listen", listen])
             .args(extra)
