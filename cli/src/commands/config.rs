@@ -78,8 +78,13 @@ pub fn run(cli: &Cli, args: &Args) -> Result<ExitCode> {
                     )
                 })?;
                 let mut roles = Vec::new();
-                if route.resolve.contains(source_name) {
+                let is_peer = source.driver_name() == "peer";
+                if route.resolve.contains(source_name) && !is_peer {
                     roles.push("resolve");
+                }
+                if is_peer {
+                    // PEER-6: peers answer tags of signed-by names only.
+                    roles.push("resolve signed names");
                 }
                 if route.sources.contains(source_name) {
                     roles.push("content");
