@@ -111,8 +111,12 @@ measure() {
   local times=() rss=()
   for i in $(seq "$RUNS"); do
     eval "$prep"
-    /usr/bin/time -f "%e %M" -o "$WORK/time" "$@" >/dev/null 2>"$WORK/err" || { cat "$WORK/err" >&2; exit 1; }
-    read -r t m < "$WORK/time"
+    # Wall time from the nanosecond clock (time(1)'s %e has 10 ms steps); peak RSS from time(1).
+    local t0 t1; t0=$(date +%s%N)
+    /usr/bin/time -f "%M" -o "$WORK/time" "$@" >/dev/null 2>"$WORK/err" || { cat "$WORK/err" >&2; exit 1; }
+    t1=$(date +%s%N)
+    local t; t=$(echo "scale=3; ($t1 - $t0) / 1000000000" | bc -l)
+    read -r m < "$WORK/time"
     times+=("$t"); rss+=("$m")
   done
   LAST_MEDIAN=$(printf '%s\n' "${times[@]}" | sort -n | sed -n "$(( (RUNS + 1) / 2 ))p")
