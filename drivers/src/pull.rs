@@ -122,7 +122,7 @@ pub async fn pull(
     let Manifest::Image(manifest) = image_blob.manifest.clone() else {
         return Err(Error::new(
             ErrorKind::Invalid,
-            "resolve",
+            "",
             format!("index {} lists another index for {}", top, options.platform),
         ));
     };
@@ -131,14 +131,11 @@ pub async fn pull(
     let config_digest = descriptor_digest(config_desc).map_err(local)?;
     check_media_types(&manifest).map_err(local)?;
     if config_desc.size() > MAX_CONFIG_SIZE {
-        return Err(Error::from_core(
-            "resolve",
-            ferry_core::Error::TooLarge {
-                what: format!("config {config_digest}"),
-                size: config_desc.size(),
-                limit: MAX_CONFIG_SIZE,
-            },
-        ));
+        return Err(Error::local(ferry_core::Error::TooLarge {
+            what: format!("config {config_digest}"),
+            size: config_desc.size(),
+            limit: MAX_CONFIG_SIZE,
+        }));
     }
     let blobs: Vec<(Descriptor, BlobKind)> =
         std::iter::once((config_desc.clone(), BlobKind::Config))
