@@ -329,13 +329,7 @@ impl BlobCopy<'_> {
         };
         match have {
             Some(have) if have == size => {
-                self.progress.event(&Event::BlobDone {
-                    digest: digest.to_string(),
-                    kind,
-                    size,
-                    present: true,
-                    source: None,
-                });
+                self.progress.event(&Event::present(&digest, kind, size));
                 return Ok(None);
             }
             _ => {}

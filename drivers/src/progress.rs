@@ -80,6 +80,19 @@ pub enum Event {
     },
 }
 
+impl Event {
+    /// A blob found already at its destination: nothing was transferred.
+    pub fn present(digest: &ferry_core::Digest, kind: BlobKind, size: u64) -> Event {
+        Event::BlobDone {
+            digest: digest.to_string(),
+            kind,
+            size,
+            present: true,
+            source: None,
+        }
+    }
+}
+
 /// Receives progress events; implementations must be cheap (called per received chunk).
 pub trait Progress: Send + Sync {
     /// Handles one event.

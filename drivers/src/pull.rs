@@ -490,13 +490,7 @@ impl Transfer<'_> {
         let media_type = desc.media_type().to_string();
         if let Some(have) = self.store.blob_size(&digest).map_err(local)? {
             if have == size {
-                self.progress.event(&Event::BlobDone {
-                    digest: digest.to_string(),
-                    kind,
-                    size,
-                    present: true,
-                    source: None,
-                });
+                self.progress.event(&Event::present(&digest, kind, size));
                 return Ok(0);
             }
         }

@@ -5,11 +5,12 @@
 //! dir, and is killed on drop.
 
 use std::io::{self, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::free_port;
 use crate::token::{self, TokenPolicy, TokenServer};
 
 /// How a test registry authenticates clients.
@@ -130,7 +131,7 @@ impl Registry {
         // try a few.
         let mut last_err = None;
         for _ in 0..3 {
-            let port = free_port()?;
+            let port = free_port();
             let config = dir.path().join("config.yml");
             std::fs::write(
                 &config,
@@ -265,11 +266,7 @@ fn wait_ready(mut child: Child, port: u16, dir: &Path) -> io::Result<Child> {
 
 /// A port on 127.0.0.1 that nothing listens on (bound and released just now).
 pub fn closed_port() -> io::Result<u16> {
-    free_port()
-}
-
-fn free_port() -> io::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(free_port())
 }
 
 /// The HTTP status of `GET path` on `host` (plain HTTP/1.0, no auth).
