@@ -624,6 +624,87 @@ fn tampered_peer_is_excluded_and_the_pull_completes() {
     assert_eq!(status, 500, "a blob known corrupt is never served again");
 }
 
+/// `n` relaying nodes (`ferry serve --relay`, each on its own root and port) sharing one
+/// site config that routes `NAME` through `["peers", "origin"]`, the origin being the
+/// registry behind `origin` (a counting proxy).
+struct Swarm {
+    nodes: Vec<ServeNode>,
+    roots: Vec<PathBuf>,
+    config: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Swarm {
+    fn start(n: usize, origin: &Proxy) -> Swarm {
+        let dir = tempfile::tempdir().unwrap();
+        let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let urls: Vec<String> = ports
+            .iter()
+            .map(|p| format!("http://127.0.0.1:{p}"))
+            .collect();
+        let config = peer_config(
+            dir.path(),
+            "\"peers\", \"origin\"",
+            &urls,
+            &format!("http://{}", origin.host()),
+        );
+        let roots: Vec<PathBuf> = (0..n)
+            .map(|i| dir.path().join(format!("node{i}")))
+            .collect();
+        let nodes = roots
+            .iter()
+            .zip(&ports)
+            .map(|(root, port)| {
+                ServeNode::start_at(
+                    root,
+                    &format!("127.0.0.1:{port}"),
+                    &["--relay", "--config", config.to_str().unwrap()],
+                )
+                .unwrap()
+            })
+            .collect();
+        Swarm {
+            nodes,
+            roots,
+            config,
+            _dir: dir,
+        }
+    }
+
+    /// Node URLs, in the order of the site config's peer list.
+    fn labels(&self) -> Vec<&str> {
+        self.nodes.iter().map(|n| n.url()).collect()
+    }
+
+    /// Starts `ferry pull NAME:1` on every node's root at once.
+    fn pull_all(&self) -> Vec<std::process::Child> {
+        self.roots
+            .iter()
+            .map(|root| {
+                ferry(root)
+                    .arg("--config")
+                    .arg(&self.config)
+                    .args(["pull", &format!("{NAME}:1")])
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect()
+    }
+}
+
+/// Bytes of the layers of manifest `digest` of the fixtures.
+fn image_bytes(fx: &Fixtures, digest: &str) -> u64 {
+    let manifest = json(&String::from_utf8_lossy(&fx.blob(digest)));
+    manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["size"].as_u64().unwrap())
+        .sum()
+}
+
 #[test]
 fn relays_bound_origin_egress_when_nodes_pull_at_once() {
     // PEER-7: three nodes pull the same image at once through [peers, origin]; each piece
@@ -632,65 +713,71 @@ fn relays_bound_origin_egress_when_nodes_pull_at_once() {
     let registry = Registry::start(RegistryOptions::open()).unwrap();
     let digest = fx.push(BIG, &registry.host(), "team/app:1", false, None);
     let origin = Proxy::start(&registry.host(), None);
-    let dir = tempfile::tempdir().unwrap();
-    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-    let urls: Vec<String> = ports
-        .iter()
-        .map(|p| format!("http://127.0.0.1:{p}"))
-        .collect();
-    let config = peer_config(
-        dir.path(),
-        "\"peers\", \"origin\"",
-        &urls,
-        &format!("http://{}", origin.host()),
-    );
-    let roots: Vec<PathBuf> = (0..3)
-        .map(|i| dir.path().join(format!("node{i}")))
-        .collect();
-    let _nodes: Vec<ServeNode> = roots
-        .iter()
-        .zip(&ports)
-        .map(|(root, port)| {
-            ServeNode::start_at(
-                root,
-                &format!("127.0.0.1:{port}"),
-                &["--relay", "--config", config.to_str().unwrap()],
-            )
-            .unwrap()
-        })
-        .collect();
-    let children: Vec<std::process::Child> = roots
-        .iter()
-        .map(|root| {
-            ferry(root)
-                .arg("--config")
-                .arg(&config)
-                .args(["pull", &format!("{NAME}:1")])
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
-    for child in children {
+    let swarm = Swarm::start(3, &origin);
+    for child in swarm.pull_all() {
         let out = child.wait_with_output().unwrap();
         assert!(out.status.success(), "{}", stderr_of(&out));
     }
-    for root in &roots {
+    for root in &swarm.roots {
         assert_eq!(images(root)[0]["digest"], digest.as_str());
     }
-    let manifest = json(&String::from_utf8_lossy(&fx.blob(&digest)));
-    let image: u64 = manifest["layers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| l["size"].as_u64().unwrap())
-        .sum();
+    let image = image_bytes(&fx, &digest);
     let egress = origin.served_bytes();
     eprintln!("origin egress for 3 nodes: {egress} bytes for an image of {image} bytes");
     assert!(
         egress < image * 3 / 2,
         "origin sent {egress} bytes for 3 pulls of {image} bytes"
+    );
+}
+
+#[test]
+fn a_node_killed_mid_transfer_does_not_stop_the_others() {
+    // PEER-5, PEER-7: three nodes pull at once through relays from a slow origin; the node
+    // that relays piece 0 of the large layer dies (its server and its pull, SIGKILL) while
+    // the pieces are on their way. The two others mark it down, ask the next relay in
+    // rendezvous order for its pieces, and finish with the right image; the origin sends
+    // the dead node's share again at most.
+    let fx = Fixtures::get();
+    let registry = Registry::start(RegistryOptions::open()).unwrap();
+    let digest = fx.push(BIG, &registry.host(), "team/app:1", false, None);
+    // 2 MiB/s per connection: each 4 MiB relayed piece takes about 2 s to arrive.
+    let origin = Proxy::start(&registry.host(), Some(2 << 20));
+    let mut swarm = Swarm::start(3, &origin);
+    let manifest = json(&String::from_utf8_lossy(&fx.blob(&digest)));
+    let large =
+        ferry_core::Digest::parse(manifest["layers"][1]["digest"].as_str().unwrap()).unwrap();
+    let victim = rank(&swarm.labels(), &large, 0)[0];
+    let victim_url = swarm.labels()[victim].to_string();
+    let mut pulls = swarm.pull_all();
+    // Mid-transfer: the origin has started sending pieces of the large layer.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while origin.served_bytes() < 2 << 20 {
+        assert!(
+            Instant::now() < deadline,
+            "the origin never started sending"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    swarm.nodes[victim].kill();
+    let mut killed = pulls.remove(victim);
+    killed.kill().unwrap();
+    killed.wait().unwrap();
+    for (i, child) in pulls.into_iter().enumerate() {
+        let out = child.wait_with_output().unwrap();
+        let err = stderr_of(&out);
+        assert!(out.status.success(), "survivor {i}: {err}");
+        let line = format!("peer {victim_url} is unreachable");
+        assert!(err.contains(&line), "survivor {i}: no {line:?} in: {err}");
+    }
+    for (i, root) in swarm.roots.iter().enumerate().filter(|(i, _)| *i != victim) {
+        assert_eq!(images(root)[0]["digest"], digest.as_str(), "node {i}");
+    }
+    let image = image_bytes(&fx, &digest);
+    let egress = origin.served_bytes();
+    eprintln!("origin egress with a node killed: {egress} bytes for an image of {image} bytes");
+    assert!(
+        egress < image * 2,
+        "origin sent {egress} bytes for 2 surviving pulls of {image} bytes"
     );
 }
 
