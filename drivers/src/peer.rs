@@ -503,7 +503,7 @@ impl Inner {
         for i in self.ranked(&digest.to_string(), 0, Some(digest), holders) {
             let result = async {
                 let resp = self
-                    .send(i, name.is_some(), Method::GET, &path, &query, None)
+                    .send(i, false, Method::GET, &path, &query, None)
                     .await?;
                 if !resp.status().is_success() {
                     return Err(self.status_fault(i, resp, &format!("blob {digest}")).await);
@@ -641,14 +641,7 @@ impl Inner {
             );
             let result = async {
                 let resp = self
-                    .send(
-                        i,
-                        plan.relayed,
-                        Method::GET,
-                        &path,
-                        &query,
-                        Some((start, end - 1)),
-                    )
+                    .send(i, false, Method::GET, &path, &query, Some((start, end - 1)))
                     .await?;
                 let whole = start == 0 && end == plan.size;
                 match resp.status() {
@@ -700,7 +693,7 @@ impl Inner {
             let path = path.clone();
             async move {
                 let answer = match self
-                    .send(i, true, Method::HEAD, &path, &[("name", name)], None)
+                    .send(i, false, Method::HEAD, &path, &[("name", name)], None)
                     .await
                 {
                     Ok(resp) if resp.status().is_success() => resp
@@ -749,8 +742,6 @@ struct Plan {
     peers: Vec<usize>,
     /// The image name, for relays.
     name: Option<String>,
-    /// Relayed pieces wait for the relay's upstream (long timeout).
-    relayed: bool,
 }
 
 /// Checks a piece table's shape against the blob it is for.
@@ -783,8 +774,9 @@ fn check_table(table: &PieceTable, digest: &Digest, size: u64) -> std::result::R
 
 /// Reads a body of at most `limit` bytes (more is an error).
 async fn read_capped(resp: reqwest::Response, limit: usize) -> std::result::Result<Bytes, String> {
+    let expected = resp.content_length().unwrap_or(0).min(limit as u64) as usize;
     let mut stream = resp.bytes_stream();
-    let mut buf = BytesMut::new();
+    let mut buf = BytesMut::with_capacity(expected);
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| chain(&e))?;
         if buf.len() + chunk.len() > limit {
@@ -1048,7 +1040,6 @@ impl Inner {
                 hashes: None,
                 peers: holders,
                 name: Some(name.to_string()),
-                relayed: true,
             }
         } else {
             let (table, agreeing) = self.table(digest, &holders, size).await?;
@@ -1059,7 +1050,6 @@ impl Inner {
                 hashes: Some(table.pieces),
                 peers: agreeing,
                 name: None,
-                relayed: false,
             }
         };
         let ps = plan.piece_size;

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::io::Read as _;
 use std::sync::{Arc, Mutex};
 
+use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -225,14 +226,18 @@ async fn relay_blob(
                 format!("relay of {digest}: ranges of at most {MAX_RELAY_PIECE} bytes"),
             ));
         }
-        let bytes = if size == 0 {
-            bytes::Bytes::new()
+        let mut resp = if size == 0 {
+            (StatusCode::PARTIAL_CONTENT, bytes::Bytes::new()).into_response()
         } else {
-            relay.piece(name, digest, start, len).await?
+            let body = Body::from_stream(relay.piece(name, digest, start, len).await?);
+            (StatusCode::PARTIAL_CONTENT, body).into_response()
         };
-        let mut resp = (StatusCode::PARTIAL_CONTENT, bytes).into_response();
+        let h = resp.headers_mut();
         if let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{end}/{size}")) {
-            resp.headers_mut().insert(header::CONTENT_RANGE, v);
+            h.insert(header::CONTENT_RANGE, v);
+        }
+        if let Ok(v) = HeaderValue::from_str(&len.to_string()) {
+            h.insert(header::CONTENT_LENGTH, v);
         }
         resp
     };

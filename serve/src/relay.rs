@@ -1,7 +1,7 @@
 //! Relaying (PEER-7), only with `--relay`: a node asked by a peer for a piece of a blob it
 //! has not committed fetches that piece from its own upstream sources (the route of the
-//! image name in its site config, without peer sources), once, and keeps it in a bounded
-//! memory cache for the other peers that ask. Rendezvous hashing makes every requester ask
+//! image name in its site config, without peer sources), once, serves it to every asker
+//! as it arrives, and keeps it in a bounded memory cache for the other peers that ask. Rendezvous hashing makes every requester ask
 //! the same node for the same piece, so the origin sends each piece about once.
 
 use std::collections::{HashMap, VecDeque};
@@ -13,8 +13,8 @@ use ferry_core::{Digest, Reference};
 use ferry_drivers::config::{DriverConfig, SiteConfig};
 use ferry_drivers::route::sources_for;
 use ferry_drivers::{ByteRange, Driver, ErrorKind};
-use futures::future::{BoxFuture, FutureExt as _, Shared};
-use futures::StreamExt as _;
+use futures::{Stream, StreamExt as _};
+use tokio::sync::Notify;
 
 use crate::error::{ApiError, ApiResult};
 
@@ -35,43 +35,79 @@ pub struct RelayOptions {
 type Key = (Digest, u64, u64);
 /// The upstream sources of one image name.
 type Upstream = Arc<Vec<Arc<dyn Driver>>>;
-type Flight = Shared<BoxFuture<'static, Result<Bytes, ApiError>>>;
 
-/// Relayed pieces: in flight (one upstream fetch each) and cached.
+/// Bytes of a relayed piece are handed on in blocks of this size as they arrive.
+const BLOCK: usize = 256 << 10;
+
+/// Relayed pieces: arriving (one upstream fetch each, served as it arrives) and cached.
 pub(crate) struct Relay {
     config: SiteConfig,
     upstreams: Mutex<HashMap<String, Upstream>>,
     sizes: Mutex<HashMap<Digest, u64>>,
-    inflight: Mutex<HashMap<Key, Flight>>,
-    cache: Mutex<Cache>,
+    pieces: Arc<Mutex<Pieces>>,
 }
 
-struct Cache {
-    pieces: HashMap<Key, Bytes>,
-    order: VecDeque<Key>,
+/// Every piece the relay knows: arriving ones and, oldest first, arrived ones kept for the
+/// peers that have not asked yet, within `limit` bytes.
+struct Pieces {
+    map: HashMap<Key, Arc<Piece>>,
+    arrived: VecDeque<Key>,
     bytes: u64,
     limit: u64,
 }
 
-impl Cache {
-    fn get(&self, key: &Key) -> Option<Bytes> {
-        self.pieces.get(key).cloned()
-    }
-
-    fn put(&mut self, key: Key, bytes: Bytes) {
-        if bytes.len() as u64 > self.limit || self.pieces.contains_key(&key) {
+impl Pieces {
+    /// Keeps arrived piece `key` for later askers, dropping the oldest beyond the limit.
+    fn keep(&mut self, key: Key, len: u64) {
+        if len > self.limit {
+            self.map.remove(&key);
             return;
         }
-        self.bytes += bytes.len() as u64;
-        self.pieces.insert(key.clone(), bytes);
-        self.order.push_back(key);
+        self.arrived.push_back(key);
+        self.bytes += len;
         while self.bytes > self.limit {
-            let Some(old) = self.order.pop_front() else {
+            let Some(old) = self.arrived.pop_front() else {
                 break;
             };
-            if let Some(b) = self.pieces.remove(&old) {
-                self.bytes -= b.len() as u64;
+            if let Some(piece) = self.map.remove(&old) {
+                self.bytes -= piece.len;
             }
+        }
+    }
+}
+
+/// One relayed range: the blocks that have arrived so far and how the fetch ended.
+struct Piece {
+    len: u64,
+    state: Mutex<PieceState>,
+    changed: Notify,
+}
+
+#[derive(Default)]
+struct PieceState {
+    blocks: Vec<Bytes>,
+    /// An upstream source answered: bytes are on their way.
+    answered: bool,
+    /// `Some` once the fetch ended: all `len` bytes are in `blocks`, or why not.
+    outcome: Option<Result<(), ApiError>>,
+}
+
+impl Piece {
+    fn update(&self, f: impl FnOnce(&mut PieceState)) {
+        f(&mut self.state.lock().expect("relay piece"));
+        self.changed.notify_waiters();
+    }
+
+    /// Waits until `ready` holds for the state, and maps it.
+    async fn wait<T>(&self, mut ready: impl FnMut(&PieceState) -> Option<T>) -> T {
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(value) = ready(&self.state.lock().expect("relay piece")) {
+                return value;
+            }
+            notified.await;
         }
     }
 }
@@ -82,13 +118,12 @@ impl Relay {
             config: options.config,
             upstreams: Mutex::new(HashMap::new()),
             sizes: Mutex::new(HashMap::new()),
-            inflight: Mutex::new(HashMap::new()),
-            cache: Mutex::new(Cache {
-                pieces: HashMap::new(),
-                order: VecDeque::new(),
+            pieces: Arc::new(Mutex::new(Pieces {
+                map: HashMap::new(),
+                arrived: VecDeque::new(),
                 bytes: 0,
                 limit: options.cache_bytes,
-            }),
+            })),
         }
     }
 
@@ -151,131 +186,206 @@ impl Relay {
         )))
     }
 
-    /// Bytes `start..start+len` of blob `digest` of `name`: cached, or fetched from the
-    /// upstream once however many peers ask at the same time.
+    /// Bytes `start..start+len` of blob `digest` of `name`, as a stream: kept from an
+    /// earlier fetch, or fetched from the upstream once however many peers ask at the same
+    /// time, each asker served the bytes as they arrive. Fails before the first byte if no
+    /// upstream source answers; a fetch that breaks off later ends the stream with an error.
     pub(crate) async fn piece(
         &self,
         name: &str,
         digest: &Digest,
         start: u64,
         len: u64,
-    ) -> ApiResult<Bytes> {
+    ) -> ApiResult<impl Stream<Item = std::io::Result<Bytes>> + Send + 'static> {
         let key: Key = (digest.clone(), start, len);
-        if let Some(bytes) = self.cache.lock().expect("relay cache").get(&key) {
-            return Ok(bytes);
-        }
-        let flight = {
-            let mut inflight = self.inflight.lock().expect("relay flights");
-            match inflight.get(&key) {
-                Some(f) => f.clone(),
+        let piece = {
+            let mut pieces = self.pieces.lock().expect("relay pieces");
+            match pieces.map.get(&key) {
+                Some(piece) => piece.clone(),
                 None => {
-                    let upstream = self.upstream(name)?;
-                    let (name, digest) = (name.to_string(), digest.clone());
-                    let f = async move { fetch(&upstream, &name, &digest, start, len).await }
-                        .boxed()
-                        .shared();
-                    inflight.insert(key.clone(), f.clone());
-                    f
+                    let piece = Arc::new(Piece {
+                        len,
+                        state: Mutex::default(),
+                        changed: Notify::new(),
+                    });
+                    pieces.map.insert(key.clone(), piece.clone());
+                    let fetch = Fetch {
+                        upstream: self.upstream(name)?,
+                        name: name.to_string(),
+                        key,
+                        piece: piece.clone(),
+                        pieces: self.pieces.clone(),
+                    };
+                    tokio::spawn(fetch.run());
+                    piece
                 }
             }
         };
-        let result = flight.await;
-        self.inflight.lock().expect("relay flights").remove(&key);
-        if let Ok(bytes) = &result {
-            self.cache
-                .lock()
-                .expect("relay cache")
-                .put(key, bytes.clone());
+        let early = piece
+            .wait(|s| match &s.outcome {
+                Some(Err(e)) if s.blocks.is_empty() => Some(Some(e.clone())),
+                _ if s.answered || s.outcome.is_some() => Some(None),
+                _ => None,
+            })
+            .await;
+        if let Some(e) = early {
+            return Err(e);
         }
-        result
+        // State: the piece and the next block to hand on (`None` after an error).
+        Ok(futures::stream::unfold(
+            (piece, Some(0usize)),
+            |(piece, next)| async move {
+                let next = next?;
+                let item = piece
+                    .wait(|s| match (s.blocks.get(next), &s.outcome) {
+                        (Some(block), _) => Some(Some(Ok(block.clone()))),
+                        (None, None) => None,
+                        (None, Some(Ok(()))) => Some(None),
+                        (None, Some(Err(e))) => {
+                            Some(Some(Err(std::io::Error::other(e.message.clone()))))
+                        }
+                    })
+                    .await?;
+                let next = item.is_ok().then_some(next + 1);
+                Some((item, (piece, next)))
+            },
+        ))
     }
 }
 
-/// One range from the first upstream that serves it whole.
-async fn fetch(
-    upstream: &[Arc<dyn Driver>],
-    name: &str,
-    digest: &Digest,
-    start: u64,
-    len: u64,
-) -> Result<Bytes, ApiError> {
-    let mut failures = Vec::new();
-    for source in upstream {
-        let range = ByteRange {
-            offset: start,
-            len: Some(len),
-        };
-        let result = async {
-            let mut body = source.fetch_blob(name, digest, range).await?;
-            let mut buf = BytesMut::with_capacity(len as usize);
-            while let Some(chunk) = body.stream.next().await {
-                let chunk = chunk?;
-                if (buf.len() + chunk.len()) as u64 > len {
-                    return Err(ferry_drivers::Error::corrupt(
-                        source.source_name(),
-                        format!("blob {digest}: more than the {len} bytes asked for"),
-                    ));
-                }
-                buf.extend_from_slice(&chunk);
-            }
-            if buf.len() as u64 != len {
-                return Err(ferry_drivers::Error::unavailable(
-                    source.source_name(),
-                    format!(
-                        "blob {digest}: range from {start} ended after {} of {len} bytes",
-                        buf.len()
-                    ),
-                ));
-            }
-            Ok(buf.freeze())
-        }
-        .await;
-        match result {
-            Ok(bytes) => {
-                tracing::debug!(%digest, start, len, source = source.source_name(), "relayed piece");
-                return Ok(bytes);
-            }
-            Err(e) => failures.push(e),
+/// The fetch of one relayed piece from the upstream, run as its own task so it goes on
+/// whoever asked for it and whoever gave up.
+struct Fetch {
+    upstream: Upstream,
+    name: String,
+    key: Key,
+    piece: Arc<Piece>,
+    pieces: Arc<Mutex<Pieces>>,
+}
+
+impl Fetch {
+    async fn run(self) {
+        let (digest, start, len) = self.key.clone();
+        let outcome = self.fetch(&digest, start, len).await;
+        let ok = outcome.is_ok();
+        self.piece.update(|s| s.outcome = Some(outcome));
+        let mut pieces = self.pieces.lock().expect("relay pieces");
+        if ok {
+            pieces.keep(self.key, len);
+        } else {
+            // A failed piece is fetched anew by the next asker.
+            pieces.map.remove(&self.key);
         }
     }
-    let detail: Vec<String> = failures.iter().map(ToString::to_string).collect();
-    let all_missing =
-        !failures.is_empty() && failures.iter().all(|f| f.kind == ErrorKind::NotFound);
-    let message = format!(
-        "relay of {name}@{digest} bytes {start}+{len}: {}",
-        if detail.is_empty() {
-            "no upstream source".to_string()
-        } else {
-            detail.join("; ")
+
+    /// Fills the piece from the first upstream source that serves it; one that breaks off
+    /// is followed by the next, from the byte where it stopped.
+    async fn fetch(&self, digest: &Digest, start: u64, len: u64) -> Result<(), ApiError> {
+        let name = &self.name;
+        let mut got = 0u64;
+        let mut failures = Vec::new();
+        for source in self.upstream.iter() {
+            let range = ByteRange {
+                offset: start + got,
+                len: Some(len - got),
+            };
+            let result = async {
+                let mut body = source.fetch_blob(name, digest, range).await?;
+                self.piece.update(|s| s.answered = true);
+                let mut block = BytesMut::with_capacity(BLOCK);
+                while let Some(chunk) = body.stream.next().await {
+                    let chunk = chunk?;
+                    if got + (block.len() + chunk.len()) as u64 > len {
+                        return Err(ferry_drivers::Error::corrupt(
+                            source.source_name(),
+                            format!("blob {digest}: more than the {len} bytes asked for"),
+                        ));
+                    }
+                    block.extend_from_slice(&chunk);
+                    if block.len() >= BLOCK {
+                        got += block.len() as u64;
+                        let full = std::mem::replace(&mut block, BytesMut::with_capacity(BLOCK));
+                        self.piece.update(|s| s.blocks.push(full.freeze()));
+                    }
+                }
+                if !block.is_empty() {
+                    got += block.len() as u64;
+                    self.piece.update(|s| s.blocks.push(block.freeze()));
+                }
+                if got != len {
+                    return Err(ferry_drivers::Error::unavailable(
+                        source.source_name(),
+                        format!(
+                            "blob {digest}: range from {start} ended after {got} of {len} bytes"
+                        ),
+                    ));
+                }
+                Ok(())
+            }
+            .await;
+            match result {
+                Ok(()) => {
+                    tracing::debug!(%digest, start, len, source = source.source_name(), "relayed piece");
+                    return Ok(());
+                }
+                Err(e) => failures.push(e),
+            }
         }
-    );
-    Err(if all_missing {
-        ApiError::new(StatusCode::NOT_FOUND, "BLOB_UNKNOWN", message)
-    } else {
-        ApiError::new(StatusCode::BAD_GATEWAY, "UNAVAILABLE", message)
-    })
+        let detail: Vec<String> = failures.iter().map(ToString::to_string).collect();
+        let all_missing =
+            !failures.is_empty() && failures.iter().all(|f| f.kind == ErrorKind::NotFound);
+        let message = format!(
+            "relay of {name}@{digest} bytes {start}+{len}: {}",
+            if detail.is_empty() {
+                "no upstream source".to_string()
+            } else {
+                detail.join("; ")
+            }
+        );
+        Err(if all_missing {
+            ApiError::new(StatusCode::NOT_FOUND, "BLOB_UNKNOWN", message)
+        } else {
+            ApiError::new(StatusCode::BAD_GATEWAY, "UNAVAILABLE", message)
+        })
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn arrived(len: u64) -> Arc<Piece> {
+        Arc::new(Piece {
+            len,
+            state: Mutex::new(PieceState {
+                blocks: vec![Bytes::from(vec![0u8; len as usize])],
+                answered: true,
+                outcome: Some(Ok(())),
+            }),
+            changed: Notify::new(),
+        })
+    }
+
     #[test]
-    fn cache_evicts_oldest_pieces_beyond_its_limit() {
-        let mut cache = Cache {
-            pieces: HashMap::new(),
-            order: VecDeque::new(),
+    fn kept_pieces_are_dropped_oldest_first_beyond_the_limit() {
+        let mut pieces = Pieces {
+            map: HashMap::new(),
+            arrived: VecDeque::new(),
             bytes: 0,
             limit: 10,
         };
         let d = Digest::sha256(b"x");
-        cache.put((d.clone(), 0, 4), Bytes::from_static(b"aaaa"));
-        cache.put((d.clone(), 4, 4), Bytes::from_static(b"bbbb"));
-        cache.put((d.clone(), 8, 4), Bytes::from_static(b"cccc"));
-        assert!(cache.get(&(d.clone(), 0, 4)).is_none());
-        assert_eq!(cache.get(&(d.clone(), 8, 4)).unwrap(), "cccc");
-        assert_eq!(cache.bytes, 8);
-        cache.put((d.clone(), 0, 11), Bytes::from_static(b"too large!!"));
-        assert_eq!(cache.bytes, 8);
+        for (start, len) in [(0, 4), (4, 4), (8, 4), (12, 11)] {
+            pieces.map.insert((d.clone(), start, len), arrived(len));
+            pieces.keep((d.clone(), start, len), len);
+        }
+        assert!(!pieces.map.contains_key(&(d.clone(), 0, 4)));
+        assert!(pieces.map.contains_key(&(d.clone(), 4, 4)));
+        assert!(pieces.map.contains_key(&(d.clone(), 8, 4)));
+        assert!(
+            !pieces.map.contains_key(&(d.clone(), 12, 11)),
+            "larger than the whole cache: not kept, nothing else dropped for it"
+        );
+        assert_eq!(pieces.bytes, 8);
     }
 }

@@ -782,6 +782,51 @@ fn a_node_killed_mid_transfer_does_not_stop_the_others() {
 }
 
 #[test]
+fn a_hung_relay_costs_one_stall_timeout() {
+    // PEER-5, PEER-7: the node that relays piece 0 of the large layer hangs (SIGSTOP: its
+    // port accepts, nothing answers) while the piece is on its way. Relays hand bytes on as
+    // they arrive, so askers see no progress for the stall timeout, mark it down and take
+    // its pieces from the next relay; all three pulls finish, the hung node's own included.
+    let fx = Fixtures::get();
+    let registry = Registry::start(RegistryOptions::open()).unwrap();
+    let digest = fx.push(BIG, &registry.host(), "team/app:1", false, None);
+    let origin = Proxy::start(&registry.host(), Some(2 << 20));
+    let swarm = Swarm::start(3, &origin);
+    let manifest = json(&String::from_utf8_lossy(&fx.blob(&digest)));
+    let large =
+        ferry_core::Digest::parse(manifest["layers"][1]["digest"].as_str().unwrap()).unwrap();
+    let victim = rank(&swarm.labels(), &large, 0)[0];
+    let victim_url = swarm.labels()[victim].to_string();
+    let pulls = swarm.pull_all();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while origin.served_bytes() < 2 << 20 {
+        assert!(
+            Instant::now() < deadline,
+            "the origin never started sending"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let frozen = Instant::now();
+    swarm.nodes[victim].freeze();
+    for (i, child) in pulls.into_iter().enumerate() {
+        let out = child.wait_with_output().unwrap();
+        let err = stderr_of(&out);
+        assert!(out.status.success(), "node {i}: {err}");
+        let line = format!("peer {victim_url} is unreachable");
+        assert!(err.contains(&line), "node {i}: no {line:?} in: {err}");
+    }
+    // One stall timeout (10 s) and the transfer, not the 5 minutes of a table request.
+    assert!(
+        frozen.elapsed() < Duration::from_secs(60),
+        "{:?}",
+        frozen.elapsed()
+    );
+    for root in &swarm.roots {
+        assert_eq!(images(root)[0]["digest"], digest.as_str());
+    }
+}
+
+#[test]
 fn signed_images_verify_through_ferry_serve_and_through_peers() {
     // SERVE-5 (signature sets made from the store's signatures), PEER-6 (signed names may
     // be resolved by peers: the signature vouches for the answer).

@@ -101,6 +101,15 @@ impl ServeNode {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Stops the node (SIGSTOP) without killing it: its port still accepts connections
+    /// but nothing answers, as from a hung machine. Dropping the node kills it.
+    pub fn freeze(&self) {
+        let pid = self.child.as_ref().expect("a running node").id();
+        // SAFETY: kill(2) on the pid of our own child, which has not been waited for.
+        let rc = unsafe { libc::kill(pid as libc::pid_t, libc::SIGSTOP) };
+        assert_eq!(rc, 0, "SIGSTOP to ferry serve {pid}");
+    }
+
     /// Kills the node (SIGKILL) and waits for it: its port then refuses connections.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
