@@ -1,41 +1,90 @@
 #!/usr/bin/env bash
-# Peers and origin egress: N ferry nodes (each its own store root and `ferry serve --relay`
-# on its own port) pull the ~1 GB `big` image at the same moment through
-# sources = ["peers", "origin"]; the origin is a registry whose access log counts the body
-# bytes it sends. Beside each run, the same N pulls straight from the origin.
-# Prints wall time and origin egress per N. Usage: bench/peers.sh [N...] (default 1 4 8).
+# Peers and origin egress: N ferry nodes (each its own store root and `ferry serve --relay`)
+# pull the ~1 GB `big` image at the same moment through sources = ["peers", "origin"]; the
+# origin is a registry whose access log counts the body bytes it sends. Beside each run,
+# the same N pulls straight from the origin. Prints wall time, origin egress and peak RSS
+# of the pulls per N.
+#
+# Usage: bench/peers.sh [N...]   (default 1 4 8 16)
+#   NET=loopback (default): every node on 127.0.0.1. All links are as fast as the CPU, so
+#     the time measures the CPU the N nodes share on this machine.
+#   NET=lan RATE=1gbit: the origin and every node in its own network namespace, each behind
+#     a veth link shaped to RATE in both directions (tc tbf) on one bridge: N machines with
+#     their own NICs on a switch, the origin one of them. The time is then what a site sees
+#     when links, not CPUs, are the limit (the N nodes still share this machine's cores).
 source "$(dirname "$0")/lib.sh"
-counts=("${@:-1 4 8}")
+counts=("${@:-1 4 8 16}")
+NET=${NET:-loopback}
+RATE=${RATE:-1gbit}
 [ -x "$FERRY" ] || cargo build --release --bin ferry --manifest-path "$REPO/Cargo.toml"
 build_images
+max=$(printf '%s\n' ${counts[*]} | sort -n | tail -1)
+
+# The network: addresses of the origin and of node i; `on_node i` sets ON to the prefix that
+# runs a command on node i (a plain array, so `$!` of "${ON[@]}" CMD & is the command).
+if [ "$NET" = lan ]; then
+  lan_down() {
+    for ns in $(ip netns list | awk '/^ferry-bench-/ {print $1}'); do ip netns del "$ns"; done
+    ip link del fbr0 2>/dev/null || true
+  }
+  # lan_host NS LINK IP: a namespace with one veth link to the bridge, shaped to RATE.
+  lan_host() {
+    ip netns add "$1"
+    ip link add "vh-$2" type veth peer name "vn-$2"
+    ip link set "vn-$2" netns "$1"
+    ip link set "vh-$2" master fbr0 up
+    ip -n "$1" link set lo up
+    ip -n "$1" addr add "$3/16" dev "vn-$2"
+    ip -n "$1" link set "vn-$2" up
+    tc qdisc add dev "vh-$2" root tbf rate "$RATE" burst 1mb latency 50ms
+    ip netns exec "$1" tc qdisc add dev "vn-$2" root tbf rate "$RATE" burst 1mb latency 50ms
+  }
+  lan_down
+  trap 'cleanup; lan_down' EXIT
+  ip link add fbr0 type bridge
+  ip addr add 10.77.255.250/16 dev fbr0
+  ip link set fbr0 up
+  lan_host ferry-bench-o o 10.77.255.254
+  for i in $(seq "$max"); do lan_host "ferry-bench-$i" "n$i" "10.77.0.$i"; done
+  ORIGIN=10.77.255.254:5000
+  node_addr() { echo "10.77.0.$1:7000"; }
+  on_node() { ON=(ip netns exec "ferry-bench-$1"); }
+  ON_ORIGIN=(ip netns exec ferry-bench-o)
+  # Bytes the origin's link has sent (IP packets: about 3% more than the HTTP bodies).
+  origin_tx() { ip netns exec ferry-bench-o cat /sys/class/net/vn-o/statistics/tx_bytes; }
+else
+  ORIGIN=127.0.0.1:$(free_port)
+  NODE_PORTS=(); for i in $(seq "$max"); do NODE_PORTS[$i]=$(free_port); done
+  node_addr() { echo "127.0.0.1:${NODE_PORTS[$1]}"; }
+  on_node() { ON=(); }
+  ON_ORIGIN=()
+  origin_tx() { echo 0; }
+fi
 
 # The origin: a registry with its access log on (combined format: the body size is field 10).
-port=$(free_port)
 cat > "$WORK/origin.yml" <<YML
 version: 0.1
 log: { level: error, accesslog: { disabled: false } }
 storage: { filesystem: { rootdirectory: $WORK/origin } }
-http: { addr: 127.0.0.1:$port }
+http: { addr: $ORIGIN }
 YML
-docker-registry serve "$WORK/origin.yml" >"$WORK/access.log" 2>&1 &
+"${ON_ORIGIN[@]}" docker-registry serve "$WORK/origin.yml" >"$WORK/access.log" 2>&1 &
 PIDS+=($!)
-ORIGIN=127.0.0.1:$port
 for _ in $(seq 100); do curl -fsS "http://$ORIGIN/v2/" >/dev/null 2>&1 && break; sleep 0.1; done
 skopeo copy --quiet --preserve-digests --dest-tls-verify=false \
   "oci:$CACHE/layout:big" "docker://$ORIGIN/bench/big:latest"
 REF=$ORIGIN/bench/big:latest
 IMAGE_BYTES=$(skopeo inspect --raw --tls-verify=false "docker://$REF" | jq '[.layers[].size, .config.size] | add')
-echo "image $REF: $((IMAGE_BYTES / 1000000)) MB of config and layers"
+echo "image $REF: $((IMAGE_BYTES / 1000000)) MB of config and layers; network: $NET$([ "$NET" = lan ] && echo ", every link $RATE")"
 
 # egress_since LINE: body bytes the origin sent in access-log lines after LINE.
 egress_since() { tail -n +"$(( $1 + 1 ))" "$WORK/access.log" | awk '$9 ~ /^[0-9]+$/ { s += $10 } END { printf "%.0f\n", s }'; }
 log_lines() { wc -l < "$WORK/access.log"; }
-now() { date +%s.%N; }
 
 # config N SOURCES: a site config for the bench name over nodes 1..N.
 config() {
   local n=$1 sources=$2 peers=() i
-  for i in $(seq "$n"); do peers+=("\"http://127.0.0.1:${NODE_PORTS[$i]}\""); done
+  for i in $(seq "$n"); do peers+=("\"http://$(node_addr "$i")\""); done
   local IFS=,
   cat > "$WORK/sites-$n.toml" <<TOML
 [[route]]
@@ -47,47 +96,58 @@ peers = [${peers[*]}]
 [source.origin]
 driver = "registry"
 url = "http://$ORIGIN"
+insecure = true
 TOML
   echo "$WORK/sites-$n.toml"
 }
 
-# pull_all N CONFIG: N pulls at once, one per node root; prints "seconds egress_bytes".
+# pull_all N CONFIG: N pulls at once, one per node; prints "seconds egress_bytes peak_rss_kb",
+# the egress from the access log (HTTP bodies) or, on the lan, from the origin's link.
 pull_all() {
-  local n=$1 cfg=$2 before start pids=() i
-  before=$(log_lines); start=$(now)
+  local n=$1 cfg=$2 before tx t0 pids=() i
+  before=$(log_lines); tx=$(origin_tx); t0=$(date +%s%N)
   for i in $(seq "$n"); do
-    "$FERRY" --root "$WORK/node$i" --config "$cfg" pull "$REF" >/dev/null 2>"$WORK/pull$i.err" &
+    on_node "$i"
+    "${ON[@]}" /usr/bin/time -f "%M" -o "$WORK/rss$i" \
+      "$FERRY" --root "$WORK/node$i" --config "$cfg" pull "$REF" >/dev/null 2>"$WORK/pull$i.err" &
     pids+=($!)
   done
   for i in "${!pids[@]}"; do
     wait "${pids[$i]}" || { echo "pull $((i + 1)) failed:" >&2; cat "$WORK/pull$((i + 1)).err" >&2; exit 1; }
   done
-  echo "$(echo "$(now) - $start" | bc -l) $(egress_since "$before")"
+  local secs egress; secs=$(echo "scale=3; ($(date +%s%N) - $t0) / 1000000000" | bc -l)
+  sleep 1 # the registry logs a request after its last write
+  if [ "$NET" = lan ]; then egress=$(( $(origin_tx) - tx )); else egress=$(egress_since "$before"); fi
+  echo "$secs $egress $(cat "$WORK"/rss* | sort -n | tail -1)"
+  rm -f "$WORK"/rss*
 }
 
-printf '%-4s %-28s %9s %12s %10s\n' N sources seconds "egress MB" "x image"
+row() { # row N SOURCES SECONDS BYTES RSS_KB
+  printf '%-4s %-22s %9.2f %12.1f %9.2f %12.1f\n' "$1" "$2" "$3" \
+    "$(echo "$4 / 1000000" | bc -l)" "$(echo "$4 / $IMAGE_BYTES" | bc -l)" "$(echo "$5 / 1024" | bc -l)"
+}
+
+printf '%-4s %-22s %9s %12s %9s %12s\n' N sources seconds "egress MB" "x image" "pull RSS MiB"
 for n in ${counts[*]}; do
-  NODE_PORTS=(); SERVE_PIDS=()
-  for i in $(seq "$n"); do NODE_PORTS[$i]=$(free_port); done
+  SERVE_PIDS=()
   cfg=$(config "$n" '"peers", "origin"')
   for i in $(seq "$n"); do
     rm -rf "$WORK/node$i"
-    "$FERRY" --root "$WORK/node$i" --config "$cfg" serve --listen "127.0.0.1:${NODE_PORTS[$i]}" --relay \
+    on_node "$i"
+    "${ON[@]}" "$FERRY" --root "$WORK/node$i" --config "$cfg" serve --listen "$(node_addr "$i")" --relay \
       >/dev/null 2>"$WORK/serve$i.log" &
     SERVE_PIDS+=($!); PIDS+=($!)
   done
   for i in $(seq "$n"); do
-    for _ in $(seq 100); do curl -fsS "http://127.0.0.1:${NODE_PORTS[$i]}/v2/" >/dev/null 2>&1 && break; sleep 0.1; done
+    for _ in $(seq 100); do curl -fsS "http://$(node_addr "$i")/v2/" >/dev/null 2>&1 && break; sleep 0.1; done
   done
-  pull_all "$n" "$cfg" > "$WORK/result"; read -r secs bytes < "$WORK/result"
-  printf '%-4s %-28s %9.2f %12.1f %10.2f\n' "$n" '["peers", "origin"]' "$secs" \
-    "$(echo "$bytes / 1000000" | bc -l)" "$(echo "$bytes / $IMAGE_BYTES" | bc -l)"
+  pull_all "$n" "$cfg" > "$WORK/result"; read -r secs bytes rss < "$WORK/result"
+  row "$n" '["peers", "origin"]' "$secs" "$bytes" "$rss"
   for p in "${SERVE_PIDS[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
   # The same pulls straight from the origin.
   for i in $(seq "$n"); do rm -rf "$WORK/node$i"; done
   cfg=$(config "$n" '"origin"')
-  pull_all "$n" "$cfg" > "$WORK/result"; read -r secs bytes < "$WORK/result"
-  printf '%-4s %-28s %9.2f %12.1f %10.2f\n' "$n" '["origin"]' "$secs" \
-    "$(echo "$bytes / 1000000" | bc -l)" "$(echo "$bytes / $IMAGE_BYTES" | bc -l)"
+  pull_all "$n" "$cfg" > "$WORK/result"; read -r secs bytes rss < "$WORK/result"
+  row "$n" '["origin"]' "$secs" "$bytes" "$rss"
   for i in $(seq "$n"); do rm -rf "$WORK/node$i"; done
 done

@@ -40,12 +40,17 @@ use crate::{
 
 /// Blobs up to this size are fetched whole from one peer and checked against their digest.
 pub const SMALL_BLOB: u64 = 4 << 20;
-/// Bytes per relayed piece (PEER-7): every requester cuts a blob the same way, so relays
-/// can share what they fetched.
-pub const RELAY_PIECE: u64 = 4 << 20;
+/// Bytes per relayed piece asked for in one request (PEER-7): every requester cuts a blob
+/// the same way.
+pub const RELAY_PIECE: u64 = 1 << 20;
+/// Bytes a relay fetches from its upstream in one request (PEER-7): the pieces of one
+/// extent all go to the same relay, so the origin answers one request per extent.
+pub const RELAY_EXTENT: u64 = 16 << 20;
+/// Idle connections kept per peer.
+const IDLE_PER_PEER: usize = 2;
 /// Largest chunk handed to the consumer.
 const OUT_CHUNK: usize = 1 << 20;
-/// Largest piece table read (a 64 GiB blob in 4 MiB pieces is about 1.1 MB of JSON).
+/// Largest piece table read (a 64 GiB blob in 1 MiB pieces is about 4.4 MB of JSON).
 const MAX_TABLE_BYTES: usize = 16 << 20;
 /// Largest piece accepted in a table.
 const MAX_PIECE_SIZE: u64 = 64 << 20;
@@ -210,8 +215,11 @@ impl PeerDriver {
             peers.push(Peer { base, label, basic });
         }
         let build = |read_timeout: Option<Duration>| {
+            // Few idle connections per peer: each keeps a read buffer of up to 400 KiB,
+            // and a pull talks to every peer.
             let mut b = reqwest::Client::builder()
                 .connect_timeout(config.connect_timeout)
+                .pool_max_idle_per_host(IDLE_PER_PEER)
                 .redirect(reqwest::redirect::Policy::none())
                 .user_agent(concat!("ferry/", env!("CARGO_PKG_VERSION"), " (peer)"));
             if let Some(t) = read_timeout {
@@ -633,7 +641,8 @@ impl Inner {
         let path = format!("ferry/v1/blobs/{digest}");
         let query: Vec<(&str, &str)> = plan.name.iter().map(|n| ("name", n.as_str())).collect();
         let mut failures = Vec::new();
-        for i in self.ranked(&digest.to_string(), p, Some(digest), &plan.peers) {
+        let owner_key = p / plan.pieces_per_owner;
+        for i in self.ranked(&digest.to_string(), owner_key, Some(digest), &plan.peers) {
             let what = format!(
                 "blob {digest} piece {p} (bytes {start}-{}) from peer {}",
                 end - 1,
@@ -742,6 +751,8 @@ struct Plan {
     peers: Vec<usize>,
     /// The image name, for relays.
     name: Option<String>,
+    /// Consecutive pieces ranked as one (the pieces of a relay extent go to one relay).
+    pieces_per_owner: u64,
 }
 
 /// Checks a piece table's shape against the blob it is for.
@@ -1040,6 +1051,7 @@ impl Inner {
                 hashes: None,
                 peers: holders,
                 name: Some(name.to_string()),
+                pieces_per_owner: RELAY_EXTENT / RELAY_PIECE,
             }
         } else {
             let (table, agreeing) = self.table(digest, &holders, size).await?;
@@ -1050,6 +1062,7 @@ impl Inner {
                 hashes: Some(table.pieces),
                 peers: agreeing,
                 name: None,
+                pieces_per_owner: 1,
             }
         };
         let ps = plan.piece_size;

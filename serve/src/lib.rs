@@ -35,6 +35,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use axum::Router;
+use axum_server::accept::NoDelayAcceptor;
 use ferry_core::{Digest, Store};
 
 pub use auth::Htpasswd;
@@ -140,15 +141,19 @@ impl Server {
             let handle = handle.clone();
             async move {
                 let service = router.into_make_service();
+                // TCP_NODELAY: answers end in small writes (headers, a last block), which
+                // Nagle would hold back for the client's delayed ACK.
                 match self.tls {
                     Some(tls) => {
                         axum_server::from_tcp_rustls(self.listener, tls)
+                            .map(|tls| tls.acceptor(NoDelayAcceptor))
                             .handle(handle)
                             .serve(service)
                             .await
                     }
                     None => {
                         axum_server::from_tcp(self.listener)
+                            .acceptor(NoDelayAcceptor)
                             .handle(handle)
                             .serve(service)
                             .await

@@ -11,6 +11,7 @@ use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use ferry_core::{Digest, Hasher, Store};
+use ferry_drivers::peer::RELAY_EXTENT;
 use ferry_drivers::signatures::{signature_tag, ROOT_KIND};
 use serde::{Deserialize, Serialize};
 
@@ -19,13 +20,13 @@ use crate::content::{
     ManifestBody,
 };
 use crate::error::{ApiError, ApiResult};
-use crate::relay::{Relay, MAX_RELAY_PIECE};
+use crate::relay::Relay;
 use crate::App;
 
 /// Header marking an answer a relaying node made from its upstream (PEER-7).
 pub const RELAYED: &str = "ferry-relayed";
 /// Bytes per piece of a piece table (PEER-3); the last piece may be shorter.
-pub const PIECE_SIZE: u64 = 4 << 20;
+pub const PIECE_SIZE: u64 = 1 << 20;
 /// Most piece tables kept in memory.
 const MAX_TABLES: usize = 4096;
 /// Bytes read per step while hashing a blob for its table.
@@ -206,7 +207,7 @@ async fn relay_blob(
             .and_then(|(a, b)| Some((a.trim().parse::<u64>().ok()?, b.trim().parse::<u64>().ok()?)))
         {
             Some((a, b)) if a <= b && b < size => (a, b),
-            None if size <= MAX_RELAY_PIECE => (0, size.saturating_sub(1)),
+            None if size <= RELAY_EXTENT => (0, size.saturating_sub(1)),
             _ => {
                 return Err(ApiError::new(
                     StatusCode::RANGE_NOT_SATISFIABLE,
@@ -219,17 +220,10 @@ async fn relay_blob(
             }
         };
         let len = end + 1 - start;
-        if len > MAX_RELAY_PIECE {
-            return Err(ApiError::new(
-                StatusCode::RANGE_NOT_SATISFIABLE,
-                "BLOB_UNKNOWN",
-                format!("relay of {digest}: ranges of at most {MAX_RELAY_PIECE} bytes"),
-            ));
-        }
         let mut resp = if size == 0 {
             (StatusCode::PARTIAL_CONTENT, bytes::Bytes::new()).into_response()
         } else {
-            let body = Body::from_stream(relay.piece(name, digest, start, len).await?);
+            let body = Body::from_stream(relay.piece(name, digest, size, start, len).await?);
             (StatusCode::PARTIAL_CONTENT, body).into_response()
         };
         let h = resp.headers_mut();

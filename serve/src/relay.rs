@@ -11,6 +11,7 @@ use axum::http::StatusCode;
 use bytes::{Bytes, BytesMut};
 use ferry_core::{Digest, Reference};
 use ferry_drivers::config::{DriverConfig, SiteConfig};
+use ferry_drivers::peer::RELAY_EXTENT;
 use ferry_drivers::route::sources_for;
 use ferry_drivers::{ByteRange, Driver, ErrorKind};
 use futures::{Stream, StreamExt as _};
@@ -18,8 +19,6 @@ use tokio::sync::Notify;
 
 use crate::error::{ApiError, ApiResult};
 
-/// Largest piece relayed in one request.
-pub const MAX_RELAY_PIECE: u64 = 64 << 20;
 /// Most upstream routes and blob sizes remembered.
 const MAX_REMEMBERED: usize = 4096;
 
@@ -39,7 +38,7 @@ type Upstream = Arc<Vec<Arc<dyn Driver>>>;
 /// Bytes of a relayed piece are handed on in blocks of this size as they arrive.
 const BLOCK: usize = 256 << 10;
 
-/// Relayed pieces: arriving (one upstream fetch each, served as it arrives) and cached.
+/// Relayed extents: arriving (one upstream fetch each, served as it arrives) and cached.
 pub(crate) struct Relay {
     config: SiteConfig,
     upstreams: Mutex<HashMap<String, Upstream>>,
@@ -47,7 +46,7 @@ pub(crate) struct Relay {
     pieces: Arc<Mutex<Pieces>>,
 }
 
-/// Every piece the relay knows: arriving ones and, oldest first, arrived ones kept for the
+/// Every extent the relay knows: arriving ones and, oldest first, arrived ones kept for the
 /// peers that have not asked yet, within `limit` bytes.
 struct Pieces {
     map: HashMap<Key, Arc<Piece>>,
@@ -57,7 +56,7 @@ struct Pieces {
 }
 
 impl Pieces {
-    /// Keeps arrived piece `key` for later askers, dropping the oldest beyond the limit.
+    /// Keeps arrived extent `key` for later askers, dropping the oldest beyond the limit.
     fn keep(&mut self, key: Key, len: u64) {
         if len > self.limit {
             self.map.remove(&key);
@@ -76,7 +75,7 @@ impl Pieces {
     }
 }
 
-/// One relayed range: the blocks that have arrived so far and how the fetch ended.
+/// One relayed extent: the blocks that have arrived so far and how the fetch ended.
 struct Piece {
     len: u64,
     state: Mutex<PieceState>,
@@ -186,25 +185,39 @@ impl Relay {
         )))
     }
 
-    /// Bytes `start..start+len` of blob `digest` of `name`, as a stream: kept from an
-    /// earlier fetch, or fetched from the upstream once however many peers ask at the same
-    /// time, each asker served the bytes as they arrive. Fails before the first byte if no
-    /// upstream source answers; a fetch that breaks off later ends the stream with an error.
+    /// Bytes `start..start+len` of blob `digest` (`size` bytes) of `name`, as a stream. The
+    /// range lies inside one extent of [`RELAY_EXTENT`] bytes, which is kept from an earlier
+    /// fetch or fetched from the upstream once however many peers ask for parts of it at the
+    /// same time, each asker served its bytes as they arrive. Fails before the first byte
+    /// if no upstream source answers; a fetch that breaks off later ends the stream with an
+    /// error.
     pub(crate) async fn piece(
         &self,
         name: &str,
         digest: &Digest,
+        size: u64,
         start: u64,
         len: u64,
     ) -> ApiResult<impl Stream<Item = std::io::Result<Bytes>> + Send + 'static> {
-        let key: Key = (digest.clone(), start, len);
-        let piece = {
+        let extent_start = start / RELAY_EXTENT * RELAY_EXTENT;
+        let extent_len = RELAY_EXTENT.min(size - extent_start);
+        if start + len > extent_start + extent_len {
+            return Err(ApiError::new(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                "BLOB_UNKNOWN",
+                format!(
+                    "relay of {digest}: a range must lie inside one extent of {RELAY_EXTENT} bytes"
+                ),
+            ));
+        }
+        let key: Key = (digest.clone(), extent_start, extent_len);
+        let extent = {
             let mut pieces = self.pieces.lock().expect("relay pieces");
             match pieces.map.get(&key) {
                 Some(piece) => piece.clone(),
                 None => {
                     let piece = Arc::new(Piece {
-                        len,
+                        len: extent_len,
                         state: Mutex::default(),
                         changed: Notify::new(),
                     });
@@ -221,7 +234,7 @@ impl Relay {
                 }
             }
         };
-        let early = piece
+        let early = extent
             .wait(|s| match &s.outcome {
                 Some(Err(e)) if s.blocks.is_empty() => Some(Some(e.clone())),
                 _ if s.answered || s.outcome.is_some() => Some(None),
@@ -231,25 +244,63 @@ impl Relay {
         if let Some(e) = early {
             return Err(e);
         }
-        // State: the piece and the next block to hand on (`None` after an error).
-        Ok(futures::stream::unfold(
-            (piece, Some(0usize)),
-            |(piece, next)| async move {
-                let next = next?;
-                let item = piece
-                    .wait(|s| match (s.blocks.get(next), &s.outcome) {
-                        (Some(block), _) => Some(Some(Ok(block.clone()))),
-                        (None, None) => None,
-                        (None, Some(Ok(()))) => Some(None),
-                        (None, Some(Err(e))) => {
-                            Some(Some(Err(std::io::Error::other(e.message.clone()))))
-                        }
-                    })
-                    .await?;
-                let next = item.is_ok().then_some(next + 1);
-                Some((item, (piece, next)))
-            },
-        ))
+        // The bytes wanted, as offsets in the extent; the stream walks its blocks.
+        let (lo, hi) = (start - extent_start, start - extent_start + len);
+        let walk = Walk {
+            extent,
+            next: 0,
+            at: 0,
+            lo,
+            hi,
+        };
+        Ok(futures::stream::unfold(walk, Walk::step))
+    }
+}
+
+/// Where a stream of part `lo..hi` of an extent is: block `next` starts at offset `at`.
+struct Walk {
+    extent: Arc<Piece>,
+    next: usize,
+    at: u64,
+    lo: u64,
+    hi: u64,
+}
+
+impl Walk {
+    /// The next bytes of the part, waiting for them to arrive; `None` at its end or after
+    /// an error.
+    async fn step(mut self) -> Option<(std::io::Result<Bytes>, Walk)> {
+        loop {
+            if self.at >= self.hi {
+                return None;
+            }
+            let block = self
+                .extent
+                .wait(|s| match (s.blocks.get(self.next), &s.outcome) {
+                    (Some(block), _) => Some(Ok(block.clone())),
+                    (None, None) => None,
+                    (None, Some(Ok(()))) => Some(Err(std::io::Error::other(
+                        "relay: the extent ended before the range",
+                    ))),
+                    (None, Some(Err(e))) => Some(Err(std::io::Error::other(e.message.clone()))),
+                })
+                .await;
+            let block = match block {
+                Ok(block) => block,
+                Err(e) => {
+                    self.at = self.hi;
+                    return Some((Err(e), self));
+                }
+            };
+            let (from, to) = (self.at, self.at + block.len() as u64);
+            self.next += 1;
+            self.at = to;
+            let (a, b) = (from.max(self.lo), to.min(self.hi));
+            if a < b {
+                let part = block.slice((a - from) as usize..(b - from) as usize);
+                return Some((Ok(part), self));
+            }
+        }
     }
 }
 

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ferry_drivers::peer::rank;
+use ferry_drivers::peer::{rank, RELAY_EXTENT};
 use ferry_testkit::fixtures::{Fixtures, APP, BIG, BUSYBOX, INDEX};
 use ferry_testkit::proxy::Proxy;
 use ferry_testkit::registry::{Registry, RegistryOptions};
@@ -728,6 +728,57 @@ fn relays_bound_origin_egress_when_nodes_pull_at_once() {
         egress < image * 3 / 2,
         "origin sent {egress} bytes for 3 pulls of {image} bytes"
     );
+}
+
+#[test]
+fn a_relay_fetches_each_extent_once_and_serves_parts_of_it() {
+    // PEER-7: ranges inside one 16 MiB extent, asked at once, cost the origin one fetch of
+    // the extent; asked again, nothing; a range across an extent boundary is refused.
+    let fx = Fixtures::get();
+    let registry = Registry::start(RegistryOptions::open()).unwrap();
+    let digest = fx.push(BIG, &registry.host(), "team/app:1", false, None);
+    let origin = Proxy::start(&registry.host(), None);
+    let swarm = Swarm::start(1, &origin);
+    let manifest = json(&String::from_utf8_lossy(&fx.blob(&digest)));
+    let large = manifest["layers"][1]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let bytes = fx.blob(&large);
+    let extent = RELAY_EXTENT as usize;
+    assert!(bytes.len() > extent, "the large layer spans two extents");
+    let url = format!("{}/ferry/v1/blobs/{large}?name={NAME}", swarm.labels()[0]);
+    let parts = [
+        (0, (1 << 20) - 1),
+        (8 << 20, (9 << 20) - 1),
+        (extent - 10, extent - 1),
+    ];
+    let answers: Vec<(u16, String, Vec<u8>)> = std::thread::scope(|s| {
+        let asks: Vec<_> = parts
+            .iter()
+            .map(|(a, b)| {
+                let (range, url) = (format!("bytes={a}-{b}"), url.clone());
+                s.spawn(move || curl(&["-H", &format!("Range: {range}")], &url))
+            })
+            .collect();
+        asks.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for ((a, b), (status, head, body)) in parts.iter().zip(&answers) {
+        assert_eq!(*status, 206, "{head}");
+        assert!(head.contains("ferry-relayed: 1"), "{head}");
+        assert!(body.as_slice() == &bytes[*a..=*b], "bytes {a}-{b} differ");
+    }
+    let once = origin.served_bytes();
+    assert!(
+        once >= extent as u64 && once < extent as u64 + (64 << 10),
+        "the origin sent {once} bytes for one extent of {extent}"
+    );
+    let (status, _, body) = curl(&["-H", "Range: bytes=4096-8191"], &url);
+    assert_eq!((status, body.as_slice() == &bytes[4096..8192]), (206, true));
+    assert_eq!(origin.served_bytes(), once, "an arrived extent is kept");
+    let across = format!("Range: bytes={}-{}", extent - 1, extent);
+    let (status, _, _) = curl(&["-H", &across], &url);
+    assert_eq!(status, 416);
 }
 
 #[test]
