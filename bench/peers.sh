@@ -101,11 +101,16 @@ TOML
   echo "$WORK/sites-$n.toml"
 }
 
-# pull_all N CONFIG: N pulls at once, one per node; prints "seconds egress_bytes peak_rss_kb",
-# the egress from the access log (HTTP bodies) or, on the lan, from the origin's link.
+# cpu_ticks: "busy total" jiffies of all CPUs; cpu_busy BEFORE AFTER: percent busy between.
+cpu_ticks() { awk '/^cpu / { t = 0; for (i = 2; i <= NF; i++) t += $i; print t - $5 - $6, t }' /proc/stat; }
+cpu_busy() { echo "$1 $2" | awk '{ printf "%.0f\n", 100 * ($3 - $1) / ($4 - $2) }'; }
+
+# pull_all N CONFIG: N pulls at once, one per node; prints "seconds egress_bytes peak_rss_kb
+# cpu_busy_percent", the egress from the access log (HTTP bodies) or, on the lan, from the
+# origin's link; the CPU figure tells whether the machine's cores, not the links, set the time.
 pull_all() {
   local n=$1 cfg=$2 before tx t0 pids=() i
-  before=$(log_lines); tx=$(origin_tx); t0=$(date +%s%N)
+  before=$(log_lines); tx=$(origin_tx); cpu0=$(cpu_ticks); t0=$(date +%s%N)
   for i in $(seq "$n"); do
     on_node "$i"
     "${ON[@]}" /usr/bin/time -f "%M" -o "$WORK/rss$i" \
@@ -115,19 +120,20 @@ pull_all() {
   for i in "${!pids[@]}"; do
     wait "${pids[$i]}" || { echo "pull $((i + 1)) failed:" >&2; cat "$WORK/pull$((i + 1)).err" >&2; exit 1; }
   done
-  local secs egress; secs=$(echo "scale=3; ($(date +%s%N) - $t0) / 1000000000" | bc -l)
+  local secs egress busy; secs=$(echo "scale=3; ($(date +%s%N) - $t0) / 1000000000" | bc -l)
+  busy=$(cpu_busy "$cpu0" "$(cpu_ticks)")
   sleep 1 # the registry logs a request after its last write
   if [ "$NET" = lan ]; then egress=$(( $(origin_tx) - tx )); else egress=$(egress_since "$before"); fi
-  echo "$secs $egress $(cat "$WORK"/rss* | sort -n | tail -1)"
+  echo "$secs $egress $(cat "$WORK"/rss* | sort -n | tail -1) $busy"
   rm -f "$WORK"/rss*
 }
 
-row() { # row N SOURCES SECONDS BYTES RSS_KB
-  printf '%-4s %-22s %9.2f %12.1f %9.2f %12.1f\n' "$1" "$2" "$3" \
-    "$(echo "$4 / 1000000" | bc -l)" "$(echo "$4 / $IMAGE_BYTES" | bc -l)" "$(echo "$5 / 1024" | bc -l)"
+row() { # row N SOURCES SECONDS BYTES RSS_KB BUSY
+  printf '%-4s %-22s %9.2f %12.1f %9.2f %12.1f %6s%%\n' "$1" "$2" "$3" \
+    "$(echo "$4 / 1000000" | bc -l)" "$(echo "$4 / $IMAGE_BYTES" | bc -l)" "$(echo "$5 / 1024" | bc -l)" "$6"
 }
 
-printf '%-4s %-22s %9s %12s %9s %12s\n' N sources seconds "egress MB" "x image" "pull RSS MiB"
+printf '%-4s %-22s %9s %12s %9s %12s %7s\n' N sources seconds "egress MB" "x image" "pull RSS MiB" "CPU"
 for n in ${counts[*]}; do
   SERVE_PIDS=()
   cfg=$(config "$n" '"peers", "origin"')
@@ -141,13 +147,13 @@ for n in ${counts[*]}; do
   for i in $(seq "$n"); do
     for _ in $(seq 100); do curl -fsS "http://$(node_addr "$i")/v2/" >/dev/null 2>&1 && break; sleep 0.1; done
   done
-  pull_all "$n" "$cfg" > "$WORK/result"; read -r secs bytes rss < "$WORK/result"
-  row "$n" '["peers", "origin"]' "$secs" "$bytes" "$rss"
+  pull_all "$n" "$cfg" > "$WORK/result"; read -r secs bytes rss busy < "$WORK/result"
+  row "$n" '["peers", "origin"]' "$secs" "$bytes" "$rss" "$busy"
   for p in "${SERVE_PIDS[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
   # The same pulls straight from the origin.
   for i in $(seq "$n"); do rm -rf "$WORK/node$i"; done
   cfg=$(config "$n" '"origin"')
-  pull_all "$n" "$cfg" > "$WORK/result"; read -r secs bytes rss < "$WORK/result"
-  row "$n" '["origin"]' "$secs" "$bytes" "$rss"
+  pull_all "$n" "$cfg" > "$WORK/result"; read -r secs bytes rss busy < "$WORK/result"
+  row "$n" '["origin"]' "$secs" "$bytes" "$rss" "$busy"
   for i in $(seq "$n"); do rm -rf "$WORK/node$i"; done
 done

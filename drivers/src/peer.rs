@@ -633,7 +633,7 @@ impl Inner {
 
     /// Piece `p` of a blob, from the best-ranked peer of the plan that serves it right
     /// (PEER-4, PEER-7).
-    async fn fetch_piece(&self, plan: &Plan, p: u64) -> Result<Bytes> {
+    async fn fetch_piece(&self, plan: &Plan, p: u64) -> Result<Vec<Bytes>> {
         let digest = &plan.digest;
         let start = p * plan.piece_size;
         let end = (start + plan.piece_size).min(plan.size);
@@ -661,18 +661,10 @@ impl Inner {
                     }
                     _ => return Err(self.status_fault(i, resp, &what).await),
                 }
-                let bytes = read_capped(resp, (end - start) as usize)
+                let (chunks, actual) = read_piece(resp, end - start)
                     .await
                     .map_err(|e| Fault::Down(format!("{what}: {e}")))?;
-                if bytes.len() as u64 != end - start {
-                    return Err(Fault::Down(format!(
-                        "{what}: body ended after {} of {} bytes",
-                        bytes.len(),
-                        end - start
-                    )));
-                }
                 if let Some(want) = want {
-                    let actual = blake3::hash(&bytes);
                     if actual.to_hex().as_str() != want {
                         return Err(Fault::Corrupt(format!(
                             "{what}: digest mismatch: BLAKE3 {} where the piece table says {want}",
@@ -680,11 +672,11 @@ impl Inner {
                         )));
                     }
                 }
-                Ok(bytes)
+                Ok(chunks)
             }
             .await;
             match result {
-                Ok(bytes) => return Ok(bytes),
+                Ok(chunks) => return Ok(chunks),
                 Err(f) => {
                     self.record(i, Some(digest), &f);
                     failures.push(f);
@@ -796,6 +788,39 @@ async fn read_capped(resp: reqwest::Response, limit: usize) -> std::result::Resu
         buf.extend_from_slice(&chunk);
     }
     Ok(buf.freeze())
+}
+
+/// A body of exactly `len` bytes, as the chunks it arrived in (no copy), and its BLAKE3.
+async fn read_piece(
+    resp: reqwest::Response,
+    len: u64,
+) -> std::result::Result<(Vec<Bytes>, blake3::Hash), String> {
+    let mut stream = resp.bytes_stream();
+    let (mut chunks, mut got, mut hasher) = (Vec::new(), 0u64, blake3::Hasher::new());
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| chain(&e))?;
+        got += chunk.len() as u64;
+        if got > len {
+            return Err(format!("body larger than {len} bytes"));
+        }
+        hasher.update(&chunk);
+        chunks.push(chunk);
+    }
+    if got != len {
+        return Err(format!("body ended after {got} of {len} bytes"));
+    }
+    Ok((chunks, hasher.finalize()))
+}
+
+/// Bytes `a..b` of the concatenation of `chunks`, without copying.
+fn cut(chunks: Vec<Bytes>, a: u64, b: u64) -> impl Iterator<Item = Bytes> {
+    let mut at = 0u64;
+    chunks.into_iter().filter_map(move |chunk| {
+        let (from, to) = (at, at + chunk.len() as u64);
+        at = to;
+        let (lo, hi) = (from.max(a), to.min(b));
+        (lo < hi).then(|| chunk.slice((lo - from) as usize..(hi - from) as usize))
+    })
 }
 
 /// An error and its sources on one line.
@@ -1073,15 +1098,15 @@ impl Inner {
             .map(move |p| {
                 let (this, plan) = (this.clone(), plan.clone());
                 async move {
-                    let bytes = this.fetch_piece(&plan, p).await?;
+                    let chunks = this.fetch_piece(&plan, p).await?;
                     let piece_start = p * plan.piece_size;
-                    let a = start.saturating_sub(piece_start) as usize;
-                    let b = ((end - piece_start) as usize).min(bytes.len());
-                    Ok::<Bytes, Error>(bytes.slice(a..b))
+                    let a = start.saturating_sub(piece_start);
+                    let b = end - piece_start;
+                    Ok::<_, Error>(futures::stream::iter(cut(chunks, a, b).map(Ok)))
                 }
             })
             .buffered(self.window);
-        let stream: ByteStream = Box::pin(pieces.map_ok(chunks).try_flatten());
+        let stream: ByteStream = Box::pin(pieces.try_flatten());
         Ok(BlobBody {
             len: Some(len),
             stream,
@@ -1167,5 +1192,33 @@ impl Inner {
         tags.sort();
         tags.dedup();
         Ok(tags)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cut_takes_a_range_across_chunks_without_gaps() {
+        let chunks = || {
+            vec![
+                Bytes::from_static(b"abc"),
+                Bytes::from_static(b""),
+                Bytes::from_static(b"defg"),
+                Bytes::from_static(b"hi"),
+            ]
+        };
+        let join = |a, b| cut(chunks(), a, b).collect::<Vec<_>>().concat();
+        assert_eq!(join(0, 9), b"abcdefghi");
+        assert_eq!(join(2, 8), b"cdefgh");
+        assert_eq!(join(3, 7), b"defg");
+        assert_eq!(join(4, 5), b"e");
+        assert!(join(5, 5).is_empty());
+        assert_eq!(
+            cut(chunks(), 2, 8).count(),
+            3,
+            "one slice per chunk touched"
+        );
     }
 }
