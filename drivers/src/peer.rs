@@ -171,6 +171,14 @@ pub fn rank(labels: &[&str], digest: &Digest, piece: u64) -> Vec<usize> {
     ids
 }
 
+/// The relay asked first for extent `extent` of blob `digest` (PEER-7): extents are dealt
+/// round-robin over all peers in the blob's rendezvous order, so every relay fetches an
+/// even share of every blob and every node picks the same relay.
+pub fn relay_owner(labels: &[&str], digest: &Digest, extent: u64) -> usize {
+    let order = rank(labels, digest, u64::MAX);
+    order[(extent % order.len() as u64) as usize]
+}
+
 /// The rendezvous score of peer `label` for `key` (and piece): highest serves.
 fn score(label: &str, key: &str, piece: u64) -> u64 {
     let mut h = blake3::Hasher::new();
@@ -641,8 +649,22 @@ impl Inner {
         let path = format!("ferry/v1/blobs/{digest}");
         let query: Vec<(&str, &str)> = plan.name.iter().map(|n| ("name", n.as_str())).collect();
         let mut failures = Vec::new();
-        let owner_key = p / plan.pieces_per_owner;
-        for i in self.ranked(&digest.to_string(), owner_key, Some(digest), &plan.peers) {
+        let order = match plan.extent_pieces {
+            // Relays: the extent's owner first, then the rest in rendezvous order.
+            Some(per_extent) => {
+                let extent = p / per_extent;
+                let labels: Vec<&str> = self.peers.iter().map(|p| p.label.as_str()).collect();
+                let owner = relay_owner(&labels, digest, extent);
+                let mut order = self.ranked(&digest.to_string(), extent, Some(digest), &plan.peers);
+                if let Some(at) = order.iter().position(|&i| i == owner) {
+                    order.remove(at);
+                    order.insert(0, owner);
+                }
+                order
+            }
+            None => self.ranked(&digest.to_string(), p, Some(digest), &plan.peers),
+        };
+        for i in order {
             let what = format!(
                 "blob {digest} piece {p} (bytes {start}-{}) from peer {}",
                 end - 1,
@@ -743,8 +765,8 @@ struct Plan {
     peers: Vec<usize>,
     /// The image name, for relays.
     name: Option<String>,
-    /// Consecutive pieces ranked as one (the pieces of a relay extent go to one relay).
-    pieces_per_owner: u64,
+    /// For relays: pieces per extent (all pieces of an extent go to its relay).
+    extent_pieces: Option<u64>,
 }
 
 /// Checks a piece table's shape against the blob it is for.
@@ -1076,7 +1098,7 @@ impl Inner {
                 hashes: None,
                 peers: holders,
                 name: Some(name.to_string()),
-                pieces_per_owner: RELAY_EXTENT / RELAY_PIECE,
+                extent_pieces: Some(RELAY_EXTENT / RELAY_PIECE),
             }
         } else {
             let (table, agreeing) = self.table(digest, &holders, size).await?;
@@ -1087,7 +1109,7 @@ impl Inner {
                 hashes: Some(table.pieces),
                 peers: agreeing,
                 name: None,
-                pieces_per_owner: 1,
+                extent_pieces: None,
             }
         };
         let ps = plan.piece_size;
@@ -1219,6 +1241,30 @@ mod tests {
             cut(chunks(), 2, 8).count(),
             3,
             "one slice per chunk touched"
+        );
+    }
+
+    #[test]
+    fn relay_owners_share_every_blob_evenly() {
+        let labels: Vec<String> = (1..=16)
+            .map(|i| format!("http://10.0.0.{i}:7070"))
+            .collect();
+        let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+        for blob in [b"a".as_slice(), b"b", b"c"] {
+            let digest = Digest::sha256(blob);
+            let mut load = [0u32; 16];
+            for extent in 0..40 {
+                load[relay_owner(&labels, &digest, extent)] += 1;
+            }
+            // 40 extents over 16 relays, dealt round-robin: 2 or 3 each.
+            assert!(load.iter().all(|&n| n == 2 || n == 3), "{load:?}");
+        }
+        let digest = Digest::sha256(b"a");
+        let reordered: Vec<&str> = labels.iter().rev().copied().collect();
+        assert_eq!(
+            labels[relay_owner(&labels, &digest, 7)],
+            reordered[relay_owner(&reordered, &digest, 7)],
+            "the owner depends on the peers, not on the order they are listed in"
         );
     }
 }

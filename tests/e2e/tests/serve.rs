@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ferry_drivers::peer::{rank, RELAY_EXTENT};
+use ferry_drivers::peer::{rank, relay_owner, RELAY_EXTENT};
 use ferry_testkit::fixtures::{Fixtures, APP, BIG, BUSYBOX, INDEX};
 use ferry_testkit::proxy::Proxy;
 use ferry_testkit::registry::{Registry, RegistryOptions};
@@ -784,7 +784,7 @@ fn a_relay_fetches_each_extent_once_and_serves_parts_of_it() {
 #[test]
 fn a_node_killed_mid_transfer_does_not_stop_the_others() {
     // PEER-5, PEER-7: three nodes pull at once through relays from a slow origin; the node
-    // that relays piece 0 of the large layer dies (its server and its pull, SIGKILL) while
+    // that relays extent 0 of the large layer dies (its server and its pull, SIGKILL) while
     // the pieces are on their way. The two others mark it down, ask the next relay in
     // rendezvous order for its pieces, and finish with the right image; the origin sends
     // the dead node's share again at most.
@@ -797,7 +797,7 @@ fn a_node_killed_mid_transfer_does_not_stop_the_others() {
     let manifest = json(&String::from_utf8_lossy(&fx.blob(&digest)));
     let large =
         ferry_core::Digest::parse(manifest["layers"][1]["digest"].as_str().unwrap()).unwrap();
-    let victim = rank(&swarm.labels(), &large, 0)[0];
+    let victim = relay_owner(&swarm.labels(), &large, 0);
     let victim_url = swarm.labels()[victim].to_string();
     let mut pulls = swarm.pull_all();
     // Mid-transfer: the origin has started sending pieces of the large layer.
@@ -834,7 +834,7 @@ fn a_node_killed_mid_transfer_does_not_stop_the_others() {
 
 #[test]
 fn a_hung_relay_costs_one_stall_timeout() {
-    // PEER-5, PEER-7: the node that relays piece 0 of the large layer hangs (SIGSTOP: its
+    // PEER-5, PEER-7: the node that relays extent 0 of the large layer hangs (SIGSTOP: its
     // port accepts, nothing answers) while the piece is on its way. Relays hand bytes on as
     // they arrive, so askers see no progress for the stall timeout, mark it down and take
     // its pieces from the next relay; all three pulls finish, the hung node's own included.
@@ -846,7 +846,7 @@ fn a_hung_relay_costs_one_stall_timeout() {
     let manifest = json(&String::from_utf8_lossy(&fx.blob(&digest)));
     let large =
         ferry_core::Digest::parse(manifest["layers"][1]["digest"].as_str().unwrap()).unwrap();
-    let victim = rank(&swarm.labels(), &large, 0)[0];
+    let victim = relay_owner(&swarm.labels(), &large, 0);
     let victim_url = swarm.labels()[victim].to_string();
     let pulls = swarm.pull_all();
     let deadline = Instant::now() + Duration::from_secs(60);
