@@ -45,9 +45,9 @@ pub const SMALL_BLOB: u64 = 4 << 20;
 pub const RELAY_PIECE: u64 = 1 << 20;
 /// Bytes a relay fetches from its upstream in one request (PEER-7): the pieces of one
 /// extent all go to the same relay, so the origin answers one request per extent.
-pub const RELAY_EXTENT: u64 = 16 << 20;
+pub const RELAY_EXTENT: u64 = 4 << 20;
 /// Idle connections kept per peer.
-const IDLE_PER_PEER: usize = 2;
+const IDLE_PER_PEER: usize = 1;
 /// Largest chunk handed to the consumer.
 const OUT_CHUNK: usize = 1 << 20;
 /// Largest piece table read (a 64 GiB blob in 1 MiB pieces is about 4.4 MB of JSON).
