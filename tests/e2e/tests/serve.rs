@@ -781,63 +781,20 @@ fn a_relay_fetches_each_extent_once_and_serves_parts_of_it() {
     assert_eq!(status, 416);
 }
 
-#[test]
-fn a_node_killed_mid_transfer_does_not_stop_the_others() {
-    // PEER-5, PEER-7: three nodes pull at once through relays from a slow origin; the node
-    // that relays extent 0 of the large layer dies (its server and its pull, SIGKILL) while
-    // the pieces are on their way. The two others mark it down, ask the next relay in
-    // rendezvous order for its pieces, and finish with the right image; the origin sends
-    // the dead node's share again at most.
-    let fx = Fixtures::get();
-    let registry = Registry::start(RegistryOptions::open()).unwrap();
-    let digest = fx.push(BIG, &registry.host(), "team/app:1", false, None);
-    // 2 MiB/s per connection: each 4 MiB relayed piece takes about 2 s to arrive.
-    let origin = Proxy::start(&registry.host(), Some(2 << 20));
-    let mut swarm = Swarm::start(3, &origin);
-    let manifest = json(&String::from_utf8_lossy(&fx.blob(&digest)));
-    let large =
-        ferry_core::Digest::parse(manifest["layers"][1]["digest"].as_str().unwrap()).unwrap();
-    let victim = relay_owner(&swarm.labels(), &large, 0);
-    let victim_url = swarm.labels()[victim].to_string();
-    let mut pulls = swarm.pull_all();
-    // Mid-transfer: the origin has started sending pieces of the large layer.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while origin.served_bytes() < 2 << 20 {
-        assert!(
-            Instant::now() < deadline,
-            "the origin never started sending"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    swarm.nodes[victim].kill();
-    let mut killed = pulls.remove(victim);
-    killed.kill().unwrap();
-    killed.wait().unwrap();
-    for (i, child) in pulls.into_iter().enumerate() {
-        let out = child.wait_with_output().unwrap();
-        let err = stderr_of(&out);
-        assert!(out.status.success(), "survivor {i}: {err}");
-        let line = format!("peer {victim_url} is unreachable");
-        assert!(err.contains(&line), "survivor {i}: no {line:?} in: {err}");
-    }
-    for (i, root) in swarm.roots.iter().enumerate().filter(|(i, _)| *i != victim) {
-        assert_eq!(images(root)[0]["digest"], digest.as_str(), "node {i}");
-    }
-    let image = image_bytes(&fx, &digest);
-    let egress = origin.served_bytes();
-    eprintln!("origin egress with a node killed: {egress} bytes for an image of {image} bytes");
-    assert!(
-        egress < image * 2,
-        "origin sent {egress} bytes for 2 surviving pulls of {image} bytes"
-    );
+/// Three relaying nodes pulling `BIG` at once from an origin slowed to 2 MiB/s per
+/// connection (a 4 MiB extent takes about 2 s), caught once the origin has sent 2 MiB: the
+/// extents are on their way. `victim` relays extent 0 of the large layer.
+struct MidTransfer {
+    pulls: Vec<std::process::Child>,
+    swarm: Swarm,
+    origin: Proxy,
+    _registry: Registry,
+    digest: String,
+    victim: usize,
+    victim_url: String,
 }
 
-#[test]
-fn a_hung_relay_costs_one_stall_timeout() {
-    // PEER-5, PEER-7: the node that relays extent 0 of the large layer hangs (SIGSTOP: its
-    // port accepts, nothing answers) while the piece is on its way. Relays hand bytes on as
-    // they arrive, so askers see no progress for the stall timeout, mark it down and take
-    // its pieces from the next relay; all three pulls finish, the hung node's own included.
+fn mid_transfer() -> MidTransfer {
     let fx = Fixtures::get();
     let registry = Registry::start(RegistryOptions::open()).unwrap();
     let digest = fx.push(BIG, &registry.host(), "team/app:1", false, None);
@@ -857,23 +814,84 @@ fn a_hung_relay_costs_one_stall_timeout() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    let frozen = Instant::now();
-    swarm.nodes[victim].freeze();
-    for (i, child) in pulls.into_iter().enumerate() {
+    MidTransfer {
+        pulls,
+        swarm,
+        origin,
+        _registry: registry,
+        digest,
+        victim,
+        victim_url,
+    }
+}
+
+/// Waits for `pulls` (node index, child): each succeeds and says the victim was unreachable.
+fn survive(pulls: Vec<(usize, std::process::Child)>, victim_url: &str) {
+    for (i, child) in pulls {
         let out = child.wait_with_output().unwrap();
         let err = stderr_of(&out);
         assert!(out.status.success(), "node {i}: {err}");
         let line = format!("peer {victim_url} is unreachable");
         assert!(err.contains(&line), "node {i}: no {line:?} in: {err}");
     }
+}
+
+#[test]
+fn a_node_killed_mid_transfer_does_not_stop_the_others() {
+    // PEER-5, PEER-7: the node relaying extent 0 of the large layer dies (its server and
+    // its pull, SIGKILL) while the extents are on their way. The two others mark it down,
+    // ask the next relay for its pieces, and finish with the right image; the origin sends
+    // the dead node's share again at most.
+    let mut t = mid_transfer();
+    t.swarm.nodes[t.victim].kill();
+    let mut killed = t.pulls.remove(t.victim);
+    killed.kill().unwrap();
+    killed.wait().unwrap();
+    let survivors: Vec<usize> = (0..3).filter(|&i| i != t.victim).collect();
+    survive(
+        survivors
+            .iter()
+            .copied()
+            .zip(std::mem::take(&mut t.pulls))
+            .collect(),
+        &t.victim_url,
+    );
+    for &i in &survivors {
+        assert_eq!(images(&t.swarm.roots[i])[0]["digest"], t.digest.as_str());
+    }
+    let image = image_bytes(&Fixtures::get(), &t.digest);
+    let egress = t.origin.served_bytes();
+    eprintln!("origin egress with a node killed: {egress} bytes for an image of {image} bytes");
+    assert!(
+        egress < image * 2,
+        "origin sent {egress} bytes for 2 surviving pulls of {image} bytes"
+    );
+}
+
+#[test]
+fn a_hung_relay_costs_one_stall_timeout() {
+    // PEER-5, PEER-7: the node relaying extent 0 of the large layer hangs (SIGSTOP: its
+    // port accepts, nothing answers) while the extents are on their way. Relays hand bytes
+    // on as they arrive, so askers see no progress for the stall timeout, mark it down and
+    // take its pieces from the next relay; all three pulls finish, the hung node's own too.
+    let mut t = mid_transfer();
+    let frozen = Instant::now();
+    t.swarm.nodes[t.victim].freeze();
+    survive(
+        std::mem::take(&mut t.pulls)
+            .into_iter()
+            .enumerate()
+            .collect(),
+        &t.victim_url,
+    );
     // One stall timeout (10 s) and the transfer, not the 5 minutes of a table request.
     assert!(
         frozen.elapsed() < Duration::from_secs(60),
         "{:?}",
         frozen.elapsed()
     );
-    for root in &swarm.roots {
-        assert_eq!(images(root)[0]["digest"], digest.as_str());
+    for root in &t.swarm.roots {
+        assert_eq!(images(root)[0]["digest"], t.digest.as_str());
     }
 }
 
