@@ -173,7 +173,8 @@ pub fn rank(labels: &[&str], digest: &Digest, piece: u64) -> Vec<usize> {
 
 /// The relay asked first for extent `extent` of blob `digest` (PEER-7): extents are dealt
 /// round-robin over all peers in the blob's rendezvous order, so every relay fetches an
-/// even share of every blob and every node picks the same relay.
+/// even share of every blob and every node picks the same relay. Panics if `labels` is
+/// empty.
 pub fn relay_owner(labels: &[&str], digest: &Digest, extent: u64) -> usize {
     let order = rank(labels, digest, u64::MAX);
     order[(extent % order.len() as u64) as usize]

@@ -1,8 +1,9 @@
 //! Relaying (PEER-7), only with `--relay`: a node asked by a peer for a piece of a blob it
-//! has not committed fetches that piece from its own upstream sources (the route of the
-//! image name in its site config, without peer sources), once, serves it to every asker
-//! as it arrives, and keeps it in a bounded memory cache for the other peers that ask. Rendezvous hashing makes every requester ask
-//! the same node for the same piece, so the origin sends each piece about once.
+//! has not committed fetches the extent holding it from its own upstream sources (the
+//! route of the image name in its site config, without peer sources), once, serves it to
+//! every asker as it arrives, and keeps it in a bounded memory cache for the peers that ask
+//! later. Every requester asks the same node for the same extent, so the origin sends each
+//! byte about once.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -27,7 +28,7 @@ const MAX_REMEMBERED: usize = 4096;
 pub struct RelayOptions {
     /// The site config whose routes say where the node's upstream is.
     pub config: SiteConfig,
-    /// Most bytes of pieces kept in memory for other peers.
+    /// Most bytes of relayed extents kept in memory for other peers.
     pub cache_bytes: u64,
 }
 
@@ -35,7 +36,7 @@ type Key = (Digest, u64, u64);
 /// The upstream sources of one image name.
 type Upstream = Arc<Vec<Arc<dyn Driver>>>;
 
-/// Bytes of a relayed piece are handed on in blocks of this size as they arrive.
+/// Bytes of a relayed extent are handed on in blocks of this size as they arrive.
 const BLOCK: usize = 256 << 10;
 
 /// Relayed extents: arriving (one upstream fetch each, served as it arrives) and cached.
@@ -43,19 +44,19 @@ pub(crate) struct Relay {
     config: SiteConfig,
     upstreams: Mutex<HashMap<String, Upstream>>,
     sizes: Mutex<HashMap<Digest, u64>>,
-    pieces: Arc<Mutex<Pieces>>,
+    extents: Arc<Mutex<Extents>>,
 }
 
 /// Every extent the relay knows: arriving ones and, oldest first, arrived ones kept for the
 /// peers that have not asked yet, within `limit` bytes.
-struct Pieces {
-    map: HashMap<Key, Arc<Piece>>,
+struct Extents {
+    map: HashMap<Key, Arc<Extent>>,
     arrived: VecDeque<Key>,
     bytes: u64,
     limit: u64,
 }
 
-impl Pieces {
+impl Extents {
     /// Keeps arrived extent `key` for later askers, dropping the oldest beyond the limit.
     fn keep(&mut self, key: Key, len: u64) {
         if len > self.limit {
@@ -68,22 +69,22 @@ impl Pieces {
             let Some(old) = self.arrived.pop_front() else {
                 break;
             };
-            if let Some(piece) = self.map.remove(&old) {
-                self.bytes -= piece.len;
+            if let Some(extent) = self.map.remove(&old) {
+                self.bytes -= extent.len;
             }
         }
     }
 }
 
 /// One relayed extent: the blocks that have arrived so far and how the fetch ended.
-struct Piece {
+struct Extent {
     len: u64,
-    state: Mutex<PieceState>,
+    state: Mutex<ExtentState>,
     changed: Notify,
 }
 
 #[derive(Default)]
-struct PieceState {
+struct ExtentState {
     blocks: Vec<Bytes>,
     /// An upstream source answered: bytes are on their way.
     answered: bool,
@@ -91,19 +92,19 @@ struct PieceState {
     outcome: Option<Result<(), ApiError>>,
 }
 
-impl Piece {
-    fn update(&self, f: impl FnOnce(&mut PieceState)) {
-        f(&mut self.state.lock().expect("relay piece"));
+impl Extent {
+    fn update(&self, f: impl FnOnce(&mut ExtentState)) {
+        f(&mut self.state.lock().expect("relay extent"));
         self.changed.notify_waiters();
     }
 
     /// Waits until `ready` holds for the state, and maps it.
-    async fn wait<T>(&self, mut ready: impl FnMut(&PieceState) -> Option<T>) -> T {
+    async fn wait<T>(&self, mut ready: impl FnMut(&ExtentState) -> Option<T>) -> T {
         loop {
             let notified = self.changed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if let Some(value) = ready(&self.state.lock().expect("relay piece")) {
+            if let Some(value) = ready(&self.state.lock().expect("relay extent")) {
                 return value;
             }
             notified.await;
@@ -117,7 +118,7 @@ impl Relay {
             config: options.config,
             upstreams: Mutex::new(HashMap::new()),
             sizes: Mutex::new(HashMap::new()),
-            pieces: Arc::new(Mutex::new(Pieces {
+            extents: Arc::new(Mutex::new(Extents {
                 map: HashMap::new(),
                 arrived: VecDeque::new(),
                 bytes: 0,
@@ -212,25 +213,25 @@ impl Relay {
         }
         let key: Key = (digest.clone(), extent_start, extent_len);
         let extent = {
-            let mut pieces = self.pieces.lock().expect("relay pieces");
-            match pieces.map.get(&key) {
-                Some(piece) => piece.clone(),
+            let mut extents = self.extents.lock().expect("relay extents");
+            match extents.map.get(&key) {
+                Some(extent) => extent.clone(),
                 None => {
-                    let piece = Arc::new(Piece {
+                    let extent = Arc::new(Extent {
                         len: extent_len,
                         state: Mutex::default(),
                         changed: Notify::new(),
                     });
-                    pieces.map.insert(key.clone(), piece.clone());
+                    extents.map.insert(key.clone(), extent.clone());
                     let fetch = Fetch {
                         upstream: self.upstream(name)?,
                         name: name.to_string(),
                         key,
-                        piece: piece.clone(),
-                        pieces: self.pieces.clone(),
+                        extent: extent.clone(),
+                        extents: self.extents.clone(),
                     };
                     tokio::spawn(fetch.run());
-                    piece
+                    extent
                 }
             }
         };
@@ -259,7 +260,7 @@ impl Relay {
 
 /// Where a stream of part `lo..hi` of an extent is: block `next` starts at offset `at`.
 struct Walk {
-    extent: Arc<Piece>,
+    extent: Arc<Extent>,
     next: usize,
     at: u64,
     lo: u64,
@@ -304,14 +305,14 @@ impl Walk {
     }
 }
 
-/// The fetch of one relayed piece from the upstream, run as its own task so it goes on
+/// The fetch of one relayed extent from the upstream, run as its own task so it goes on
 /// whoever asked for it and whoever gave up.
 struct Fetch {
     upstream: Upstream,
     name: String,
     key: Key,
-    piece: Arc<Piece>,
-    pieces: Arc<Mutex<Pieces>>,
+    extent: Arc<Extent>,
+    extents: Arc<Mutex<Extents>>,
 }
 
 impl Fetch {
@@ -319,17 +320,17 @@ impl Fetch {
         let (digest, start, len) = self.key.clone();
         let outcome = self.fetch(&digest, start, len).await;
         let ok = outcome.is_ok();
-        self.piece.update(|s| s.outcome = Some(outcome));
-        let mut pieces = self.pieces.lock().expect("relay pieces");
+        self.extent.update(|s| s.outcome = Some(outcome));
+        let mut extents = self.extents.lock().expect("relay extents");
         if ok {
-            pieces.keep(self.key, len);
+            extents.keep(self.key, len);
         } else {
-            // A failed piece is fetched anew by the next asker.
-            pieces.map.remove(&self.key);
+            // A failed extent is fetched anew by the next asker.
+            extents.map.remove(&self.key);
         }
     }
 
-    /// Fills the piece from the first upstream source that serves it; one that breaks off
+    /// Fills the extent from the first upstream source that serves it; one that breaks off
     /// is followed by the next, from the byte where it stopped.
     async fn fetch(&self, digest: &Digest, start: u64, len: u64) -> Result<(), ApiError> {
         let name = &self.name;
@@ -342,7 +343,7 @@ impl Fetch {
             };
             let result = async {
                 let mut body = source.fetch_blob(name, digest, range).await?;
-                self.piece.update(|s| s.answered = true);
+                self.extent.update(|s| s.answered = true);
                 let mut block = BytesMut::with_capacity(BLOCK);
                 while let Some(chunk) = body.stream.next().await {
                     let chunk = chunk?;
@@ -356,12 +357,12 @@ impl Fetch {
                     if block.len() >= BLOCK {
                         got += block.len() as u64;
                         let full = std::mem::replace(&mut block, BytesMut::with_capacity(BLOCK));
-                        self.piece.update(|s| s.blocks.push(full.freeze()));
+                        self.extent.update(|s| s.blocks.push(full.freeze()));
                     }
                 }
                 if !block.is_empty() {
                     got += block.len() as u64;
-                    self.piece.update(|s| s.blocks.push(block.freeze()));
+                    self.extent.update(|s| s.blocks.push(block.freeze()));
                 }
                 if got != len {
                     return Err(ferry_drivers::Error::unavailable(
@@ -376,7 +377,7 @@ impl Fetch {
             .await;
             match result {
                 Ok(()) => {
-                    tracing::debug!(%digest, start, len, source = source.source_name(), "relayed piece");
+                    tracing::debug!(%digest, start, len, source = source.source_name(), "relayed extent");
                     return Ok(());
                 }
                 Err(e) => failures.push(e),
@@ -405,10 +406,10 @@ impl Fetch {
 mod tests {
     use super::*;
 
-    fn arrived(len: u64) -> Arc<Piece> {
-        Arc::new(Piece {
+    fn arrived(len: u64) -> Arc<Extent> {
+        Arc::new(Extent {
             len,
-            state: Mutex::new(PieceState {
+            state: Mutex::new(ExtentState {
                 blocks: vec![Bytes::from(vec![0u8; len as usize])],
                 answered: true,
                 outcome: Some(Ok(())),
@@ -418,8 +419,8 @@ mod tests {
     }
 
     #[test]
-    fn kept_pieces_are_dropped_oldest_first_beyond_the_limit() {
-        let mut pieces = Pieces {
+    fn kept_extents_are_dropped_oldest_first_beyond_the_limit() {
+        let mut extents = Extents {
             map: HashMap::new(),
             arrived: VecDeque::new(),
             bytes: 0,
@@ -427,16 +428,16 @@ mod tests {
         };
         let d = Digest::sha256(b"x");
         for (start, len) in [(0, 4), (4, 4), (8, 4), (12, 11)] {
-            pieces.map.insert((d.clone(), start, len), arrived(len));
-            pieces.keep((d.clone(), start, len), len);
+            extents.map.insert((d.clone(), start, len), arrived(len));
+            extents.keep((d.clone(), start, len), len);
         }
-        assert!(!pieces.map.contains_key(&(d.clone(), 0, 4)));
-        assert!(pieces.map.contains_key(&(d.clone(), 4, 4)));
-        assert!(pieces.map.contains_key(&(d.clone(), 8, 4)));
+        assert!(!extents.map.contains_key(&(d.clone(), 0, 4)));
+        assert!(extents.map.contains_key(&(d.clone(), 4, 4)));
+        assert!(extents.map.contains_key(&(d.clone(), 8, 4)));
         assert!(
-            !pieces.map.contains_key(&(d.clone(), 12, 11)),
+            !extents.map.contains_key(&(d.clone(), 12, 11)),
             "larger than the whole cache: not kept, nothing else dropped for it"
         );
-        assert_eq!(pieces.bytes, 8);
+        assert_eq!(extents.bytes, 8);
     }
 }
