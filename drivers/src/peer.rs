@@ -684,10 +684,10 @@ impl Inner {
                     }
                     _ => return Err(self.status_fault(i, resp, &what).await),
                 }
-                let (chunks, actual) = read_piece(resp, end - start)
+                let (chunks, actual) = read_piece(resp, end - start, want.is_some())
                     .await
                     .map_err(|e| Fault::Down(format!("{what}: {e}")))?;
-                if let Some(want) = want {
+                if let (Some(want), Some(actual)) = (want, actual) {
                     if actual.to_hex().as_str() != want {
                         return Err(Fault::Corrupt(format!(
                             "{what}: digest mismatch: BLAKE3 {} where the piece table says {want}",
@@ -813,26 +813,31 @@ async fn read_capped(resp: reqwest::Response, limit: usize) -> std::result::Resu
     Ok(buf.freeze())
 }
 
-/// A body of exactly `len` bytes, as the chunks it arrived in (no copy), and its BLAKE3.
+/// A body of exactly `len` bytes, as the chunks it arrived in (no copy), and, if `hash`,
+/// its BLAKE3.
 async fn read_piece(
     resp: reqwest::Response,
     len: u64,
-) -> std::result::Result<(Vec<Bytes>, blake3::Hash), String> {
+    hash: bool,
+) -> std::result::Result<(Vec<Bytes>, Option<blake3::Hash>), String> {
     let mut stream = resp.bytes_stream();
-    let (mut chunks, mut got, mut hasher) = (Vec::new(), 0u64, blake3::Hasher::new());
+    let (mut chunks, mut got) = (Vec::new(), 0u64);
+    let mut hasher = hash.then(blake3::Hasher::new);
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| chain(&e))?;
         got += chunk.len() as u64;
         if got > len {
             return Err(format!("body larger than {len} bytes"));
         }
-        hasher.update(&chunk);
+        if let Some(h) = hasher.as_mut() {
+            h.update(&chunk);
+        }
         chunks.push(chunk);
     }
     if got != len {
         return Err(format!("body ended after {got} of {len} bytes"));
     }
-    Ok((chunks, hasher.finalize()))
+    Ok((chunks, hasher.map(|h| h.finalize())))
 }
 
 /// Bytes `a..b` of the concatenation of `chunks`, without copying.
