@@ -16,7 +16,7 @@ use ferry_drivers::peer::RELAY_EXTENT;
 use ferry_drivers::route::sources_for;
 use ferry_drivers::{ByteRange, Driver, ErrorKind};
 use futures::{Stream, StreamExt as _};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, Semaphore};
 
 use crate::error::{ApiError, ApiResult};
 
@@ -36,6 +36,9 @@ type Key = (Digest, u64, u64);
 /// The upstream sources of one image name.
 type Upstream = Arc<Vec<Arc<dyn Driver>>>;
 
+/// Most extents fetched from upstream at once: more wait (bounds memory in flight to
+/// 128 MiB whatever peers ask).
+const MAX_FETCHES: usize = 32;
 /// Bytes of a relayed extent are handed on in blocks of this size as they arrive.
 const BLOCK: usize = 256 << 10;
 
@@ -45,6 +48,8 @@ pub(crate) struct Relay {
     upstreams: Mutex<HashMap<String, Upstream>>,
     sizes: Mutex<HashMap<Digest, u64>>,
     extents: Arc<Mutex<Extents>>,
+    /// Upstream fetches at once (memory in flight: this times [`RELAY_EXTENT`]).
+    fetching: Arc<Semaphore>,
 }
 
 /// Every extent the relay knows: arriving ones and, oldest first, arrived ones kept for the
@@ -118,6 +123,7 @@ impl Relay {
             config: options.config,
             upstreams: Mutex::new(HashMap::new()),
             sizes: Mutex::new(HashMap::new()),
+            fetching: Arc::new(Semaphore::new(MAX_FETCHES)),
             extents: Arc::new(Mutex::new(Extents {
                 map: HashMap::new(),
                 arrived: VecDeque::new(),
@@ -212,6 +218,7 @@ impl Relay {
             ));
         }
         let key: Key = (digest.clone(), extent_start, extent_len);
+        let upstream = self.upstream(name)?;
         let extent = {
             let mut extents = self.extents.lock().expect("relay extents");
             match extents.map.get(&key) {
@@ -224,11 +231,12 @@ impl Relay {
                     });
                     extents.map.insert(key.clone(), extent.clone());
                     let fetch = Fetch {
-                        upstream: self.upstream(name)?,
+                        upstream,
                         name: name.to_string(),
                         key,
                         extent: extent.clone(),
                         extents: self.extents.clone(),
+                        fetching: self.fetching.clone(),
                     };
                     tokio::spawn(fetch.run());
                     extent
@@ -313,12 +321,16 @@ struct Fetch {
     key: Key,
     extent: Arc<Extent>,
     extents: Arc<Mutex<Extents>>,
+    fetching: Arc<Semaphore>,
 }
 
 impl Fetch {
     async fn run(self) {
         let (digest, start, len) = self.key.clone();
-        let outcome = self.fetch(&digest, start, len).await;
+        let outcome = match self.fetching.clone().acquire_owned().await {
+            Ok(_permit) => self.fetch(&digest, start, len).await,
+            Err(_) => Err(ApiError::internal("relay: fetches closed")),
+        };
         let ok = outcome.is_ok();
         self.extent.update(|s| s.outcome = Some(outcome));
         let mut extents = self.extents.lock().expect("relay extents");

@@ -758,7 +758,7 @@ fn a_relay_fetches_each_extent_once_and_serves_parts_of_it() {
             .iter()
             .map(|(a, b)| {
                 let (range, url) = (format!("bytes={a}-{b}"), url.clone());
-                s.spawn(move || curl(&["-H", &format!("Range: {range}")], &url))
+                s.spawn(move || curl(&["-m", "60", "-H", &format!("Range: {range}")], &url))
             })
             .collect();
         asks.into_iter().map(|h| h.join().unwrap()).collect()
@@ -779,6 +779,20 @@ fn a_relay_fetches_each_extent_once_and_serves_parts_of_it() {
     let across = format!("Range: bytes={}-{}", extent - 1, extent);
     let (status, _, _) = curl(&["-H", &across], &url);
     assert_eq!(status, 416);
+    // A bad name (the blob's size already known) is refused, and leaves nothing behind
+    // that a good ask for the same extent would wait on.
+    let bad = format!(
+        "{}/ferry/v1/blobs/{large}?name=Not%20A%20Name",
+        swarm.labels()[0]
+    );
+    let second = format!("Range: bytes={extent}-{}", extent + 9);
+    let (status, _, _) = curl(&["-H", &second], &bad);
+    assert_eq!(status, 400);
+    let (status, _, body) = curl(&["-m", "60", "-H", &second], &url);
+    assert_eq!(
+        (status, body.as_slice() == &bytes[extent..extent + 10]),
+        (206, true)
+    );
 }
 
 /// Three relaying nodes pulling `BIG` at once from an origin slowed to 2 MiB/s per
