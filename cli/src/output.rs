@@ -6,7 +6,7 @@ use std::io::{IsTerminal, Write};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use ferry_drivers::progress::{BlobKind, Event, Progress};
+use ferry_drivers::transfer::progress::{BlobKind, Event, Progress};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 /// How often a blob's progress is reported when not drawing bars.

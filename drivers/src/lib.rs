@@ -1,22 +1,16 @@
 //! ferry's distribution drivers: one async [`Driver`] API that every transport implements,
-//! and the copy engine that moves images from drivers into the store.
+//! in three layers that depend downwards only:
+//!
+//! - [`sources`]: the transports (registry, S3, OCI layout, mirror, peer, the local store);
+//! - [`site`]: the site config and the routes that map a name to its sources;
+//! - [`transfer`]: the engines that move images (pull, copy, archives, signature transport).
 
 #![warn(missing_docs)]
 
-pub mod archive;
-pub mod config;
-pub mod copy;
 mod error;
-pub mod local;
-pub mod mirror;
-pub mod oci_layout;
-pub mod peer;
-pub mod progress;
-pub mod pull;
-pub mod registry;
-pub mod route;
-pub mod s3;
-pub mod signatures;
+pub mod site;
+pub mod sources;
+pub mod transfer;
 
 use std::pin::Pin;
 

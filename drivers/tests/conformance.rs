@@ -5,9 +5,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferry_drivers::mirror::MirrorDriver;
-use ferry_drivers::peer::{PeerConfig, PeerDriver};
-use ferry_drivers::registry::{Credentials, RegistryConfig, RegistryDriver};
+use ferry_drivers::sources::mirror::MirrorDriver;
+use ferry_drivers::sources::peer::{PeerConfig, PeerDriver};
+use ferry_drivers::sources::registry::{Credentials, RegistryConfig, RegistryDriver};
 use ferry_testkit::conformance::{
     self, OciLayoutHarness, RegistryHarness, S3DistributionHarness, S3FerryHarness,
 };

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use ferry_core::manifest::descriptor_digest;
 use ferry_core::{media, Digest};
-use ferry_drivers::oci_layout::OciLayoutDriver;
+use ferry_drivers::sources::oci_layout::OciLayoutDriver;
 use ferry_drivers::{ByteRange, ByteStream, Driver, ErrorKind};
 use ferry_testkit::conformance::{Seed, SMALL};
 use ferry_testkit::run_ok;

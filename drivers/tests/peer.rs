@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ferry_core::Digest;
-use ferry_drivers::peer::{rank, PeerConfig, PeerDriver};
+use ferry_drivers::sources::peer::{rank, PeerConfig, PeerDriver};
 use ferry_drivers::{Driver, ErrorKind};
 use ferry_testkit::conformance::{verified_read, Seed, BIG, EXAMPLE_HOST, REPOSITORY};
 use ferry_testkit::proxy::Proxy;
@@ -151,7 +151,7 @@ async fn silent_peer_costs_one_timeout_per_pull() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peers_do_not_resolve_tags_in_routes_unless_the_name_is_signed() {
     // PEER-6: the route's resolvers leave peer sources out.
-    let config = ferry_drivers::config::SiteConfig::parse(
+    let config = ferry_drivers::site::config::SiteConfig::parse(
         "[[route]]\nprefix = \"registry.example.com\"\nsources = [\"peers\", \"origin\"]\n\
          [source.peers]\ndriver = \"peer\"\npeers = [\"http://127.0.0.1:1\"]\n\
          [source.origin]\ndriver = \"registry\"\nurl = \"http://127.0.0.1:2\"\n",
@@ -159,7 +159,7 @@ async fn peers_do_not_resolve_tags_in_routes_unless_the_name_is_signed() {
     )
     .unwrap();
     let reference = ferry_core::Reference::parse("registry.example.com/team/app:1").unwrap();
-    let sources = ferry_drivers::route::sources_for(&config, &reference).unwrap();
+    let sources = ferry_drivers::site::route::sources_for(&config, &reference).unwrap();
     let content: Vec<&str> = sources.content.iter().map(|d| d.source_name()).collect();
     let resolve: Vec<&str> = sources.resolve.iter().map(|d| d.source_name()).collect();
     assert_eq!(content, ["peers", "origin"]);

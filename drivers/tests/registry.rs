@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use ferry_core::{media, Digest};
-use ferry_drivers::registry::{
+use ferry_drivers::sources::registry::{
     check_login, Credentials, DockerConfig, RegistryConfig, RegistryDriver,
 };
 use ferry_drivers::{ByteRange, ByteStream, Driver, ErrorKind};

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use ferry_core::manifest::descriptor_digest;
 use ferry_core::{media, Digest};
-use ferry_drivers::s3::{S3Config, S3Credentials, S3Driver, S3Layout};
+use ferry_drivers::sources::s3::{S3Config, S3Credentials, S3Driver, S3Layout};
 use ferry_drivers::{ByteRange, ByteStream, Driver, ErrorKind};
 use ferry_testkit::conformance::{Seed, SMALL};
 use ferry_testkit::s3::{S3Registry, S3Server};

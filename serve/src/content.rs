@@ -10,7 +10,7 @@ use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use ferry_core::manifest::MAX_MANIFEST_SIZE;
 use ferry_core::{media, Digest, ManifestBlob, Store};
-use ferry_drivers::signatures::{
+use ferry_drivers::transfer::signatures::{
     signature_tag, ROOT_KIND, SIGNATURE_CONFIG, SIGNATURE_CONFIG_MEDIA_TYPE,
 };
 use ferry_signing::SIGNATURE_MEDIA_TYPE;
@@ -18,11 +18,9 @@ use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
 use tokio_util::io::ReaderStream;
 
 use crate::error::{ApiError, ApiResult};
-use crate::names::{page, validate_repository, Catalog};
-use crate::{push, App};
+use crate::names::{page, parse_digest, validate_repository, validate_tag, Catalog};
+use crate::{push, App, CONTENT_DIGEST};
 
-/// Header carrying the digest of a manifest or blob.
-pub(crate) const CONTENT_DIGEST: &str = "docker-content-digest";
 /// Bytes read from a blob file per chunk of a response body.
 const READ_CHUNK: usize = 256 << 10;
 
@@ -150,11 +148,6 @@ pub(crate) async fn v2(
         )),
     };
     result.unwrap_or_else(IntoResponse::into_response)
-}
-
-/// Parses a digest from a URL, as `DIGEST_INVALID`.
-pub(crate) fn parse_digest(s: &str) -> ApiResult<Digest> {
-    Digest::parse(s).map_err(|e| ApiError::digest_invalid(e.to_string()))
 }
 
 /// The repository, or `NAME_UNKNOWN` if the store names no image in it (SERVE-2).
@@ -322,18 +315,6 @@ fn dedup(mut digests: Vec<Digest>) -> Vec<Digest> {
     digests.sort_by_key(|a| a.to_string());
     digests.dedup();
     digests
-}
-
-/// Checks a tag against the distribution grammar.
-pub(crate) fn validate_tag(tag: &str) -> ApiResult<()> {
-    match ferry_core::Reference::parse(&format!("localhost/x:{tag}")) {
-        Ok(r) if r.tag() == Some(tag) => Ok(()),
-        _ => Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "MANIFEST_INVALID",
-            format!("invalid tag {tag:?}"),
-        )),
-    }
 }
 
 /// A committed blob as a manifest, `None` if it is absent or not a manifest. Blocking.

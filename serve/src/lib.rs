@@ -45,6 +45,8 @@ pub use relay::RelayOptions;
 
 /// Header naming the API version on every answer.
 const API_VERSION: (&str, &str) = ("docker-distribution-api-version", "registry/2.0");
+/// Header carrying the digest of a manifest or blob.
+pub(crate) const CONTENT_DIGEST: &str = "docker-content-digest";
 /// How long a snapshot of the store's names is reused.
 const CATALOG_TTL: Duration = Duration::from_secs(1);
 

@@ -4,10 +4,11 @@
 //! `library/busybox`, `127.0.0.1:5000/team/app` as `team/app`. Several hosts may hold the
 //! same path; they are one repository, searched in name order.
 
+use axum::http::StatusCode;
 use ferry_core::store::ImageRecord;
-use ferry_core::Reference;
+use ferry_core::{Digest, Reference};
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ApiResult};
 
 /// Host of the names that pushes create when the store has no name for the repository.
 pub const PUSH_HOST: &str = "localhost";
@@ -107,6 +108,23 @@ pub fn page(all: Vec<String>, n: Option<usize>, last: Option<&str>) -> (Vec<Stri
     match n {
         Some(n) if n < rest.len() => (rest[..n].to_vec(), true),
         _ => (rest.to_vec(), false),
+    }
+}
+
+/// Parses a digest from a URL, as `DIGEST_INVALID`.
+pub(crate) fn parse_digest(s: &str) -> ApiResult<Digest> {
+    Digest::parse(s).map_err(|e| ApiError::digest_invalid(e.to_string()))
+}
+
+/// Checks a tag against the distribution grammar.
+pub(crate) fn validate_tag(tag: &str) -> ApiResult<()> {
+    match ferry_core::Reference::parse(&format!("localhost/x:{tag}")) {
+        Ok(r) if r.tag() == Some(tag) => Ok(()),
+        _ => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "MANIFEST_INVALID",
+            format!("invalid tag {tag:?}"),
+        )),
     }
 }
 

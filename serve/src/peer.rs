@@ -11,15 +11,13 @@ use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use ferry_core::{Digest, Hasher, Store};
-use ferry_drivers::peer::RELAY_EXTENT;
-use ferry_drivers::signatures::{signature_tag, ROOT_KIND};
+use ferry_drivers::sources::peer::RELAY_EXTENT;
+use ferry_drivers::transfer::signatures::{signature_tag, ROOT_KIND};
 use serde::{Deserialize, Serialize};
 
-use crate::content::{
-    corrupt_error, parse_digest, read_manifest, send_blob, signature_set, validate_tag,
-    ManifestBody,
-};
+use crate::content::{corrupt_error, read_manifest, send_blob, signature_set, ManifestBody};
 use crate::error::{ApiError, ApiResult};
+use crate::names::{parse_digest, validate_tag};
 use crate::relay::Relay;
 use crate::App;
 

@@ -13,15 +13,15 @@ use axum::response::{IntoResponse, Response};
 use ferry_core::manifest::{descriptor_digest, parse_config, MAX_CONFIG_SIZE, MAX_MANIFEST_SIZE};
 use ferry_core::store::ImageRecord;
 use ferry_core::{Digest, Manifest, ManifestBlob, Store};
-use ferry_drivers::signatures::{signature_tag, ROOT_KIND, SIGNATURE_CONFIG_MEDIA_TYPE};
+use ferry_drivers::transfer::signatures::{signature_tag, ROOT_KIND, SIGNATURE_CONFIG_MEDIA_TYPE};
 use ferry_signing::{SignatureEnvelope, MAX_ENVELOPE_SIZE, SIGNATURE_MEDIA_TYPE};
 use futures::StreamExt as _;
 use sha2::{Digest as _, Sha256};
 use tokio::io::{AsyncSeekExt as _, AsyncWriteExt as _};
 
-use crate::content::{parse_digest, validate_tag, CONTENT_DIGEST};
 use crate::error::{ApiError, ApiResult, Error};
-use crate::App;
+use crate::names::{parse_digest, validate_tag};
+use crate::{App, CONTENT_DIGEST};
 
 /// Kind of the store roots that keep pushed blobs until a manifest names them (SERVE-10).
 pub const UPLOAD_ROOT_KIND: &str = "serve-upload";
@@ -656,7 +656,7 @@ fn keep_signatures(
 ) -> ApiResult<()> {
     for layer in layers
         .iter()
-        .take(ferry_drivers::signatures::MAX_SIGNATURES)
+        .take(ferry_drivers::transfer::signatures::MAX_SIGNATURES)
     {
         let Ok(digest) = descriptor_digest(layer) else {
             continue;

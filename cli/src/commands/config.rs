@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use ferry_drivers::config::SiteConfig;
+use ferry_drivers::site::config::SiteConfig;
 
 use crate::commands::parse_reference;
 use crate::Cli;

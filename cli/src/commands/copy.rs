@@ -7,10 +7,10 @@ use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
 use ferry_core::Reference;
-use ferry_drivers::config::SiteConfig;
-use ferry_drivers::copy::{copy_image, Copied, CopyOptions, RouteSource};
-use ferry_drivers::progress::{BlobKind, Event, Progress};
-use ferry_drivers::route::{build_source, sources_for};
+use ferry_drivers::site::config::SiteConfig;
+use ferry_drivers::site::route::{build_source, sources_for};
+use ferry_drivers::transfer::copy::{copy_image, Copied, CopyOptions, RouteSource};
+use ferry_drivers::transfer::progress::{BlobKind, Event, Progress};
 use ferry_drivers::Driver;
 
 use crate::commands::parse_reference;

@@ -20,7 +20,7 @@ pub struct Args {
 pub fn run(cli: &Cli, args: &Args) -> Result<ExitCode> {
     let store = open_store(cli)?;
     // Signatures of manifests no name references any more are collected too (SIG-17).
-    ferry_drivers::signatures::prune_signatures(&store)?;
+    ferry_drivers::transfer::signatures::prune_signatures(&store)?;
     // Snapshots no named image or container uses go first (RUN-10); they hold no blobs.
     let snapshots = ferry_runtime::snapshot::gc(&store)?;
     let report = if args.no_wait {

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use anyhow::Result;
-use ferry_drivers::signatures::verdict_in_store;
+use ferry_drivers::transfer::signatures::verdict_in_store;
 use ferry_signing::{Acceptance, Policy, Verdict};
 
 use crate::commands::open_store;

@@ -6,7 +6,7 @@ use std::io::{BufReader, IsTerminal, Read};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
-use ferry_drivers::archive::{self, LoadOptions, LoadReport, StreamCompression};
+use ferry_drivers::transfer::archive::{self, LoadOptions, LoadReport, StreamCompression};
 use ferry_signing::Policy;
 
 use crate::commands::open_store;

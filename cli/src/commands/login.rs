@@ -4,7 +4,7 @@ use std::io::BufRead;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
-use ferry_drivers::registry::{check_login, DockerConfig};
+use ferry_drivers::sources::registry::{check_login, DockerConfig};
 
 /// Arguments of `ferry login`.
 #[derive(clap::Args, Debug)]

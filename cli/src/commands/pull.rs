@@ -2,9 +2,9 @@
 
 use anyhow::Result;
 use ferry_core::Platform;
-use ferry_drivers::config::SiteConfig;
-use ferry_drivers::pull::{pull, PullOptions, Pulled};
-use ferry_drivers::route::sources_for;
+use ferry_drivers::site::config::SiteConfig;
+use ferry_drivers::site::route::sources_for;
+use ferry_drivers::transfer::pull::{pull, PullOptions, Pulled};
 use ferry_signing::{Acceptance, Policy};
 use std::process::ExitCode;
 use std::sync::Arc;

@@ -5,10 +5,10 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use ferry_core::Reference;
-use ferry_drivers::config::SiteConfig;
-use ferry_drivers::copy::{copy_image, CopyOptions};
-use ferry_drivers::local::LocalDriver;
-use ferry_drivers::signatures::signatures_in_store;
+use ferry_drivers::site::config::SiteConfig;
+use ferry_drivers::sources::local::LocalDriver;
+use ferry_drivers::transfer::copy::{copy_image, CopyOptions};
+use ferry_drivers::transfer::signatures::signatures_in_store;
 
 use crate::commands::copy::{destination, report, CopyPrinter};
 use crate::commands::{open_store, parse_reference};

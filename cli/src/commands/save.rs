@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use ferry_core::Reference;
-use ferry_drivers::archive::{self, Format, SaveOptions, SaveReport, StreamCompression};
+use ferry_drivers::transfer::archive::{self, Format, SaveOptions, SaveReport, StreamCompression};
 
 use crate::commands::{open_store, parse_reference};
 use crate::output::human_size;

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use ferry_drivers::config::SiteConfig;
+use ferry_drivers::site::config::SiteConfig;
 use ferry_serve::{RelayOptions, ServeOptions, Server, TlsFiles};
 
 use crate::commands::open_store;

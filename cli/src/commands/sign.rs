@@ -8,9 +8,9 @@ use std::time::SystemTime;
 use anyhow::{anyhow, bail, Context, Result};
 use ferry_core::manifest::MAX_MANIFEST_SIZE;
 use ferry_core::{ManifestBlob, Reference};
-use ferry_drivers::config::SiteConfig;
-use ferry_drivers::route::sources_for;
-use ferry_drivers::signatures::{push_signature, store_signature};
+use ferry_drivers::site::config::SiteConfig;
+use ferry_drivers::site::route::sources_for;
+use ferry_drivers::transfer::signatures::{push_signature, store_signature};
 use ferry_signing::{sign, PrivateKey};
 
 use crate::commands::{open_store, parse_reference};

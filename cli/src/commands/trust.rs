@@ -4,8 +4,8 @@ use std::sync::Arc;
 
 use anyhow::Result;
 use ferry_core::{Reference, Store};
-use ferry_drivers::pull::PullOptions;
-use ferry_drivers::signatures::verify_in_store;
+use ferry_drivers::transfer::pull::PullOptions;
+use ferry_drivers::transfer::signatures::verify_in_store;
 use ferry_runtime::image::Image;
 use ferry_signing::Policy;
 

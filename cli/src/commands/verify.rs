@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use ferry_core::Digest;
-use ferry_drivers::signatures::{signatures_in_store, verify_in_store};
+use ferry_drivers::transfer::signatures::{signatures_in_store, verify_in_store};
 use ferry_drivers::ErrorKind;
 use ferry_signing::{Acceptance, Policy};
 

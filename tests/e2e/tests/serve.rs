@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ferry_drivers::peer::{rank, relay_owner, RELAY_EXTENT};
+use ferry_drivers::sources::peer::{rank, relay_owner, RELAY_EXTENT};
 use ferry_testkit::fixtures::{Fixtures, APP, BIG, BUSYBOX, INDEX};
 use ferry_testkit::proxy::Proxy;
 use ferry_testkit::registry::{Registry, RegistryOptions};
@@ -974,7 +974,7 @@ fn signed_images_verify_through_ferry_serve_and_through_peers() {
 #[test]
 fn ferry_registry_driver_pushes_chunked_uploads_and_mounts_to_ferry_serve() {
     // SERVE-9 (PATCH chunks with Content-Range), SERVE-11 (mounts), SERVE-12.
-    use ferry_drivers::registry::{Credentials, RegistryConfig, RegistryDriver};
+    use ferry_drivers::sources::registry::{Credentials, RegistryConfig, RegistryDriver};
     use ferry_drivers::{ByteRange, Driver};
     use futures::StreamExt as _;
 

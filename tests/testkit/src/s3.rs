@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ferry_drivers::s3::{S3Config, S3Credentials, S3Layout};
+use ferry_drivers::sources::s3::{S3Config, S3Credentials, S3Layout};
 use object_store::aws::AmazonS3Builder;
 use object_store::ObjectStore;
 

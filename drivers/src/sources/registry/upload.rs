@@ -319,7 +319,7 @@ fn exact_length(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::registry::tests::{chunks, collect};
+    use crate::sources::registry::tests::{chunks, collect};
 
     #[tokio::test]
     async fn exact_length_refuses_short_and_long_bodies() {

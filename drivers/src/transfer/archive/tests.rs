@@ -10,7 +10,7 @@ use ferry_core::{Digest, Reference, Store};
 use ferry_signing::{generate_key, sign, Policy, PrivateKey};
 
 use super::*;
-use crate::signatures::{signatures_in_store, store_signature};
+use crate::transfer::signatures::{signatures_in_store, store_signature};
 
 /// An uncompressed layer tar holding one file.
 fn layer_tar(name: &str, content: &[u8]) -> Vec<u8> {

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use toml::Spanned;
 
-pub use crate::s3::S3Layout;
+pub use crate::sources::s3::S3Layout;
 use crate::{Error, ErrorKind, Result};
 
 /// The route prefix that matches every name.

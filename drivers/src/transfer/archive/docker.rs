@@ -9,7 +9,8 @@ use ferry_core::media::{self, Compression};
 use ferry_core::{Digest, Hasher, Manifest, Platform, Store};
 use serde::{Deserialize, Serialize};
 
-use super::save::{Planned, TarOut};
+use super::plan::Planned;
+use super::tar_out::TarOut;
 use super::{corrupt, invalid, local, HashingReader, TocBlob};
 use crate::Result;
 

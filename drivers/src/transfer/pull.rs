@@ -13,31 +13,13 @@ use ferry_core::{Digest, Manifest, ManifestBlob, Platform, Reference, Store};
 use ferry_signing::{Policy, SignatureEnvelope, TrustedImage};
 use futures::{StreamExt, TryStreamExt};
 
-use crate::progress::{BlobKind, Event, Progress};
-use crate::signatures::{gather_signatures, signing_error, store_signature_leased};
+use crate::site::route::Sources;
+use crate::transfer::progress::{BlobKind, Event, Progress};
+use crate::transfer::signatures::{gather_signatures, signing_error, store_signature_leased};
 use crate::{ByteRange, Driver, Error, ErrorKind, Result};
 
 /// How many times a blob transfer that broke off is resumed from the same source.
 const RESUME_ATTEMPTS: usize = 3;
-
-/// The sources a pull may use, in order of preference.
-#[derive(Clone, Debug)]
-pub struct Sources {
-    /// Sources asked for content by digest, in order.
-    pub content: Vec<Arc<dyn Driver>>,
-    /// Sources allowed to answer tag → digest, in order.
-    pub resolve: Vec<Arc<dyn Driver>>,
-}
-
-impl Sources {
-    /// One driver for everything (no site config).
-    pub fn single(driver: Arc<dyn Driver>) -> Self {
-        Sources {
-            content: vec![driver.clone()],
-            resolve: vec![driver],
-        }
-    }
-}
 
 /// Options of a pull.
 #[derive(Debug, Clone)]

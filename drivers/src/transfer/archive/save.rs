@@ -1,30 +1,24 @@
 //! `ferry save`: images of the store into one tar stream (ARC-2 to ARC-8).
 
-use std::cell::Cell;
 use std::collections::HashSet;
-use std::io::{self, Read, Write};
-use std::rc::Rc;
+use std::io::Write;
 
-use ferry_core::manifest::{descriptor_digest, MAX_MANIFEST_SIZE};
-use ferry_core::oci_spec::image::{Descriptor, ANNOTATION_REF_NAME};
-use ferry_core::store::ImageRecord;
-use ferry_core::{media, Digest, Manifest, ManifestBlob, Reference, Store};
-use ferry_signing::{SignatureEnvelope, SIGNATURE_MEDIA_TYPE};
+use ferry_core::oci_spec::image::ANNOTATION_REF_NAME;
+use ferry_core::{media, Digest, Reference, Store};
+use ferry_signing::SIGNATURE_MEDIA_TYPE;
 use serde::Serialize;
 
+use super::plan::{plan, Planned};
+use super::tar_out::{write_error, TarOut};
 use super::{
     blob_path, docker, invalid, local, Format, HashingReader, StreamCompression, Toc, TocBlob,
     TocImage, ANNOTATION_CONTAINERD_NAME, TOC_FILE, TOC_VERSION,
 };
-use crate::signatures::{
-    signature_tag, signatures_in_store, SIGNATURE_CONFIG, SIGNATURE_CONFIG_MEDIA_TYPE,
-};
-use crate::{Error, ErrorKind, Result};
+use crate::transfer::signatures::{signature_tag, SIGNATURE_CONFIG, SIGNATURE_CONFIG_MEDIA_TYPE};
+use crate::{Error, Result};
 
 /// Content of the `oci-layout` file.
 const LAYOUT_VERSION: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
-/// How deep indexes may nest.
-const MAX_DEPTH: usize = 4;
 /// zstd level of `--zstd` archives.
 const ZSTD_LEVEL: i32 = 3;
 
@@ -64,27 +58,6 @@ pub struct SaveReport {
     pub excluded: usize,
     /// Signature envelopes carried.
     pub signatures: usize,
-}
-
-/// An image of the store, read and checked for saving.
-pub(super) struct Planned {
-    pub record: ImageRecord,
-    /// The top manifest, then the index children the store has (parents before children).
-    pub manifests: Vec<ManifestBlob>,
-    /// Configs and layers of every image manifest, deduplicated.
-    pub blobs: Vec<TocBlob>,
-    /// Envelopes the store keeps for the top manifest, sorted by digest.
-    pub signatures: Vec<(Digest, SignatureEnvelope)>,
-}
-
-impl Planned {
-    /// `NAME:TAG`, or `NAME@DIGEST` for a record without tag.
-    pub fn reference(&self) -> String {
-        match &self.record.tag {
-            Some(t) => format!("{}:{t}", self.record.name),
-            None => format!("{}@{}", self.record.name, self.record.digest),
-        }
-    }
 }
 
 /// Writes the images `references` name in `store` to `out` as one archive (ARC-1 to ARC-8).
@@ -136,113 +109,6 @@ pub fn save<W: Write>(
             "gzip archives are read, not written: use zstd or no compression",
         )),
     }
-}
-
-fn write_error(e: io::Error) -> Error {
-    Error::new(
-        ErrorKind::Unavailable,
-        "",
-        format!("writing the archive: {e}"),
-    )
-}
-
-/// Reads an image's manifests from the store and lists its blobs (ARC-2).
-fn plan(store: &Store, record: ImageRecord, exclude: &HashSet<Digest>) -> Result<Planned> {
-    let reference = match &record.tag {
-        Some(t) => format!("{}:{t}", record.name),
-        None => format!("{}@{}", record.name, record.digest),
-    };
-    let top = ManifestBlob::parse(
-        store
-            .read_blob(&record.digest, MAX_MANIFEST_SIZE)
-            .map_err(local)?,
-        Some(&record.media_type),
-        Some(&record.digest),
-    )
-    .map_err(local)?;
-    let mut manifests = Vec::new();
-    let mut blobs: Vec<TocBlob> = Vec::new();
-    let mut pending = vec![(top, 0usize)];
-    while let Some((m, depth)) = pending.pop() {
-        match &m.manifest {
-            Manifest::Index(index) => {
-                if depth >= MAX_DEPTH {
-                    return Err(invalid(format!(
-                        "{reference}: indexes nest deeper than {MAX_DEPTH}"
-                    )));
-                }
-                for child in index.manifests().iter().rev() {
-                    let d = descriptor_digest(child).map_err(local)?;
-                    // A pull keeps only the platform it chose: the others stay out (ARC-2).
-                    if store.blob_size(&d).map_err(local)?.is_none() {
-                        continue;
-                    }
-                    let bytes = store.read_blob(&d, MAX_MANIFEST_SIZE).map_err(local)?;
-                    let blob =
-                        ManifestBlob::parse(bytes, Some(child.media_type().as_ref()), Some(&d))
-                            .map_err(local)?;
-                    if blob.bytes.len() as u64 != child.size() {
-                        return Err(invalid(format!(
-                            "{reference}: manifest {d} has {} bytes, its index says {}",
-                            blob.bytes.len(),
-                            child.size()
-                        )));
-                    }
-                    pending.push((blob, depth + 1));
-                }
-            }
-            Manifest::Image(image) => {
-                for desc in std::iter::once(image.config()).chain(image.layers()) {
-                    let blob = toc_blob(desc)?;
-                    if blobs.iter().any(|b| b.digest == blob.digest) {
-                        continue;
-                    }
-                    match store.blob_size(&blob.digest).map_err(local)? {
-                        Some(have) if have == blob.size => {}
-                        Some(have) => {
-                            return Err(invalid(format!(
-                                "{reference}: blob {} has {have} bytes in the store, its manifest says {}",
-                                blob.digest, blob.size
-                            )))
-                        }
-                        None if exclude.contains(&blob.digest) => {}
-                        None => {
-                            return Err(Error::new(
-                                ErrorKind::NotFound,
-                                "",
-                                format!(
-                                    "{reference}: blob {} is not in the store (was the image pulled completely?)",
-                                    blob.digest
-                                ),
-                            ))
-                        }
-                    }
-                    blobs.push(blob);
-                }
-            }
-        }
-        manifests.push(m);
-    }
-    let mut signatures: Vec<(Digest, SignatureEnvelope)> =
-        signatures_in_store(store, &record.digest)?
-            .into_iter()
-            .map(|e| (Digest::sha256(&e.to_bytes()), e))
-            .collect();
-    signatures.sort_by(|a, b| a.0.cmp(&b.0));
-    Ok(Planned {
-        record,
-        manifests,
-        blobs,
-        signatures,
-    })
-}
-
-fn toc_blob(desc: &Descriptor) -> Result<TocBlob> {
-    Ok(TocBlob {
-        digest: descriptor_digest(desc).map_err(local)?,
-        size: desc.size(),
-        media_type: desc.media_type().to_string(),
-    })
 }
 
 /// Where an entry's bytes come from.
@@ -481,144 +347,4 @@ fn write_layout<W: Write>(
         excluded: layout.excluded.len(),
         signatures: layout.signatures,
     })
-}
-
-/// A tar being written with fixed metadata (mode 0644/0755, owner 0, mtime 0), so the same
-/// images always give the same bytes (ARC-2). A failed archive is left unfinished.
-pub(super) struct TarOut<W: Write> {
-    builder: Option<tar::Builder<Guard<W>>>,
-    poisoned: Rc<Cell<bool>>,
-}
-
-/// Refuses every write once poisoned, so that dropping a failed tar builder cannot append
-/// the end-of-archive blocks.
-struct Guard<W: Write> {
-    inner: W,
-    poisoned: Rc<Cell<bool>>,
-}
-
-impl<W: Write> Write for Guard<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        if self.poisoned.get() {
-            return Err(io::Error::other("archive abandoned"));
-        }
-        self.inner.write(buf)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        if self.poisoned.get() {
-            return Ok(());
-        }
-        self.inner.flush()
-    }
-}
-
-impl<W: Write> TarOut<W> {
-    fn new(out: W) -> Self {
-        let poisoned = Rc::new(Cell::new(false));
-        let mut builder = tar::Builder::new(Guard {
-            inner: out,
-            poisoned: poisoned.clone(),
-        });
-        builder.mode(tar::HeaderMode::Deterministic);
-        TarOut {
-            builder: Some(builder),
-            poisoned,
-        }
-    }
-
-    fn header(kind: tar::EntryType, size: u64) -> tar::Header {
-        let mut h = tar::Header::new_ustar();
-        h.set_entry_type(kind);
-        h.set_size(size);
-        h.set_mode(if kind == tar::EntryType::Directory {
-            0o755
-        } else {
-            0o644
-        });
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_mtime(0);
-        h
-    }
-
-    /// Appends a file whose bytes are in memory.
-    pub(super) fn file(&mut self, path: &str, bytes: &[u8]) -> Result<()> {
-        self.stream(path, bytes.len() as u64, bytes)
-    }
-
-    /// Appends a file of `size` bytes read from `data`; fails if `data` has another length.
-    pub(super) fn stream(&mut self, path: &str, size: u64, data: impl Read) -> Result<()> {
-        let mut header = Self::header(tar::EntryType::Regular, size);
-        let builder = self.builder.as_mut().expect("tar open");
-        let mut counted = Exact {
-            inner: data,
-            left: size,
-        };
-        builder
-            .append_data(&mut header, path, &mut counted)
-            .map_err(|e| match e.kind() {
-                io::ErrorKind::InvalidData | io::ErrorKind::UnexpectedEof => {
-                    Error::new(ErrorKind::Corrupt, "", format!("{path}: {e}"))
-                }
-                _ => write_error(e),
-            })?;
-        // The tar takes exactly `size` bytes; the reader must end there too (it verifies
-        // its digest at its end).
-        let mut probe = [0u8; 1];
-        match counted.inner.read(&mut probe) {
-            Ok(0) => Ok(()),
-            Ok(_) => Err(Error::new(
-                ErrorKind::Corrupt,
-                "",
-                format!("{path}: more than the {size} bytes expected"),
-            )),
-            Err(e) => Err(Error::new(ErrorKind::Corrupt, "", format!("{path}: {e}"))),
-        }
-    }
-
-    /// Appends a directory entry.
-    pub(super) fn dir(&mut self, path: &str) -> Result<()> {
-        let mut header = Self::header(tar::EntryType::Directory, 0);
-        self.builder
-            .as_mut()
-            .expect("tar open")
-            .append_data(&mut header, format!("{path}/"), io::empty())
-            .map_err(write_error)
-    }
-
-    /// Writes the end-of-archive blocks and returns the writer.
-    fn finish(mut self) -> io::Result<W> {
-        let builder = self.builder.take().expect("tar open");
-        Ok(builder.into_inner()?.inner)
-    }
-
-    /// Leaves the archive unfinished.
-    fn abandon(mut self) {
-        self.poisoned.set(true);
-        drop(self.builder.take());
-    }
-}
-
-/// A reader cut at `left` bytes that fails when its source ends before.
-struct Exact<R> {
-    inner: R,
-    left: u64,
-}
-
-impl<R: Read> Read for Exact<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.left == 0 {
-            return Ok(0);
-        }
-        let want = buf.len().min(self.left.min(usize::MAX as u64) as usize);
-        let n = self.inner.read(&mut buf[..want])?;
-        if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                format!("ended {} bytes early", self.left),
-            ));
-        }
-        self.left -= n as u64;
-        Ok(n)
-    }
 }

@@ -6,7 +6,7 @@
 //! not match their digest, so a destination never sees a clean end of a wrong body.
 //! Manifests go after the blobs they name, children before their index, signatures before
 //! the tag, and the tag last: a reader of the destination never sees a tag whose content is
-//! missing. `ferry push` is a copy from [`crate::local::LocalDriver`].
+//! missing. `ferry push` is a copy from [`crate::sources::local::LocalDriver`].
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,9 +22,9 @@ use ferry_core::{Digest, Hasher, Manifest, ManifestBlob, Reference};
 use ferry_signing::SignatureEnvelope;
 use futures::{Stream, StreamExt as _, TryStreamExt as _};
 
-use crate::progress::{BlobKind, Event, Progress};
-use crate::pull::Sources;
-use crate::signatures::{fetch_signatures, push_signature};
+use crate::site::route::Sources;
+use crate::transfer::progress::{BlobKind, Event, Progress};
+use crate::transfer::signatures::{fetch_signatures, push_signature};
 use crate::{
     BlobBody, ByteRange, ByteStream, Capabilities, Driver, Error, ErrorKind, ManifestBytes, Result,
 };
@@ -555,7 +555,7 @@ impl Driver for RouteSource {
     }
 
     async fn resolve(&self, name: &str, tag: &str) -> Result<Descriptor> {
-        crate::pull::resolve(&self.sources.resolve, name, tag).await
+        crate::transfer::pull::resolve(&self.sources.resolve, name, tag).await
     }
 
     async fn fetch_manifest(&self, name: &str, digest: &Digest) -> Result<ManifestBytes> {
@@ -612,11 +612,11 @@ mod tests {
     use ferry_signing::{generate_key, sign, Policy, PrivateKey};
 
     use super::*;
-    use crate::local::LocalDriver;
-    use crate::oci_layout::OciLayoutDriver;
-    use crate::progress::Silent;
-    use crate::pull::{pull, PullOptions};
-    use crate::signatures::store_signature;
+    use crate::sources::local::LocalDriver;
+    use crate::sources::oci_layout::OciLayoutDriver;
+    use crate::transfer::progress::Silent;
+    use crate::transfer::pull::{pull, PullOptions};
+    use crate::transfer::signatures::store_signature;
 
     const NAME: &str = "registry.example.com/team/app:1";
 
@@ -772,7 +772,8 @@ mod tests {
         store_signature(&store, &digest, &envelope).unwrap();
         let layout = OciLayoutDriver::new("usb", dir.path().join("usb"));
         let options = CopyOptions {
-            extra_signatures: crate::signatures::signatures_in_store(&store, &digest).unwrap(),
+            extra_signatures: crate::transfer::signatures::signatures_in_store(&store, &digest)
+                .unwrap(),
             ..CopyOptions::default()
         };
         let copied = copy_image(

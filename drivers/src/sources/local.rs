@@ -1,5 +1,5 @@
 //! The `local` driver: the store itself as a read-only [`Driver`], so that pushing an image
-//! is a copy from the store to any writable source (`crate::copy`).
+//! is a copy from the store to any writable source (`crate::transfer::copy`).
 //!
 //! Names and tags come from the store's image records ([`Store::images`]); blobs are read
 //! from `blobs/` by digest. Like an OCI layout, the store is one content store: any name may
@@ -71,7 +71,7 @@ impl LocalDriver {
 
 /// Parses a full name (and tag), refusing names that are not normalized.
 fn reference(source: &str, name: &str, tag: &str) -> Result<Reference> {
-    crate::oci_layout::check_name_tag(source, name, Some(tag))
+    crate::sources::oci_layout::check_name_tag(source, name, Some(tag))
 }
 
 #[async_trait]

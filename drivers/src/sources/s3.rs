@@ -23,7 +23,7 @@ use object_store::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::oci_layout::check_name_tag;
+use crate::sources::oci_layout::check_name_tag;
 use crate::{
     BlobBody, ByteRange, ByteStream, Capabilities, Driver, Error, ErrorKind, ManifestBytes, Result,
 };

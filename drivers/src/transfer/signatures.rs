@@ -534,9 +534,10 @@ mod tests {
     use ferry_signing::{generate_key, sign, Acceptance, PrivateKey};
 
     use super::*;
-    use crate::oci_layout::OciLayoutDriver;
-    use crate::progress::Silent;
-    use crate::pull::{pull, PullOptions, Pulled, Sources};
+    use crate::site::route::Sources;
+    use crate::sources::oci_layout::OciLayoutDriver;
+    use crate::transfer::progress::Silent;
+    use crate::transfer::pull::{pull, PullOptions, Pulled};
 
     const NAME: &str = "registry.example.com/team/app";
 

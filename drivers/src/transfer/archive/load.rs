@@ -23,7 +23,7 @@ use super::{
     corrupt, digest_of_path, docker, invalid, local, Format, StreamCompression, Toc,
     ANNOTATION_CONTAINERD_NAME, MAX_JSON_SIZE, TOC_FILE, TOC_VERSION,
 };
-use crate::signatures::{
+use crate::transfer::signatures::{
     signature_tag, signatures_in_store, signing_error, store_signature_leased,
     SIGNATURE_CONFIG_MEDIA_TYPE,
 };

@@ -12,7 +12,9 @@
 
 mod docker;
 mod load;
+mod plan;
 mod save;
+mod tar_out;
 #[cfg(test)]
 mod tests;
 

@@ -7,13 +7,12 @@ use std::time::Duration;
 
 use ferry_core::Reference;
 
-use crate::config::{CredentialsConfig, DriverConfig, SiteConfig, SourceConfig};
-use crate::mirror::MirrorDriver;
-use crate::oci_layout::OciLayoutDriver;
-use crate::peer::{PeerConfig, PeerDriver};
-use crate::pull::Sources;
-use crate::registry::{Credentials, RegistryConfig, RegistryDriver};
-use crate::s3::{S3Config, S3Driver};
+use crate::site::config::{CredentialsConfig, DriverConfig, SiteConfig, SourceConfig};
+use crate::sources::mirror::MirrorDriver;
+use crate::sources::oci_layout::OciLayoutDriver;
+use crate::sources::peer::{PeerConfig, PeerDriver};
+use crate::sources::registry::{Credentials, RegistryConfig, RegistryDriver};
+use crate::sources::s3::{S3Config, S3Driver};
 use crate::{Driver, Error, ErrorKind, Result};
 
 /// The sources for `reference`: its route's, or its host's registry when no route matches.
@@ -147,4 +146,23 @@ fn registry_credentials(source: &str, config: &CredentialsConfig) -> Result<Cred
             }
         }
     })
+}
+
+/// The sources a pull may use, in order of preference.
+#[derive(Clone, Debug)]
+pub struct Sources {
+    /// Sources asked for content by digest, in order.
+    pub content: Vec<Arc<dyn Driver>>,
+    /// Sources allowed to answer tag → digest, in order.
+    pub resolve: Vec<Arc<dyn Driver>>,
+}
+
+impl Sources {
+    /// One driver for everything (no site config).
+    pub fn single(driver: Arc<dyn Driver>) -> Self {
+        Sources {
+            content: vec![driver.clone()],
+            resolve: vec![driver],
+        }
+    }
 }
