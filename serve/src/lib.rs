@@ -19,6 +19,7 @@ mod error;
 pub mod names;
 mod peer;
 mod push;
+pub mod range;
 mod relay;
 mod tls;
 

@@ -21,6 +21,7 @@ use tokio::io::{AsyncSeekExt as _, AsyncWriteExt as _};
 
 use crate::error::{ApiError, ApiResult, Error};
 use crate::names::{parse_digest, validate_tag};
+use crate::range::content_range_start;
 use crate::{App, CONTENT_DIGEST};
 
 /// Kind of the store roots that keep pushed blobs until a manifest names them (SERVE-10).
@@ -276,14 +277,6 @@ pub(crate) async fn patch_upload(
     app.0.uploads.put_back(id, session);
     written?;
     Ok(accepted(repo, id, offset))
-}
-
-/// The first byte of a `Content-Range` of a PATCH (`a-b`, or `bytes a-b/…`).
-fn content_range_start(v: &str) -> Option<u64> {
-    let v = v.trim();
-    let v = v.strip_prefix("bytes").map_or(v, str::trim_start);
-    let v = v.strip_prefix('=').unwrap_or(v).trim();
-    v.split('-').next()?.trim().parse().ok()
 }
 
 /// `PUT /v2/<repo>/blobs/uploads/<id>?digest=`: the last bytes, then verify and commit (SERVE-9).
@@ -685,15 +678,6 @@ fn keep_signatures(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn content_ranges_of_patches_parse_in_both_spellings() {
-        assert_eq!(content_range_start("0-99"), Some(0));
-        assert_eq!(content_range_start("100-199"), Some(100));
-        assert_eq!(content_range_start("bytes 100-199/*"), Some(100));
-        assert_eq!(content_range_start("bytes=5-9"), Some(5));
-        assert_eq!(content_range_start("x"), None);
-    }
 
     #[test]
     fn upload_ranges_name_the_last_byte() {

@@ -8,7 +8,7 @@ use url::Url;
 
 /// One challenge of a `WWW-Authenticate` header: a scheme and its parameters.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Challenge {
+pub struct Challenge {
     /// The scheme, lowercased (`basic`, `bearer`).
     pub scheme: String,
     /// Parameters with lowercased names, values unquoted.
@@ -27,7 +27,7 @@ impl Challenge {
 
 /// Parses a `WWW-Authenticate` value into its challenges (RFC 7235: several challenges,
 /// quoted values with escapes, commas inside quotes).
-pub(crate) fn parse_challenges(header: &str) -> Vec<Challenge> {
+pub fn parse_challenges(header: &str) -> Vec<Challenge> {
     let bytes = header.as_bytes();
     let mut i = 0;
     let mut out: Vec<Challenge> = Vec::new();

@@ -32,6 +32,7 @@ use reqwest::{Method, Response, StatusCode};
 use url::Url;
 
 use self::auth::Scope;
+pub use self::auth::{parse_challenges, Challenge};
 use self::client::{chain, host_port, is_loopback_host, read_limited, Body, Client, Request};
 pub use self::docker_config::DockerConfig;
 use crate::{
