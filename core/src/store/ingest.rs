@@ -14,7 +14,8 @@ use crate::{Digest, Error, Hasher, Result};
 ///
 /// Holds the exclusive lock on the blob's partial file. Dropping it without
 /// [`commit`](Ingest::commit) keeps the bytes written so far for the next ingest of the
-/// same digest to resume from, and releases the lock (STORE-4).
+/// same digest to resume from, and releases the lock (STORE-4), unless they are known bad:
+/// all declared bytes are there and their digest is wrong (STORE-3).
 pub struct Ingest {
     store: Arc<Inner>,
     expected: Digest,
@@ -220,10 +221,18 @@ impl Ingest {
 
 impl Drop for Ingest {
     fn drop(&mut self) {
-        // Nothing to resume from: remove the empty partial before the lock goes with the file.
-        if !self.done && self.written == 0 {
+        if self.done {
+            return;
+        }
+        // Nothing to resume from, or every byte there and the digest wrong (STORE-3): known
+        // bad bytes are never kept for a resume to build on. Removed before the lock goes
+        // with the file.
+        let known_bad = self.written > 0
+            && self.size == Some(self.written)
+            && self.hasher.clone().finish() != self.expected;
+        if self.written == 0 || known_bad {
             if let Err(e) = fs::remove_file(&self.path) {
-                tracing::debug!("removing empty partial {}: {e}", self.path.display());
+                tracing::debug!("removing partial {}: {e}", self.path.display());
             }
         }
     }

@@ -157,6 +157,31 @@ fn commit_of_wrong_bytes_leaves_no_blob_and_no_partial() {
 
 // STORE-3
 #[test]
+fn complete_wrong_bytes_are_not_kept_when_the_ingest_is_dropped() {
+    let (_dir, store) = new_store();
+    let good = data(1000);
+    let d = Digest::sha256(&good);
+    let mut bad = good.clone();
+    bad[999] ^= 1;
+    // As when a source's stream fails its own check at its end: no commit, just a drop.
+    let mut ingest = store.ingest(&d, Some(1000)).unwrap();
+    ingest.write_all(&bad).unwrap();
+    drop(ingest);
+    assert!(partials(&store).is_empty(), "{:?}", partials(&store));
+    // Right bytes, not yet committed, and bytes short of the size stay for a resume.
+    let mut ingest = store.ingest(&d, Some(1000)).unwrap();
+    ingest.write_all(&good[..600]).unwrap();
+    drop(ingest);
+    assert_eq!(partials(&store).len(), 1);
+    let mut ingest = store.ingest(&d, Some(1000)).unwrap();
+    assert_eq!(ingest.offset(), 600);
+    ingest.write_all(&good[600..]).unwrap();
+    drop(ingest);
+    assert_eq!(store.ingest(&d, Some(1000)).unwrap().offset(), 1000);
+}
+
+// STORE-3
+#[test]
 fn commit_of_wrong_size_fails_and_removes_partial() {
     let (_dir, store) = new_store();
     let bytes = data(1000);

@@ -644,6 +644,12 @@ impl Transfer<'_> {
                     attempts += 1;
                     tracing::warn!("{e}; resuming at byte {}", ingest.offset());
                 }
+                Err(e) if e.kind == ErrorKind::Corrupt => {
+                    // The bytes this source gave are suspect: the next source starts over
+                    // rather than continuing from them (STORE-3).
+                    ingest.reset().map_err(local)?;
+                    return Err(e);
+                }
                 Err(e) => return Err(e),
             }
         }
