@@ -15,7 +15,8 @@
 mod apply;
 mod path;
 mod root;
-mod stream;
+#[doc(hidden)]
+pub mod stream;
 mod tar;
 
 use std::io::{self, BufReader, Read};
@@ -161,7 +162,7 @@ pub fn apply_layer<R: Read>(
     let algorithm = expected_diff_id.map_or(Algorithm::Sha256, Digest::algorithm);
     let diff = DiffReader::new(input, Hasher::new(algorithm), budget.bytes_left);
     let mut tar = TarReader::new(BufReader::with_capacity(TAR_BUFFER, diff));
-    let mut applier = Applier::new(root, whiteouts);
+    let mut applier = Applier::new(root, label.clone(), whiteouts);
 
     let mut entries = 0u64;
     let mut current: Option<Vec<u8>> = None;

@@ -21,7 +21,7 @@ pub(super) fn name(c: Compression) -> &'static str {
 /// A decompressing reader for `input`, after checking its magic bytes against `declared`.
 ///
 /// On mismatch the error carries the compression the bytes show.
-pub(super) fn decompress<'a, R: Read + 'a>(
+pub fn decompress<'a, R: Read + 'a>(
     mut input: R,
     declared: Compression,
 ) -> Result<Box<dyn Read + 'a>, DecompressError> {
@@ -56,7 +56,7 @@ pub(super) fn decompress<'a, R: Read + 'a>(
 }
 
 /// Why a decompressor could not be set up.
-pub(super) enum DecompressError {
+pub enum DecompressError {
     /// The magic bytes show this compression instead of the declared one.
     Mismatch(Compression),
     /// Reading the first bytes failed.
@@ -65,7 +65,7 @@ pub(super) enum DecompressError {
 
 /// Hashes and counts every byte read through it, and fails once more than `limit`
 /// bytes were read.
-pub(super) struct DiffReader<R> {
+pub struct DiffReader<R> {
     inner: R,
     hasher: Hasher,
     bytes: u64,
