@@ -127,12 +127,25 @@ impl ManifestBlob {
     }
 }
 
-/// Parses an image config blob (OCI or Docker).
+/// Parses an image config blob (OCI or Docker) whose `rootfs.type` is `layers`, the only
+/// type the image spec defines.
 pub fn parse_config(bytes: &[u8], digest: &Digest) -> Result<ImageConfiguration, Error> {
-    serde_json::from_slice(bytes).map_err(|e| Error::InvalidManifest {
-        digest: digest.clone(),
-        reason: format!("bad image config: {e}"),
-    })
+    let config: ImageConfiguration =
+        serde_json::from_slice(bytes).map_err(|e| Error::InvalidManifest {
+            digest: digest.clone(),
+            reason: format!("bad image config: {e}"),
+        })?;
+    let rootfs_type = config.rootfs().typ();
+    if rootfs_type != "layers" {
+        return Err(Error::InvalidManifest {
+            digest: digest.clone(),
+            reason: format!(
+                "bad image config: rootfs.type is {:?}, not \"layers\"",
+                rootfs_type.chars().take(64).collect::<String>()
+            ),
+        });
+    }
+    Ok(config)
 }
 
 /// The digest of a descriptor, validated.
@@ -293,6 +306,25 @@ mod tests {
             .unwrap()
             .replace(LAYER, "sha256:zz");
         assert!(ManifestBlob::parse(bad_digest.into_bytes(), None, None).is_err());
+    }
+
+    #[test]
+    fn configs_must_have_layers_rootfs() {
+        let config = |typ: &str| {
+            format!(
+                r#"{{"architecture":"amd64","os":"linux","rootfs":{{"type":"{typ}","diff_ids":["{LAYER}"]}}}}"#
+            )
+            .into_bytes()
+        };
+        let d = Digest::sha256(b"c");
+        assert!(parse_config(&config("layers"), &d).is_ok());
+        for typ in ["", "Layers", "squashfs"] {
+            let err = parse_config(&config(typ), &d).unwrap_err().to_string();
+            assert!(
+                err.contains("rootfs.type") && err.contains(&d.to_string()),
+                "{typ}: {err}"
+            );
+        }
     }
 
     #[test]
