@@ -403,3 +403,60 @@ async fn manifests_are_verified_and_ranges_are_cut_at_the_end() {
     let err = driver.fetch_manifest(NAME, &digest).await.unwrap_err();
     assert_eq!(err.kind, ErrorKind::Corrupt, "{err}");
 }
+
+/// OCI-11: a directory without an `oci-layout` file, or of a layout version ferry does not
+/// know, is refused for reading and writing, naming the file and the version.
+#[tokio::test]
+async fn layouts_need_a_known_oci_layout_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let layout = dir.path().join("layout");
+    let driver = OciLayoutDriver::new("usb", &layout);
+    let config =
+        br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
+    let digest = push(&driver, NAME, "1", config).await;
+    assert_eq!(
+        driver
+            .resolve(NAME, "1")
+            .await
+            .unwrap()
+            .digest()
+            .to_string(),
+        digest.to_string()
+    );
+    let layout_file = layout.join("oci-layout");
+
+    std::fs::remove_file(&layout_file).unwrap();
+    let err = driver.resolve(NAME, "1").await.unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Invalid, "{err}");
+    assert!(err.to_string().contains("no oci-layout file"), "{err}");
+    let err = driver.fetch_manifest(NAME, &digest).await.unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Invalid, "{err}");
+
+    std::fs::write(&layout_file, br#"{"imageLayoutVersion":"2.0.0"}"#).unwrap();
+    for err in [
+        driver.resolve(NAME, "1").await.unwrap_err(),
+        read(&driver, &Digest::sha256(config), ByteRange::WHOLE)
+            .await
+            .unwrap_err(),
+        driver
+            .put_manifest(NAME, Some("2"), media::OCI_MANIFEST, &manifest(config))
+            .await
+            .unwrap_err(),
+    ] {
+        assert_eq!(err.kind, ErrorKind::Unsupported, "{err}");
+        assert!(err.to_string().contains("\"2.0.0\""), "{err}");
+    }
+    assert_eq!(
+        ref_names(&layout),
+        vec![format!("{NAME}:1")],
+        "nothing written"
+    );
+
+    std::fs::write(&layout_file, b"[]").unwrap();
+    let err = driver.list_tags(NAME).await.unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Invalid, "{err}");
+    assert!(err.to_string().contains("imageLayoutVersion"), "{err}");
+
+    std::fs::write(&layout_file, br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    assert_eq!(driver.list_tags(NAME).await.unwrap(), vec!["1".to_string()]);
+}

@@ -33,6 +33,10 @@ use crate::{
 const LAYOUT_FILE: &str = "oci-layout";
 /// Content of [`LAYOUT_FILE`] that ferry writes.
 const LAYOUT_VERSION: &str = r#"{"imageLayoutVersion":"1.0.0"}"#;
+/// The one `imageLayoutVersion` the image spec defines, and so the one ferry reads.
+const KNOWN_LAYOUT_VERSION: &str = "1.0.0";
+/// Bytes of `oci-layout` read at most.
+const MAX_LAYOUT_FILE_SIZE: u64 = 4096;
 /// The index of named manifests.
 const INDEX_FILE: &str = "index.json";
 /// Directory of the blobs.
@@ -116,8 +120,50 @@ impl OciLayoutDriver {
         })
     }
 
-    /// Reads and parses `index.json` (OCI-2).
+    /// Checks the `oci-layout` file: there, JSON, and of an `imageLayoutVersion` ferry knows
+    /// (OCI-11). A directory with neither it nor `index.json` is `Unavailable` (not mounted).
+    fn check_layout_file(&self, root: &Dir) -> Result<()> {
+        let bytes = match read_limited(root, &[LAYOUT_FILE], MAX_LAYOUT_FILE_SIZE) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let has_index =
+                    exists(root, INDEX_FILE).map_err(|e| self.io_error("stat", INDEX_FILE, e))?;
+                let message = format!(
+                    "{} is not an OCI layout: it has no {LAYOUT_FILE} file",
+                    self.root.display()
+                );
+                return Err(if has_index {
+                    self.invalid(message)
+                } else {
+                    Error::unavailable(&self.source_name, message)
+                });
+            }
+            Err(e) => return Err(self.io_error("read", LAYOUT_FILE, e)),
+        };
+        let version = serde_json::from_slice::<Value>(&bytes)
+            .ok()
+            .and_then(|v| v.get("imageLayoutVersion")?.as_str().map(str::to_owned));
+        match version.as_deref() {
+            Some(KNOWN_LAYOUT_VERSION) => Ok(()),
+            Some(other) => Err(Error::new(
+                ErrorKind::Unsupported,
+                &self.source_name,
+                format!(
+                    "{}/{LAYOUT_FILE}: imageLayoutVersion {:?} is not one ferry knows ({KNOWN_LAYOUT_VERSION})",
+                    self.root.display(),
+                    other.chars().take(64).collect::<String>()
+                ),
+            )),
+            None => Err(self.invalid(format!(
+                "{}/{LAYOUT_FILE} is not a JSON object with an imageLayoutVersion string",
+                self.root.display()
+            ))),
+        }
+    }
+
+    /// Reads and parses `index.json` (OCI-2), after checking `oci-layout` (OCI-11).
     fn read_index(&self, root: &Dir) -> Result<Value> {
+        self.check_layout_file(root)?;
         let bytes = match read_limited(root, &[INDEX_FILE], MAX_INDEX_SIZE) {
             Ok(b) => b,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -191,6 +237,9 @@ impl OciLayoutDriver {
                 self.root.display()
             )));
         }
+        // Only a blob that is there makes the layout's version matter: an empty directory
+        // about to become a layout has no blobs.
+        self.check_layout_file(&root)?;
         Ok((file, meta.len()))
     }
 
@@ -198,10 +247,12 @@ impl OciLayoutDriver {
     fn ensure_layout(&self) -> Result<Dir> {
         std::fs::create_dir_all(&self.root).map_err(|e| self.io_error("create", ".", e))?;
         let root = self.open_root()?;
-        if exists(&root, LAYOUT_FILE).map_err(|e| self.io_error("stat", LAYOUT_FILE, e))?
-            && exists(&root, INDEX_FILE).map_err(|e| self.io_error("stat", INDEX_FILE, e))?
-        {
-            return Ok(root);
+        if exists(&root, LAYOUT_FILE).map_err(|e| self.io_error("stat", LAYOUT_FILE, e))? {
+            // Never write into a layout of a version ferry does not know.
+            self.check_layout_file(&root)?;
+            if exists(&root, INDEX_FILE).map_err(|e| self.io_error("stat", INDEX_FILE, e))? {
+                return Ok(root);
+            }
         }
         let _lock = self.lock(&root)?;
         for (file, content) in [
