@@ -74,7 +74,12 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    set_sigpipe(libc::SIG_DFL);
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Serve(_)) {
+        // A client that goes away must not end the server: its writes fail instead.
+        set_sigpipe(libc::SIG_IGN);
+    }
     init_logging(cli.verbose);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -94,6 +99,17 @@ fn main() -> ExitCode {
             eprintln!("ferry: {}", dedup_chain(&chain).join(": "));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Sets the disposition of SIGPIPE. With the default one, writing to a closed pipe
+/// (`ferry images | head -1`) ends ferry quietly, as it ends coreutils, instead of failing
+/// every `println!` with "Broken pipe".
+fn set_sigpipe(handler: libc::sighandler_t) {
+    // SAFETY: signal(2) with SIG_DFL or SIG_IGN installs no handler code; nothing else
+    // runs yet (no threads are started before this).
+    unsafe {
+        libc::signal(libc::SIGPIPE, handler);
     }
 }
 
