@@ -574,3 +574,105 @@ fn flatten_applies_layers_and_whiteouts() {
         "flatten makes no snapshots"
     );
 }
+
+/// A tar layer whose entries carry PAX `SCHILY.xattr.*` records, written with the `tar`
+/// crate as image builders write them.
+fn tar_layer_with_xattrs(entries: &[(Entry, &[(&str, &[u8])])]) -> Vec<u8> {
+    let mut builder = tar::Builder::new(Vec::new());
+    for (entry, xattrs) in entries {
+        let records: Vec<(String, &[u8])> = xattrs
+            .iter()
+            .map(|(k, v)| (format!("SCHILY.xattr.{k}"), *v))
+            .collect();
+        builder
+            .append_pax_extensions(records.iter().map(|(k, v)| (k.as_str(), *v)))
+            .unwrap();
+        let mut header = tar::Header::new_ustar();
+        match entry {
+            Entry::Dir(path) => {
+                header.set_entry_type(tar::EntryType::Directory);
+                header.set_mode(0o755);
+                header.set_size(0);
+                builder.append_data(&mut header, path, &[][..]).unwrap();
+            }
+            Entry::File(path, data, mode) => {
+                header.set_entry_type(tar::EntryType::Regular);
+                header.set_mode(*mode);
+                header.set_size(data.len() as u64);
+                builder.append_data(&mut header, path, *data).unwrap();
+            }
+            Entry::Link(..) => unreachable!("not used with xattrs"),
+        }
+    }
+    builder.into_inner().unwrap()
+}
+
+/// UNPACK-33, UNPACK-32, UNPACK-13 (needs root: overlay-mode snapshots and an overlayfs
+/// mount, as in CI). A layer's own overlay xattrs would fake an opaque directory (hiding
+/// the lower `d/lower`) or a redirect; they are dropped, while ferry's opaque marking of
+/// `.wh..wh..opq` still hides the lower `o/lower`. aufs metadata never reaches a snapshot.
+#[test]
+fn layer_overlay_xattrs_do_not_steer_the_mounted_overlay() {
+    if !is_root() {
+        return;
+    }
+    let (dir, store) = store();
+    let lower = tar_layer(&[
+        Entry::Dir("d/"),
+        Entry::File("d/lower", b"lower\n", 0o644),
+        Entry::Dir("o/"),
+        Entry::File("o/lower", b"lower\n", 0o644),
+    ]);
+    let fake: &[(&str, &[u8])] = &[
+        ("trusted.overlay.opaque", b"y"),
+        ("user.overlay.opaque", b"y"),
+        ("trusted.overlay.redirect", b"/o"),
+        ("user.kept", b"1"),
+    ];
+    let upper = tar_layer_with_xattrs(&[
+        (Entry::Dir("d/"), fake),
+        (Entry::File("d/upper", b"upper\n", 0o644), &[]),
+        (Entry::Dir("o/"), &[]),
+        (Entry::File("o/.wh..wh..opq", b"", 0o644), &[]),
+        (Entry::File(".wh..wh.aufs", b"", 0o644), &[]),
+        (Entry::File(".wh..wh.plnk/1.2", b"x", 0o644), &[]),
+    ]);
+    let image = add_image(
+        &store,
+        "example.com/xattrs:1",
+        &[lower, upper],
+        &["/bin/sh"],
+    );
+    let dirs = prepared(&store, &image);
+    for name in [
+        "trusted.overlay.opaque",
+        "user.overlay.opaque",
+        "trusted.overlay.redirect",
+    ] {
+        assert_eq!(xattr(&dirs[1].join("d"), name), None, "{name} on d");
+    }
+    assert_eq!(
+        xattr(&dirs[1].join("d"), "user.kept").as_deref(),
+        Some(&b"1"[..])
+    );
+    assert_eq!(
+        xattr(&dirs[1].join("o"), "trusted.overlay.opaque").as_deref(),
+        Some(&b"y"[..])
+    );
+    assert_eq!(listing(&dirs[1]), ["d/", "d/upper", "o/"]);
+
+    let merged = dir.path().join("merged");
+    fs::create_dir(&merged).unwrap();
+    let options = format!("lowerdir={}:{}", dirs[1].display(), dirs[0].display());
+    nix::mount::mount(
+        Some("overlay"),
+        &merged,
+        Some("overlay"),
+        nix::mount::MsFlags::MS_RDONLY,
+        Some(options.as_str()),
+    )
+    .unwrap();
+    let seen = listing(&merged);
+    nix::mount::umount(&merged).unwrap();
+    assert_eq!(seen, ["d/", "d/lower", "d/upper", "o/"]);
+}

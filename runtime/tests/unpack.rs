@@ -490,6 +490,135 @@ fn whiteouts_and_opaque_dirs_in_apply_mode_hide_lower_layers_only() {
     s.assert_untouched();
 }
 
+/// A layer as Docker exported it from aufs: bookkeeping at the root (`.wh..wh.aufs`,
+/// `.wh..wh.orph/`) and a hard link whose inode lives in the link store `.wh..wh.plnk/`.
+fn aufs_layer() -> Vec<u8> {
+    Tar::new()
+        .file(".wh..wh.aufs", b"")
+        .dir(".wh..wh.orph/")
+        .file(".wh..wh.orph/leftover", b"orphan")
+        .dir(".wh..wh.plnk/")
+        .entry(
+            Hdr {
+                mode: 0o755,
+                ..hdr(".wh..wh.plnk/260.12")
+            },
+            b"shared",
+        )
+        .file("usr/.wh..wh.aufs", b"")
+        .hardlink("usr/bin/a", ".wh..wh.plnk/260.12")
+        .hardlink("usr/bin/b", "/.wh..wh.plnk/260.12")
+        .finish()
+}
+
+/// Checks that `aufs_layer` left no aufs bookkeeping and resolved its links.
+fn assert_aufs_layer_applied(s: &Sandbox) {
+    let names = tree::snapshot(&s.root);
+    assert!(
+        names.keys().all(|p| !p.contains(".wh.")),
+        "aufs metadata written: {:?}",
+        names.keys().collect::<Vec<_>>()
+    );
+    let (a, b) = (
+        fs::metadata(s.at("usr/bin/a")).unwrap(),
+        fs::metadata(s.at("usr/bin/b")).unwrap(),
+    );
+    assert_eq!(fs::read(s.at("usr/bin/a")).unwrap(), b"shared");
+    assert_eq!(a.ino(), b.ino(), "both links share the stored inode");
+    assert_eq!((a.nlink(), a.mode() & 0o7777), (2, 0o755));
+}
+
+/// UNPACK-13: `.wh..wh.*` entries and everything below them are never written; hard links
+/// into `.wh..wh.plnk/` resolve to the file the layer stores there.
+#[test]
+fn aufs_metadata_is_skipped_and_its_link_store_resolves_hard_links() {
+    let s = Sandbox::new();
+    s.apply(&aufs_layer()).unwrap();
+    assert_aufs_layer_applied(&s);
+    // A link to a store file the layer does not carry is refused, naming it.
+    let dangling = Tar::new()
+        .dir(".wh..wh.plnk/")
+        .hardlink("bin/c", ".wh..wh.plnk/999.1")
+        .finish();
+    rejected(s.apply(&dangling), "aufs metadata \".wh..wh.plnk/999.1\"");
+    assert!(!exists(&s.at("bin/c")));
+    s.assert_untouched();
+}
+
+/// UNPACK-13, UNPACK-32: the same in a snapshot directory (root: overlay mode).
+#[test]
+fn aufs_metadata_is_skipped_in_overlay_mode() {
+    if !is_root() {
+        eprintln!("skipped: overlay mode needs root");
+        return;
+    }
+    let s = Sandbox::new();
+    let mut budget = Budget::new(Limits::default());
+    s.apply_with(
+        &aufs_layer(),
+        Compression::None,
+        Whiteouts::Overlay,
+        &mut budget,
+    )
+    .unwrap();
+    assert_aufs_layer_applied(&s);
+    s.assert_untouched();
+}
+
+/// UNPACK-33: overlayfs xattrs (`trusted.overlay.*`, and `user.overlay.*` which overlayfs
+/// reads when mounted with `userxattr`) never come from a layer, in either mode.
+#[test]
+fn overlay_xattrs_are_dropped_from_layer_entries() {
+    let x = |k: &str| (format!("SCHILY.xattr.{k}").into_bytes(), b"y".to_vec());
+    let t = Tar::new()
+        .entry(
+            Hdr {
+                kind: b'5',
+                mode: 0o755,
+                pax: vec![
+                    x("user.overlay.opaque"),
+                    x("user.overlay.redirect"),
+                    x("trusted.overlay.opaque"),
+                    x("trusted.overlay.origin"),
+                    x("user.kept"),
+                ],
+                ..hdr("d/")
+            },
+            b"",
+        )
+        .entry(
+            Hdr {
+                pax: vec![x("user.overlay.metacopy"), x("trusted.overlay.redirect")],
+                ..hdr("d/f")
+            },
+            b"f",
+        )
+        .finish();
+    let mut modes = vec![Whiteouts::Apply];
+    if is_root() {
+        modes.push(Whiteouts::Overlay);
+    }
+    for mode in modes {
+        let s = Sandbox::new();
+        s.apply_with(
+            &t,
+            Compression::None,
+            mode,
+            &mut Budget::new(Limits::default()),
+        )
+        .unwrap();
+        let dir = tree::xattrs(&s.at("d"));
+        assert_eq!(
+            dir.keys().collect::<Vec<_>>(),
+            ["user.kept"],
+            "{mode:?}: only the plain user xattr is set"
+        );
+        let file = tree::xattrs(&s.at("d/f"));
+        assert!(file.is_empty(), "{mode:?}: {file:?}");
+        s.assert_untouched();
+    }
+}
+
 /// UNPACK-32
 #[test]
 fn whiteouts_and_opaque_dirs_in_overlay_mode_are_overlayfs_markers() {

@@ -60,11 +60,16 @@ impl LayerPaths {
 /// Applies the entries of one layer.
 pub(super) struct Applier {
     root: Root,
+    /// The layer, for log messages.
+    layer: String,
     whiteouts: Whiteouts,
     privileged: bool,
     umask: u32,
     paths: LayerPaths,
     dirs: HashMap<Vec<u8>, DirMeta>,
+    /// Regular files written below `/.wh..wh.plnk/`, which hard links may name; the
+    /// store is removed when the layer is done (UNPACK-13).
+    link_store: HashSet<Vec<u8>>,
 }
 
 fn io_fail(op: impl Into<String>) -> impl FnOnce(io::Error) -> Fail {
@@ -77,15 +82,17 @@ fn reject<T>(why: impl Into<String>) -> Result<T, Fail> {
 }
 
 impl Applier {
-    /// An applier writing into `root`.
-    pub fn new(root: Root, whiteouts: Whiteouts) -> Self {
+    /// An applier writing `layer` (its name in log messages) into `root`.
+    pub fn new(root: Root, layer: String, whiteouts: Whiteouts) -> Self {
         Applier {
             root,
+            layer,
             whiteouts,
             privileged: unsafe { libc::geteuid() } == 0,
             umask: process_umask(),
             paths: LayerPaths::new(),
             dirs: HashMap::new(),
+            link_store: HashSet::new(),
         }
     }
 
@@ -105,7 +112,19 @@ impl Applier {
         let full = path::normalize(&e.path).map_err(Fail::Reject)?;
         match path::classify(&full).map_err(Fail::Reject)? {
             Target::AufsMeta => {
-                tracing::debug!(entry = %String::from_utf8_lossy(&e.path), "ignoring aufs metadata");
+                tracing::debug!(layer = %self.layer, entry = %String::from_utf8_lossy(&e.path), "ignoring aufs metadata");
+                Ok(())
+            }
+            Target::LinkStore { parent, name } if e.kind == Kind::File => {
+                // The root changes (the store appears, then goes): keep its times.
+                self.parent(b"")?;
+                let c = cstring(name).map_err(io_fail("name"))?;
+                self.file(parent, &c, e, tar)?;
+                self.link_store.insert(full);
+                Ok(())
+            }
+            Target::LinkStore { .. } => {
+                tracing::debug!(layer = %self.layer, entry = %String::from_utf8_lossy(&e.path), "ignoring aufs metadata");
                 Ok(())
             }
             Target::Whiteout { parent, name } => self.whiteout(parent, name),
@@ -131,8 +150,19 @@ impl Applier {
         }
     }
 
-    /// Applies modes and times of this layer's directories; call after the last entry.
+    /// Removes aufs' hard-link store and applies modes and times of this layer's
+    /// directories; call after the last entry.
     pub fn finish(mut self) -> Result<(), Fail> {
+        if !self.link_store.is_empty() {
+            let root = self
+                .root
+                .resolve(b"", libc::O_PATH | libc::O_DIRECTORY)
+                .map_err(io_fail("open the root"))?;
+            let store = cstring(path::LINK_STORE).map_err(io_fail("name"))?;
+            remove_all(root.as_fd(), &store)
+                .map_err(io_fail("remove the aufs hard-link store .wh..wh.plnk"))?;
+            self.root.forget();
+        }
         let mut dirs: Vec<_> = self.dirs.drain().collect();
         // Deepest first, so a restrictive parent mode never blocks reaching a child.
         dirs.sort_by_key(|(p, _)| {
@@ -312,6 +342,12 @@ impl Applier {
         }
         if target == full {
             return Ok(()); // a link to itself: nothing to change
+        }
+        if path::in_link_store(&target) && !self.link_store.contains(&target) {
+            return reject(format!(
+                "hard link to aufs metadata {:?}, which is no regular file of this layer",
+                String::from_utf8_lossy(&target)
+            ));
         }
         let what = format!("hard link to {:?}", String::from_utf8_lossy(&target));
         let (tparent, tname) = path::split(&target);
@@ -555,15 +591,19 @@ impl Applier {
     fn xattrs(&self, target: XattrTarget<'_>, e: &Entry) -> Result<(), Fail> {
         for (key, value) in &e.xattrs {
             let shown = String::from_utf8_lossy(key);
-            let allowed = if key.starts_with(b"trusted.overlay.") {
-                false // would steer overlayfs (redirects, opaque dirs): never from a layer
-            } else if key.starts_with(b"trusted.") {
-                self.privileged
-            } else {
-                key.starts_with(b"user.") || key == b"security.capability"
-            };
-            if !allowed {
-                tracing::warn!(entry = %String::from_utf8_lossy(&e.path), xattr = %shown, "skipping xattr");
+            let refused =
+                if key.starts_with(b"trusted.overlay.") || key.starts_with(b"user.overlay.") {
+                    // Opaque directories, redirects, metacopy: only ferry sets these (UNPACK-33).
+                    Some("it would change what overlayfs shows")
+                } else if key.starts_with(b"trusted.") {
+                    (!self.privileged).then_some("trusted.* needs root")
+                } else if key.starts_with(b"user.") || key == b"security.capability" {
+                    None
+                } else {
+                    Some("its namespace is not taken from layers")
+                };
+            if let Some(why) = refused {
+                tracing::warn!(layer = %self.layer, entry = %String::from_utf8_lossy(&e.path), xattr = %shown, "dropping xattr: {why}");
                 continue;
             }
             let c = cstring(key)

@@ -9,13 +9,24 @@ pub(super) enum Target<'a> {
     Whiteout { parent: &'a [u8], name: &'a [u8] },
     /// `.wh..wh..opq`: hide everything lower layers put into `parent`.
     Opaque { parent: &'a [u8] },
-    /// Other `.wh..wh.*` names: aufs bookkeeping, ignored.
+    /// A path below aufs' hard-link store `/.wh..wh.plnk/`: kept only while the layer is
+    /// applied, as the target of hard links into it (UNPACK-13).
+    LinkStore { parent: &'a [u8], name: &'a [u8] },
+    /// Other `.wh..wh.*` names, and everything below them: aufs bookkeeping, ignored.
     AufsMeta,
 }
 
 const WHITEOUT: &[u8] = b".wh.";
 const META: &[u8] = b".wh..wh.";
 const OPAQUE: &[u8] = b".wh..wh..opq";
+/// aufs' hard-link store, at the root of a layer.
+pub(super) const LINK_STORE: &[u8] = b".wh..wh.plnk";
+
+/// Whether normalized `path` lies below aufs' hard-link store at the root.
+pub(super) fn in_link_store(path: &[u8]) -> bool {
+    path.strip_prefix(LINK_STORE)
+        .is_some_and(|rest| rest.len() > 1 && rest[0] == b'/')
+}
 
 /// Normalizes a tar name into a root-relative path with single `/` separators.
 ///
@@ -50,9 +61,17 @@ pub(super) fn split(path: &[u8]) -> (&[u8], &[u8]) {
     }
 }
 
-/// Classifies a normalized path: plain path, whiteout, opaque marker or aufs metadata.
+/// Classifies a normalized path: plain path, whiteout, opaque marker, aufs hard-link store
+/// or other aufs metadata.
 pub(super) fn classify(path: &[u8]) -> Result<Target<'_>, String> {
     let (parent, name) = split(path);
+    if parent.split(|&b| b == b'/').any(|c| c.starts_with(META)) {
+        return Ok(if in_link_store(path) {
+            Target::LinkStore { parent, name }
+        } else {
+            Target::AufsMeta
+        });
+    }
     if name == OPAQUE {
         Ok(Target::Opaque { parent })
     } else if name.starts_with(META) {
@@ -132,6 +151,25 @@ mod tests {
             Target::Opaque { parent: b"a" }
         );
         assert_eq!(classify(b".wh..wh.plnk").unwrap(), Target::AufsMeta);
+        assert_eq!(classify(b"a/.wh..wh.aufs").unwrap(), Target::AufsMeta);
+        assert_eq!(
+            classify(b".wh..wh.plnk/260.12").unwrap(),
+            Target::LinkStore {
+                parent: b".wh..wh.plnk",
+                name: b"260.12"
+            }
+        );
+        // Below other metadata, or a store that is not at the root: ignored.
+        assert_eq!(classify(b".wh..wh.orph/x").unwrap(), Target::AufsMeta);
+        assert_eq!(classify(b"a/.wh..wh.plnk/x").unwrap(), Target::AufsMeta);
+        assert_eq!(classify(b".wh..wh..opq/x").unwrap(), Target::AufsMeta);
+        assert_eq!(
+            classify(b".wh..wh.plnk/d/.wh.x").unwrap(),
+            Target::LinkStore {
+                parent: b".wh..wh.plnk/d",
+                name: b".wh.x"
+            }
+        );
         assert!(classify(b"a/.wh.").is_err());
         assert!(classify(b"a/.wh..").is_err());
         assert!(classify(b"a/.wh...").is_err());
