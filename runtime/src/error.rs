@@ -77,16 +77,16 @@ pub enum Error {
         /// The digest of the uncompressed stream.
         actual: ferry_core::Digest,
     },
-    /// Unpacking an image went past a configured limit.
-    #[error("layer {layer}: image exceeds the limit of {limit} {what} (at entry {entry:?})")]
+    /// Unpacking an image reached one of its [`Limits`](crate::unpack::Limits).
+    #[error("layer {layer}: unpack limit {what} ({}) reached at entry {entry:?}", shown_limit(.what, *.limit))]
     UnpackLimit {
         /// The layer (its expected diff_id when known).
         layer: String,
-        /// `uncompressed bytes` or `entries`.
+        /// Which limit: `max-bytes` (uncompressed bytes) or `max-entries`.
         what: &'static str,
         /// The limit for the whole image.
         limit: u64,
-        /// The entry being read when the limit was hit, if any.
+        /// The entry being read when the limit was hit, or where in the stream.
         entry: String,
     },
     /// Neither the image config nor the command line names a command to run.
@@ -125,6 +125,12 @@ pub enum Error {
         /// What went wrong.
         reason: String,
     },
+    /// A snapshot cannot be removed because a container's overlay uses it.
+    #[error("snapshot {path} is in use by a container; remove the container first")]
+    SnapshotInUse {
+        /// The snapshot directory.
+        path: PathBuf,
+    },
     /// An image's manifest and config disagree on its layers.
     #[error("image has {layers} layers but its config lists {diff_ids} diff_ids")]
     LayerCount {
@@ -133,4 +139,37 @@ pub enum Error {
         /// diff_ids in the config.
         diff_ids: usize,
     },
+}
+
+impl Error {
+    /// The same error with its layer named by position too (`layer 3/5 sha256:…`), for
+    /// errors of the `index`-th (from 1) of an image's `count` layers.
+    pub(crate) fn in_layer(mut self, index: usize, count: usize) -> Self {
+        match &mut self {
+            Error::UnpackRejected { layer, .. }
+            | Error::UnpackIo { layer, .. }
+            | Error::LayerStream { layer, .. }
+            | Error::CompressionMismatch { layer, .. }
+            | Error::DiffIdMismatch { layer, .. }
+            | Error::UnpackLimit { layer, .. } => *layer = format!("{index}/{count} {layer}"),
+            _ => {}
+        }
+        self
+    }
+}
+
+/// A limit for messages: bytes in the largest binary unit that divides them exactly
+/// (`10 MiB`), entries as a count.
+fn shown_limit(what: &str, limit: u64) -> String {
+    if what != "max-bytes" {
+        return format!("{limit} entries");
+    }
+    let units = [(40, "TiB"), (30, "GiB"), (20, "MiB"), (10, "KiB")];
+    match units
+        .iter()
+        .find(|(shift, _)| limit >= 1 << shift && limit % (1 << shift) == 0)
+    {
+        Some((shift, unit)) => format!("{} {unit}", limit >> shift),
+        None => format!("{limit} bytes"),
+    }
 }

@@ -7,6 +7,7 @@ mod error;
 pub mod image;
 pub mod run;
 pub mod snapshot;
+pub mod snapshot_check;
 pub mod spec;
 pub mod unpack;
 

@@ -48,7 +48,7 @@ pub async fn dispatch(cli: &Cli) -> Result<ExitCode> {
         Command::Copy(args) => copy::run(cli, args).await,
         Command::Save(args) => save::run(cli, args).await,
         Command::Load(args) => load::run(cli, args).await,
-        Command::Store(args) => store::run(cli, args),
+        Command::Store(args) => store::run(cli, args).await,
     }
 }
 

@@ -5,6 +5,7 @@
 //! Every method blocks on file-system I/O, SQLite, or flock(2); from async code call them
 //! through `tokio::task::spawn_blocking`.
 
+pub mod check;
 mod db;
 mod gc;
 mod ingest;
@@ -354,6 +355,17 @@ impl Store {
             c.execute(
                 "DELETE FROM roots WHERE kind = ?1 AND key = ?2",
                 params![kind, key],
+            )
+            .map(drop)
+        })
+    }
+
+    /// Removes the one root `(kind, key, digest)`, if it is there.
+    pub fn remove_root(&self, kind: &str, key: &str, digest: &Digest) -> Result<()> {
+        self.inner.db(|c| {
+            c.execute(
+                "DELETE FROM roots WHERE kind = ?1 AND key = ?2 AND digest = ?3",
+                params![kind, key, digest],
             )
             .map(drop)
         })
