@@ -80,7 +80,7 @@ pub fn check(
 ) -> Result<SnapshotReport> {
     let _gc = lock(&snapshots_root(store).join("gc.lock"), FlockArg::LockShared)?;
     let mut report = SnapshotReport::default();
-    for (chain_id, (layer, images)) in kept(store, images)? {
+    for (chain_id, Kept { layer, images }) in kept(store, images)? {
         let Some(layer) = layer else {
             report.skipped += 1;
             continue;
@@ -150,17 +150,22 @@ pub fn drop_snapshot(store: &Store, chain_id: &Digest) -> Result<()> {
     }
 }
 
-/// Every chain ID a named image's roots keep, with the layer it comes from (if the image
-/// could be resolved) and the images keeping it.
-fn kept(
-    store: &Store,
-    images: &[ImageCheck],
-) -> Result<BTreeMap<Digest, (Option<ResolvedLayer>, BTreeSet<String>)>> {
+/// A snapshot that named images' roots keep.
+#[derive(Default)]
+struct Kept {
+    /// The layer it is extracted from, if an image keeping it could be resolved.
+    layer: Option<ResolvedLayer>,
+    /// References of the images keeping it.
+    images: BTreeSet<String>,
+}
+
+/// Every chain ID a named image's roots keep.
+fn kept(store: &Store, images: &[ImageCheck]) -> Result<BTreeMap<Digest, Kept>> {
     let mut roots: BTreeMap<String, Vec<Digest>> = BTreeMap::new();
     for (key, chain_id) in store.roots(ROOT_KIND)? {
         roots.entry(key).or_default().push(chain_id);
     }
-    let mut kept: BTreeMap<Digest, (Option<ResolvedLayer>, BTreeSet<String>)> = BTreeMap::new();
+    let mut kept: BTreeMap<Digest, Kept> = BTreeMap::new();
     for image in images {
         let Some(rooted) = roots.get(&root_key(&image.record)) else {
             continue;
@@ -182,10 +187,10 @@ fn kept(
                 .find(|(c, _)| c == chain_id)
                 .map(|(_, l)| (*l).clone());
             let entry = kept.entry(chain_id.clone()).or_default();
-            if entry.0.is_none() {
-                entry.0 = layer;
+            if entry.layer.is_none() {
+                entry.layer = layer;
             }
-            entry.1.insert(image.reference.clone());
+            entry.images.insert(image.reference.clone());
         }
     }
     Ok(kept)

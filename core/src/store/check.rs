@@ -147,7 +147,7 @@ pub fn check(store: &Store, threads: usize) -> Result<CheckReport> {
         }
     }
     // Largest first, so the last blob to finish is a small one.
-    sized.sort_by(|a, b| b.1.cmp(&a.1));
+    sized.sort_by_key(|(_, size)| std::cmp::Reverse(*size));
     let mut hashed = hash_all(store, &sized, threads.max(1));
     let mut report = CheckReport {
         blobs: sized.len(),

@@ -322,8 +322,7 @@ fn deleted_and_tampered_snapshots_are_reported_and_dropped_by_repair() {
     );
     assert!(env.check(&[]).status.success());
     // Used again, both are extracted afresh.
-    let out =
-        output(ferry(env.root.path()).args(["run", "--rm", &env.app, "cat /work/hello.txt"]));
+    let out = output(ferry(env.root.path()).args(["run", "--rm", &env.app, "cat /work/hello.txt"]));
     assert_eq!(
         text(&out.stdout),
         "hello from app\n",
