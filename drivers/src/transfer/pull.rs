@@ -77,13 +77,7 @@ pub async fn pull(
 
     let decision = decide(store, sources, reference, policy, progress).await?;
     let top = decision.digest.clone();
-    let mut transfer = Transfer {
-        store,
-        sources,
-        name: &name,
-        progress,
-        transferred: 0,
-    };
+    let mut transfer = Transfer::new(store, sources, &name, progress);
     let top_blob = transfer.manifest(&top).await?;
     progress.event(&Event::Resolved {
         reference: reference.to_string(),
@@ -136,33 +130,15 @@ pub async fn pull(
             .await?;
     transfer.transferred += transferred.iter().sum::<u64>();
 
-    let config_bytes = store
-        .read_blob(&config_digest, MAX_CONFIG_SIZE)
-        .map_err(local)?;
-    let config = parse_config(&config_bytes, &config_digest).map_err(local)?;
-    let platform = platform.or_else(|| {
-        let mut p = format!("{}/{}", config.os(), config.architecture());
-        if let Some(v) = config.variant() {
-            p.push('/');
-            p.push_str(v);
-        }
-        Some(p)
-    });
-    let record = ImageRecord {
-        name: name.clone(),
-        tag: reference.tag().map(str::to_string),
-        digest: top.clone(),
-        media_type: top_blob.media_type.clone(),
-        size,
-        created: config.created().clone(),
+    let (record, config) = name_image(
+        store,
+        reference,
+        &decision,
+        &top_blob,
+        &config_digest,
         platform,
-        updated: unix_now(),
-    };
-    // The signatures go in first: a name in the store always has its signatures (SIG-17).
-    for envelope in &decision.signatures {
-        store_signature_leased(store, &top, envelope)?;
-    }
-    store.set_image(&record).map_err(local)?;
+        size,
+    )?;
     progress.event(&Event::Done {
         reference: match reference.tag() {
             Some(t) => format!("{name}:{t}"),
@@ -181,26 +157,76 @@ pub async fn pull(
     })
 }
 
+/// Names a pulled image in the store once its blobs are there: reads its config, stores
+/// the signatures found for it (a name always has its signatures, SIG-17), then records
+/// `reference`'s name (and tag) for `accepted`'s top manifest. `platform` is the platform
+/// picked from an index (the config's otherwise); `size` the bytes of the whole image.
+pub fn name_image(
+    store: &Store,
+    reference: &Reference,
+    accepted: &Accepted,
+    top_blob: &ManifestBlob,
+    config_digest: &Digest,
+    platform: Option<String>,
+    size: u64,
+) -> Result<(ImageRecord, ImageConfiguration)> {
+    let local = Error::local;
+    let top = &accepted.digest;
+    let name = reference.name();
+    let config_bytes = store
+        .read_blob(config_digest, MAX_CONFIG_SIZE)
+        .map_err(local)?;
+    let config = parse_config(&config_bytes, config_digest).map_err(local)?;
+    let platform = platform.or_else(|| {
+        let mut p = format!("{}/{}", config.os(), config.architecture());
+        if let Some(v) = config.variant() {
+            p.push('/');
+            p.push_str(v);
+        }
+        Some(p)
+    });
+    let record = ImageRecord {
+        name,
+        tag: reference.tag().map(str::to_string),
+        digest: top.clone(),
+        media_type: top_blob.media_type.clone(),
+        size,
+        created: config.created().clone(),
+        platform,
+        updated: unix_now(),
+    };
+    for envelope in &accepted.signatures {
+        store_signature_leased(store, top, envelope)?;
+    }
+    store.set_image(&record).map_err(local)?;
+    Ok((record, config))
+}
+
 /// The top manifest a pull fetches, accepted by the policy, and the signatures found for it.
-struct Decision {
-    digest: Digest,
-    trusted: TrustedImage,
-    signatures: Vec<SignatureEnvelope>,
+#[derive(Debug, Clone)]
+pub struct Accepted {
+    /// The top manifest's digest.
+    pub digest: Digest,
+    /// The policy's proof of acceptance.
+    pub trusted: TrustedImage,
+    /// The signatures found for the digest (kept with the image when it is named).
+    pub signatures: Vec<SignatureEnvelope>,
 }
 
 /// Decides the top manifest digest of `reference` and checks it against `policy`
-/// (SIG-18, POL-9).
+/// (SIG-18, POL-9): the first step of a pull, taken alone by a pull-through mirror.
 ///
 /// A pinned digest is checked as is. A tag is resolved by the route's resolvers (SITE-5);
 /// when the policy requires signatures for the name, by the resolvers and then every other
-/// content source, each answer checked in turn until one is accepted.
-async fn decide(
+/// content source, each answer checked in turn until one is accepted. A rejection is an
+/// error of kind [`ErrorKind::Rejected`] whose message gives the policy's reason.
+pub async fn decide(
     store: &Store,
     sources: &Sources,
     reference: &Reference,
     policy: &Policy,
     progress: &dyn Progress,
-) -> Result<Decision> {
+) -> Result<Accepted> {
     let name = reference.name();
     if let Some(digest) = reference.digest() {
         return check(store, sources, reference, policy, digest.clone())
@@ -292,7 +318,7 @@ async fn check(
     reference: &Reference,
     policy: &Policy,
     digest: Digest,
-) -> Result<std::result::Result<Decision, String>> {
+) -> Result<std::result::Result<Accepted, String>> {
     let verdict =
         |signatures: &[SignatureEnvelope]| match policy.check(reference, &digest, signatures) {
             Ok(trusted) => Ok(Ok(trusted)),
@@ -323,7 +349,7 @@ async fn check(
             Err(reason) => return Ok(Err(reason)),
         },
     };
-    Ok(Ok(Decision {
+    Ok(Ok(Accepted {
         digest,
         trusted,
         signatures,
@@ -402,6 +428,36 @@ fn exhausted(what: &str, failures: Vec<Error>) -> Error {
     }
 }
 
+/// Fetches manifest `digest` of `name` from the first of `sources` that has it, verified,
+/// into the store (or reads it from the store when it is there).
+pub async fn fetch_manifest(
+    store: &Arc<Store>,
+    sources: &Sources,
+    name: &str,
+    digest: &Digest,
+    progress: &dyn Progress,
+) -> Result<ManifestBlob> {
+    Transfer::new(store, sources, name, progress)
+        .manifest(digest)
+        .await
+}
+
+/// Makes blob `desc` of `name` present in the store as a pull does: from the sources in
+/// order, resuming a partial ingest, verified at commit, the next source after a corrupt
+/// one. Returns the bytes transferred; [`Event::BlobProgress`] reports each arrival.
+pub async fn fetch_blob(
+    store: &Arc<Store>,
+    sources: &Sources,
+    name: &str,
+    desc: &Descriptor,
+    kind: BlobKind,
+    progress: &dyn Progress,
+) -> Result<u64> {
+    Transfer::new(store, sources, name, progress)
+        .blob(desc, kind)
+        .await
+}
+
 struct Transfer<'a> {
     store: &'a Arc<Store>,
     sources: &'a Sources,
@@ -410,7 +466,22 @@ struct Transfer<'a> {
     transferred: u64,
 }
 
-impl Transfer<'_> {
+impl<'a> Transfer<'a> {
+    fn new(
+        store: &'a Arc<Store>,
+        sources: &'a Sources,
+        name: &'a str,
+        progress: &'a dyn Progress,
+    ) -> Self {
+        Transfer {
+            store,
+            sources,
+            name,
+            progress,
+            transferred: 0,
+        }
+    }
+
     /// A manifest from the store, or fetched from the first source that has it and stored.
     async fn manifest(&mut self, digest: &Digest) -> Result<ManifestBlob> {
         let local = Error::local;
@@ -566,13 +637,7 @@ impl Transfer<'_> {
                     if rest.content.is_empty() {
                         return Err(exhausted(&format!("blob {}@{digest}", self.name), failures));
                     }
-                    let retry = Transfer {
-                        store: self.store,
-                        sources: &rest,
-                        name: self.name,
-                        progress: self.progress,
-                        transferred: 0,
-                    };
+                    let retry = Transfer::new(self.store, &rest, self.name, self.progress);
                     match Box::pin(retry.blob(desc, kind)).await {
                         Ok(n) => Ok(transferred + n),
                         Err(last) => {
