@@ -184,6 +184,20 @@ impl Store {
         })
     }
 
+    /// Opens the partial file of a blob being ingested, read-only, to follow an ingest as it
+    /// writes (a mirror sends bytes on as they arrive); `None` when there is none.
+    ///
+    /// The bytes are unverified until the ingest commits: a reader must not trust them
+    /// before then. The open file stays readable after the commit renames it into place.
+    pub fn open_partial(&self, d: &Digest) -> Result<Option<File>> {
+        let path = self.inner.partial_path(d);
+        match File::open(&path) {
+            Ok(file) => Ok(Some(file)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io("open partial", path, e)),
+        }
+    }
+
     /// Reads a committed blob into memory; [`Error::TooLarge`] if it is bigger than `limit`.
     pub fn read_blob(&self, d: &Digest, limit: u64) -> Result<Vec<u8>> {
         let file = self.open_blob(d)?;
