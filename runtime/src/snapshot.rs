@@ -75,12 +75,14 @@ pub fn prepare(store: &Store, image: &Image, limits: Limits) -> Result<Vec<PathB
     }
     let mut budget = Budget::new(limits);
     let mut dirs = Vec::with_capacity(chain.len());
-    for ((layer, diff_id), chain_id) in manifest.layers().iter().zip(&diff_ids).zip(&chain) {
+    let layers = manifest.layers();
+    for (i, ((layer, diff_id), chain_id)) in layers.iter().zip(&diff_ids).zip(&chain).enumerate() {
         let dir = snapshot_dir(store, chain_id);
         if !dir.exists() {
             let blob = ferry_core::manifest::descriptor_digest(layer)?;
             let compression = Compression::of_layer(layer.media_type().as_ref())?;
-            extract(store, &dir, &blob, compression, diff_id, &mut budget)?;
+            extract(store, &dir, &blob, compression, diff_id, &mut budget)
+                .map_err(|e| e.in_layer(i + 1, layers.len()))?;
         }
         dirs.push(dir.join("fs"));
     }
@@ -154,11 +156,12 @@ pub fn flatten(
     let diff_ids = diff_ids(manifest, image.config())?;
     fs::create_dir_all(dest).map_err(|e| io_error("create directory", dest, e))?;
     let mut budget = Budget::new(limits);
-    manifest
-        .layers()
+    let layers = manifest.layers();
+    layers
         .iter()
         .zip(&diff_ids)
-        .map(|(layer, diff_id)| {
+        .enumerate()
+        .map(|(i, (layer, diff_id))| {
             let blob = ferry_core::manifest::descriptor_digest(layer)?;
             let compression = Compression::of_layer(layer.media_type().as_ref())?;
             apply_layer(
@@ -169,6 +172,7 @@ pub fn flatten(
                 Whiteouts::Apply,
                 &mut budget,
             )
+            .map_err(|e| e.in_layer(i + 1, layers.len()))
         })
         .collect()
 }

@@ -676,3 +676,55 @@ fn layer_overlay_xattrs_do_not_steer_the_mounted_overlay() {
     nix::mount::umount(&merged).unwrap();
     assert_eq!(seen, ["d/", "d/lower", "d/upper", "o/"]);
 }
+
+/// UNPACK-50, UNPACK-60: a limit error names the layer by position and diff_id, the limit
+/// and the entry at which it stopped; the budget spans the image's layers.
+#[test]
+fn flatten_names_the_layer_and_the_limit_that_stopped_it() {
+    let (dir, store) = store();
+    let big = tar_layer(&[Entry::File("big/zero.bin", &[0u8; 64 << 10], 0o644)]);
+    let image = add_image(
+        &store,
+        "example.com/big:1",
+        &[base_layer(), big.clone()],
+        &["/bin/sh"],
+    );
+    let limits = Limits {
+        max_bytes: 32 << 10,
+        ..Limits::default()
+    };
+    let err = flatten(
+        &store,
+        &image.checked(&store),
+        &dir.path().join("out"),
+        limits,
+    )
+    .unwrap_err()
+    .to_string();
+    assert_eq!(
+        err,
+        format!(
+            "layer 2/2 {}: unpack limit max-bytes (32 KiB) reached at entry \"big/zero.bin\"",
+            Digest::sha256(&big)
+        )
+    );
+    let limits = Limits {
+        max_entries: 5,
+        ..Limits::default()
+    };
+    let err = flatten(
+        &store,
+        &image.checked(&store),
+        &dir.path().join("out2"),
+        limits,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.starts_with("layer 2/2 sha256:")
+            && err.ends_with(
+                "unpack limit max-entries (5 entries) reached at entry \"big/zero.bin\""
+            ),
+        "{err}"
+    );
+}

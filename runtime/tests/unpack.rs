@@ -1237,11 +1237,15 @@ impl<R: Read> Read for Counted<R> {
 fn assert_byte_limit(err: Error, limit: u64) {
     match &err {
         Error::UnpackLimit { what, limit: l, .. } => {
-            assert_eq!((*what, *l), ("uncompressed bytes", limit));
+            assert_eq!((*what, *l), ("max-bytes", limit));
         }
         other => panic!("expected the byte limit, got {other:?}"),
     }
-    assert!(err.to_string().contains("bomb"), "names the entry: {err}");
+    let want = format!(
+        "unpack limit max-bytes ({} MiB) reached at entry \"bomb\"",
+        limit >> 20
+    );
+    assert!(err.to_string().contains(&want), "{err}");
 }
 
 /// UNPACK-50, UNPACK-52
@@ -1375,11 +1379,16 @@ fn million_entry_layer_stops_at_the_entry_limit() {
             entry,
             ..
         } => {
-            assert_eq!((*what, *l), ("entries", limit));
+            assert_eq!((*what, *l), ("max-entries", limit));
             assert_eq!(entry, "f0020000");
         }
         other => panic!("expected the entry limit, got {other:?}"),
     }
+    assert!(
+        err.to_string()
+            .ends_with("unpack limit max-entries (20000 entries) reached at entry \"f0020000\""),
+        "{err}"
+    );
     assert_eq!(fs::read_dir(&s.root).unwrap().count() as u64, limit);
     // Reading stopped near the limit (1 MiB of read-ahead is 2048 headers).
     assert!(layer.next < limit + 4096, "generated {}", layer.next);
@@ -1406,7 +1415,7 @@ fn the_budget_is_shared_across_an_images_layers() {
         matches!(
             err,
             Error::UnpackLimit {
-                what: "entries",
+                what: "max-entries",
                 limit: 3,
                 ..
             }
@@ -1426,7 +1435,7 @@ fn the_budget_is_shared_across_an_images_layers() {
         matches!(
             err,
             Error::UnpackLimit {
-                what: "uncompressed bytes",
+                what: "max-bytes",
                 ..
             }
         ),

@@ -44,12 +44,13 @@ pub enum Whiteouts {
     Overlay,
 }
 
-/// Per-image limits on what unpacking may produce (UNPACK-50, UNPACK-51).
+/// Per-image limits on what unpacking may produce (UNPACK-50, UNPACK-51); users set them
+/// as `max-bytes` and `max-entries` (UNPACK-53).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
-    /// Uncompressed bytes of all layers' tar streams together.
+    /// Uncompressed bytes of all layers' tar streams together (`max-bytes`).
     pub max_bytes: u64,
-    /// Tar entries of all layers together.
+    /// Tar entries of all layers together (`max-entries`).
     pub max_entries: u64,
 }
 
@@ -193,7 +194,7 @@ pub fn apply_layer<R: Read>(
     if diff.exceeded() {
         return Err(Error::UnpackLimit {
             layer: label,
-            what: "uncompressed bytes",
+            what: "max-bytes",
             limit: budget.limits.max_bytes,
             entry,
         });
@@ -217,7 +218,7 @@ pub fn apply_layer<R: Read>(
         },
         Fail::TooManyEntries => Error::UnpackLimit {
             layer: label.clone(),
-            what: "entries",
+            what: "max-entries",
             limit: budget.limits.max_entries,
             entry: entry.clone(),
         },

@@ -63,8 +63,8 @@ pub enum DecompressError {
     Io(io::Error),
 }
 
-/// Hashes and counts every byte read through it, and fails once more than `limit`
-/// bytes were read.
+/// Hashes and counts every byte read through it; hands on every byte up to `limit`, and
+/// fails when the stream has more.
 pub struct DiffReader<R> {
     inner: R,
     hasher: Hasher,
@@ -106,16 +106,19 @@ impl<R: Read> Read for DiffReader<R> {
         if self.exceeded {
             return Err(io::Error::other("byte limit exceeded"));
         }
-        // Ask for at most one byte past the limit, so a bomb stops right there.
-        let allowed = (self.limit - self.bytes).saturating_add(1);
-        let len = buf
-            .len()
-            .min(usize::try_from(allowed).unwrap_or(usize::MAX));
-        let n = self.inner.read(&mut buf[..len])?;
-        if self.bytes + n as u64 > self.limit {
+        let left = self.limit - self.bytes;
+        if left == 0 {
+            // Every allowed byte was handed on (so the entry they belong to is known):
+            // one more means the stream is over the limit.
+            let mut probe = [0u8; 1];
+            if self.inner.read(&mut probe)? == 0 {
+                return Ok(0);
+            }
             self.exceeded = true;
             return Err(io::Error::other("byte limit exceeded"));
         }
+        let len = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..len])?;
         self.bytes += n as u64;
         self.hasher.update(&buf[..n]);
         Ok(n)
