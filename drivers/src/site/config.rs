@@ -24,6 +24,50 @@ pub struct SiteConfig {
     pub routes: Vec<Route>,
     /// Sources by name.
     pub sources: BTreeMap<String, SourceConfig>,
+    /// The `[unpack]` limits, where set.
+    pub unpack: UnpackConfig,
+}
+
+/// Per-image unpack limits from the `[unpack]` section (SITE-8); `None` where unset.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UnpackConfig {
+    /// `max-bytes`: uncompressed bytes of all of an image's layers together.
+    pub max_bytes: Option<u64>,
+    /// `max-entries`: tar entries of all of an image's layers together.
+    pub max_entries: Option<u64>,
+}
+
+/// Parses a size: a plain number of bytes (`1048576`), or a number and a unit, binary
+/// (`KiB`, `MiB`, `GiB`, `TiB`) or decimal (`kB`, `MB`, `GB`, `TB`), case ignored and a
+/// space allowed between (`512MiB`, `8 GiB`); at least 1 byte.
+pub fn parse_size(text: &str) -> std::result::Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = (&t[..split], t[split..].trim_start());
+    let scale: u64 = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        "tib" => 1 << 40,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "tb" => 1_000_000_000_000,
+        _ => {
+            return Err(format!(
+                "{text:?} is not a size (expected bytes, or a number with KiB, MiB, GiB, TiB, kB, MB, GB or TB)"
+            ))
+        }
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size (expected a whole number, e.g. 512MiB)"))?;
+    match n.checked_mul(scale) {
+        Some(0) => Err(format!("{text:?}: the size must be at least 1 byte")),
+        Some(bytes) => Ok(bytes),
+        None => Err(format!("{text:?} is too large")),
+    }
 }
 
 /// Names under `prefix` travel through `sources`.
@@ -136,6 +180,24 @@ struct RawFile {
     route: Vec<Spanned<RawRoute>>,
     #[serde(default)]
     source: BTreeMap<String, Spanned<RawSource>>,
+    unpack: Option<RawUnpack>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUnpack {
+    #[serde(rename = "max-bytes")]
+    max_bytes: Option<Spanned<RawSize>>,
+    #[serde(rename = "max-entries")]
+    max_entries: Option<Spanned<i64>>,
+}
+
+/// A size as written: `8589934592` or `"8GiB"`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawSize {
+    Bytes(i64),
+    Text(String),
 }
 
 #[derive(Deserialize)]
@@ -292,6 +354,7 @@ impl SiteConfig {
             path: None,
             routes: Vec::new(),
             sources: BTreeMap::new(),
+            unpack: UnpackConfig::default(),
         }
     }
 
@@ -346,10 +409,15 @@ impl SiteConfig {
                 resolve,
             });
         }
+        let unpack = match raw.unpack {
+            Some(u) => convert_unpack(u, &loc)?,
+            None => UnpackConfig::default(),
+        };
         Ok(SiteConfig {
             path: None,
             routes,
             sources,
+            unpack,
         })
     }
 
@@ -391,6 +459,46 @@ fn validate_prefix(prefix: &str) -> std::result::Result<(), String> {
         ));
     }
     Ok(())
+}
+
+fn convert_unpack(raw: RawUnpack, loc: &Locator) -> Result<UnpackConfig> {
+    let max_bytes =
+        match raw.max_bytes {
+            None => None,
+            Some(size) => {
+                let parsed = match size.get_ref() {
+                    RawSize::Bytes(n) => u64::try_from(*n)
+                        .ok()
+                        .filter(|&n| n > 0)
+                        .ok_or_else(|| format!("{n} is not a size (expected at least 1 byte)")),
+                    RawSize::Text(t) => parse_size(t),
+                };
+                Some(parsed.map_err(|why| {
+                    loc.err(size.span().start, format!("[unpack] max-bytes: {why}"))
+                })?)
+            }
+        };
+    let max_entries = match raw.max_entries {
+        None => None,
+        Some(n) => Some(
+            u64::try_from(*n.get_ref())
+                .ok()
+                .filter(|&n| n > 0)
+                .ok_or_else(|| {
+                    loc.err(
+                        n.span().start,
+                        format!(
+                            "[unpack] max-entries: {} is not a count (expected at least 1)",
+                            n.get_ref()
+                        ),
+                    )
+                })?,
+        ),
+    };
+    Ok(UnpackConfig {
+        max_bytes,
+        max_entries,
+    })
 }
 
 fn parse_url(s: &Spanned<String>, loc: &Locator, what: &str) -> Result<url::Url> {
@@ -731,6 +839,88 @@ path = "/media/usb/images"
                 err.contains(at) && err.contains(needle),
                 "want {at} and {needle:?} in: {err}"
             );
+        }
+    }
+
+    #[test]
+    fn sizes_take_plain_bytes_and_binary_or_decimal_units() {
+        // SITE-8
+        for (text, bytes) in [
+            ("1048576", 1 << 20),
+            ("512MiB", 512 << 20),
+            ("8GiB", 8 << 30),
+            ("8 gib", 8 << 30),
+            ("4KiB", 4096),
+            ("1TiB", 1 << 40),
+            ("10MB", 10_000_000),
+            ("2kB", 2_000),
+            ("7B", 7),
+        ] {
+            assert_eq!(parse_size(text), Ok(bytes), "{text}");
+        }
+        for (text, why) in [
+            ("", "not a size"),
+            ("MiB", "not a size"),
+            ("1.5GiB", "not a size"),
+            ("-1", "not a size"),
+            ("8 GiBs", "not a size"),
+            ("0", "at least 1 byte"),
+            ("0MiB", "at least 1 byte"),
+            ("99999999999TiB", "too large"),
+        ] {
+            let err = parse_size(text).unwrap_err();
+            assert!(
+                err.contains(why) && err.contains(&format!("{text:?}")),
+                "{text}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn unpack_section_sets_limits_and_names_bad_values() {
+        // SITE-8
+        let c = SiteConfig::parse(
+            "[unpack]\nmax-bytes = \"8GiB\"\nmax-entries = 1000000\n",
+            "sites.toml",
+        )
+        .unwrap();
+        assert_eq!(
+            c.unpack,
+            UnpackConfig {
+                max_bytes: Some(8 << 30),
+                max_entries: Some(1_000_000)
+            }
+        );
+        let c = SiteConfig::parse("[unpack]\nmax-bytes = 4096\n", "f").unwrap();
+        assert_eq!(c.unpack.max_bytes, Some(4096));
+        assert_eq!(c.unpack.max_entries, None);
+        assert_eq!(
+            SiteConfig::parse(EXAMPLE, "f").unwrap().unpack,
+            UnpackConfig::default()
+        );
+        for (text, want) in [
+            (
+                "[unpack]\nmax-bytes = \"8 gigs\"\n",
+                "sites.toml:2: [unpack] max-bytes: \"8 gigs\" is not a size",
+            ),
+            (
+                "[unpack]\nmax-bytes = 0\n",
+                "sites.toml:2: [unpack] max-bytes: 0 is not a size",
+            ),
+            (
+                "\n[unpack]\nmax-entries = -5\n",
+                "sites.toml:3: [unpack] max-entries: -5 is not a count",
+            ),
+            (
+                "[unpack]\nmax-files = 5\n",
+                "sites.toml:2: unknown field `max-files`",
+            ),
+        ] {
+            let err = SiteConfig::parse(text, "sites.toml")
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(want), "want {want:?} in: {err}");
+            assert!(!err.contains('\n'), "one line: {err}");
         }
     }
 
