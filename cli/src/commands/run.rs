@@ -6,9 +6,9 @@ use anyhow::{bail, Context, Result};
 use ferry_runtime::run::{run, Bundle, RuntimeKind};
 use ferry_runtime::snapshot::prepare;
 use ferry_runtime::spec::{NetMode, RunOptions};
-use ferry_runtime::unpack::Limits;
 
 use crate::commands::trust::checked_image;
+use crate::commands::unpack::{explain_limit, LimitArgs};
 use crate::commands::{open_store, parse_reference};
 use crate::Cli;
 
@@ -33,6 +33,8 @@ pub struct Args {
     /// Which runtime starts the container.
     #[arg(long, default_value = "builtin", value_parser = ["builtin", "runc"])]
     runtime: String,
+    #[command(flatten)]
+    limits: LimitArgs,
     /// Image reference (pulled first if the store lacks it).
     reference: String,
     /// Command and arguments replacing the image's Cmd.
@@ -68,12 +70,14 @@ pub async fn run_command(cli: &Cli, args: &Args) -> Result<ExitCode> {
     } else {
         RuntimeKind::Builtin
     };
+    let limits = args.limits.limits(cli)?;
     let store = open_store(cli)?;
     let image = checked_image(cli, &store, &reference).await?;
     let store_for_run = store.clone();
     let rm = args.rm;
     let code = tokio::task::spawn_blocking(move || -> Result<i32> {
-        let lowers = prepare(&store_for_run, &image, Limits::default())
+        let lowers = prepare(&store_for_run, &image, limits)
+            .map_err(explain_limit)
             .with_context(|| format!("preparing the snapshots of {reference}"))?;
         let bundle = Bundle::create(&store_for_run, &lowers, image.config(), &options)?;
         let code = run(&bundle, kind);

@@ -3,7 +3,8 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::{anyhow, Context, Result};
+use ferry_drivers::site::config::{parse_size, SiteConfig};
 use ferry_runtime::snapshot::flatten;
 use ferry_runtime::unpack::Limits;
 
@@ -19,14 +20,60 @@ pub struct Args {
     reference: String,
     /// Directory to write the root filesystem into (created if missing).
     dir: PathBuf,
+    #[command(flatten)]
+    limits: LimitArgs,
+}
+
+/// The per-image unpack limits a user sets on the command line (UNPACK-53).
+#[derive(clap::Args, Debug)]
+pub struct LimitArgs {
+    /// Most uncompressed bytes of all layers together: bytes, or with a unit (512MiB, 8GiB,
+    /// 10GB). Default: `[unpack] max-bytes` of the site config, else 64GiB.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    max_bytes: Option<u64>,
+    /// Most tar entries of all layers together. Default: `[unpack] max-entries` of the site
+    /// config, else 10000000.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    max_entries: Option<u64>,
+}
+
+impl LimitArgs {
+    /// The limits to unpack with: these flags, else the site config's `[unpack]`, else
+    /// ferry's defaults.
+    pub fn limits(&self, cli: &Cli) -> Result<Limits> {
+        let config = SiteConfig::load(cli.config.as_deref())?.unpack;
+        let default = Limits::default();
+        Ok(Limits {
+            max_bytes: self
+                .max_bytes
+                .or(config.max_bytes)
+                .unwrap_or(default.max_bytes),
+            max_entries: self
+                .max_entries
+                .or(config.max_entries)
+                .unwrap_or(default.max_entries),
+        })
+    }
+}
+
+/// `err`, and when a limit stopped the unpack, how to raise it.
+pub fn explain_limit(err: ferry_runtime::Error) -> anyhow::Error {
+    match &err {
+        ferry_runtime::Error::UnpackLimit { what, .. } => {
+            anyhow!("{err}; raise it with --{what} or [unpack] {what} in the site config")
+        }
+        _ => err.into(),
+    }
 }
 
 /// Applies every layer, in order and verified, into DIR.
 pub async fn run(cli: &Cli, args: &Args) -> Result<ExitCode> {
     let reference = parse_reference(&args.reference)?;
     let store = open_store(cli)?;
+    let limits = args.limits.limits(cli)?;
     let image = checked_image(cli, &store, &reference).await?;
-    let summaries = flatten(&store, &image, &args.dir, Limits::default())
+    let summaries = flatten(&store, &image, &args.dir, limits)
+        .map_err(explain_limit)
         .with_context(|| format!("unpacking {reference} into {}", args.dir.display()))?;
     if cli.json {
         println!(
