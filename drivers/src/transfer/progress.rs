@@ -47,7 +47,8 @@ pub enum Event {
     BlobProgress {
         /// The blob's digest.
         digest: String,
-        /// Bytes now in the store, including any resumed prefix.
+        /// Bytes now in the store, including any resumed prefix (back at 0 when the
+        /// transfer restarts from the first byte).
         done: u64,
         /// Its size.
         size: u64,

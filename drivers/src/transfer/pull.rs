@@ -651,6 +651,22 @@ impl<'a> Transfer<'a> {
         Err(exhausted(&format!("blob {}@{digest}", self.name), failures))
     }
 
+    /// Empties the ingest and says so: a [`Event::BlobProgress`] back at 0.
+    fn restart(
+        &self,
+        ingest: &mut ferry_core::store::Ingest,
+        digest: &Digest,
+        size: u64,
+    ) -> Result<()> {
+        ingest.reset().map_err(Error::local)?;
+        self.progress.event(&Event::BlobProgress {
+            digest: digest.to_string(),
+            done: 0,
+            size,
+        });
+        Ok(())
+    }
+
     /// Streams the rest of a blob from one source into the ingest, resuming on breaks.
     async fn stream_into(
         &self,
@@ -660,7 +676,6 @@ impl<'a> Transfer<'a> {
         ingest: &mut ferry_core::store::Ingest,
         transferred: &mut u64,
     ) -> Result<()> {
-        let local = Error::local;
         let mut attempts = 0;
         loop {
             let offset = ingest.offset();
@@ -670,7 +685,7 @@ impl<'a> Transfer<'a> {
             let range = if source.capabilities().ranges {
                 ByteRange::from(offset)
             } else {
-                ingest.reset().map_err(local)?;
+                self.restart(ingest, digest, size)?;
                 ByteRange::WHOLE
             };
             let result: Result<()> = async {
@@ -712,7 +727,7 @@ impl<'a> Transfer<'a> {
                 Err(e) if e.kind == ErrorKind::Corrupt => {
                     // The bytes this source gave are suspect: the next source starts over
                     // rather than continuing from them (STORE-3).
-                    ingest.reset().map_err(local)?;
+                    self.restart(ingest, digest, size)?;
                     return Err(e);
                 }
                 Err(e) => return Err(e),
