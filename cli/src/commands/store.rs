@@ -7,13 +7,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use ferry_core::store::check::{self, BlobFault, BlobProblem, CheckReport, ImageCheck};
+use ferry_core::store::check::{self, BlobFault, BlobProblem, ImageCheck};
 use ferry_core::{Digest, Platform, Reference, Store};
 use ferry_drivers::site::config::SiteConfig;
 use ferry_drivers::site::route::sources_for;
 use ferry_drivers::transfer::progress::Silent;
 use ferry_drivers::transfer::pull::{pull, PullOptions};
-use ferry_runtime::snapshot_check::{self, SnapshotFault, SnapshotProblem, SnapshotReport};
+use ferry_runtime::snapshot_check::{self, SnapshotFault, SnapshotProblem};
 use ferry_signing::Policy;
 
 use crate::commands::open_store;
@@ -111,7 +111,10 @@ struct Summary {
     images: usize,
     snapshots: usize,
     snapshots_skipped: usize,
-    elapsed_ms: u128,
+    /// Time spent hashing blobs and walking images.
+    blobs_ms: u128,
+    /// Time spent comparing snapshots with their layers.
+    snapshots_ms: u128,
     problems: Vec<Finding>,
 }
 
@@ -120,19 +123,19 @@ async fn check_store(cli: &Cli, args: &CheckArgs) -> Result<ExitCode> {
     let threads = args.jobs.unwrap_or_else(|| {
         std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
     });
-    let started = Instant::now();
-    let checked = {
+    let (blobs, blobs_time, snapshots, snapshots_time) = {
         let store = store.clone();
-        tokio::task::spawn_blocking(move || -> Result<(CheckReport, SnapshotReport)> {
+        tokio::task::spawn_blocking(move || -> Result<_> {
+            let started = Instant::now();
             let blobs = check::check(&store, threads)?;
+            let blobs_time = started.elapsed();
             let bad: HashSet<Digest> = blobs.problems.iter().map(|p| p.digest.clone()).collect();
+            let started = Instant::now();
             let snapshots = snapshot_check::check(&store, &blobs.images, &bad)?;
-            Ok((blobs, snapshots))
+            Ok((blobs, blobs_time, snapshots, started.elapsed()))
         })
         .await??
     };
-    let (blobs, snapshots) = checked;
-    let elapsed = started.elapsed();
     let mut findings: Vec<Finding> = blobs
         .problems
         .iter()
@@ -153,13 +156,14 @@ async fn check_store(cli: &Cli, args: &CheckArgs) -> Result<ExitCode> {
         images: blobs.images.len(),
         snapshots: snapshots.checked,
         snapshots_skipped: snapshots.skipped,
-        elapsed_ms: elapsed.as_millis(),
+        blobs_ms: blobs_time.as_millis(),
+        snapshots_ms: snapshots_time.as_millis(),
         problems: findings,
     };
     if cli.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {
-        print_human(&summary, elapsed)?;
+        print_human(&summary, blobs_time, snapshots_time)?;
     }
     Ok(if ok {
         ExitCode::SUCCESS
@@ -346,7 +350,7 @@ async fn refetch(
     Ok(())
 }
 
-fn print_human(summary: &Summary, elapsed: Duration) -> Result<()> {
+fn print_human(summary: &Summary, blobs_time: Duration, snapshots_time: Duration) -> Result<()> {
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     for f in &summary.problems {
         writeln!(out, "{}", f.line())?;
@@ -363,7 +367,7 @@ fn print_human(summary: &Summary, elapsed: Duration) -> Result<()> {
             writeln!(out, "{verdict}: {} {}: {}", f.object, f.digest, r.detail)?;
         }
     }
-    let secs = elapsed.as_secs_f64();
+    let secs = blobs_time.as_secs_f64();
     let rate = if secs > 0.0 {
         format!(", {}/s", human_size((summary.bytes as f64 / secs) as u64))
     } else {
@@ -371,30 +375,32 @@ fn print_human(summary: &Summary, elapsed: Duration) -> Result<()> {
     };
     let skipped = if summary.snapshots_skipped > 0 {
         format!(
-            " ({} not compared: layer blob bad)",
+            ", {} not compared: layer blob bad",
             summary.snapshots_skipped
         )
     } else {
         String::new()
     };
+    let plural = |n: usize| if n == 1 { "" } else { "s" };
     let verdict = match (
         summary.problems.len(),
         summary.problems.iter().any(|f| f.repair.is_some()),
     ) {
         (0, _) => "no problems".to_string(),
-        (n, false) => format!("{n} problem{}", if n == 1 { "" } else { "s" }),
-        (n, true) => format!(
-            "{n} problem{}, {repaired} repaired",
-            if n == 1 { "" } else { "s" }
-        ),
+        (n, false) => format!("{n} problem{}", plural(n)),
+        (n, true) => format!("{n} problem{}, {repaired} repaired", plural(n)),
     };
     writeln!(
         out,
-        "checked {} blobs ({}), {} images, {} snapshots{skipped} in {secs:.2}s{rate}: {verdict}",
+        "checked {} blob{} ({}) in {secs:.2}s{rate}, {} image{}, {} snapshot{} ({:.2}s{skipped}): {verdict}",
         summary.blobs,
+        plural(summary.blobs),
         human_size(summary.bytes),
         summary.images,
+        plural(summary.images),
         summary.snapshots,
+        plural(summary.snapshots),
+        snapshots_time.as_secs_f64(),
     )?;
     out.flush()?;
     Ok(())

@@ -125,7 +125,7 @@ fn clean_store_passes_with_exit_0() {
     );
     let stdout = text(&out.stdout);
     assert_eq!(stdout.lines().count(), 1, "only the summary: {stdout}");
-    assert!(stdout.contains(", 1 images,"), "{stdout}");
+    assert!(stdout.contains(", 1 image, 0 snapshots ("), "{stdout}");
     assert!(stdout.ends_with(": no problems\n"), "{stdout}");
     let (out, report) = env.check_json(&[]);
     assert!(out.status.success());
@@ -287,7 +287,7 @@ fn deleted_and_tampered_snapshots_are_reported_and_dropped_by_repair() {
     assert_eq!(chain.len(), 2);
     let out = env.check(&[]);
     assert!(out.status.success(), "{}", text(&out.stdout));
-    assert!(text(&out.stdout).contains(", 2 snapshots in "));
+    assert!(text(&out.stdout).contains(", 2 snapshots ("));
 
     std::fs::remove_dir_all(env.snapshot_dir(&chain[0])).unwrap();
     std::fs::write(
@@ -331,7 +331,7 @@ fn deleted_and_tampered_snapshots_are_reported_and_dropped_by_repair() {
     );
     let out = env.check(&[]);
     assert!(
-        text(&out.stdout).contains(", 2 snapshots in "),
+        text(&out.stdout).contains(", 2 snapshots ("),
         "{}",
         text(&out.stdout)
     );
