@@ -444,3 +444,181 @@ impl Walk<'_> {
             .insert(self.reference.to_string());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::media;
+
+    fn new_store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        (dir, store)
+    }
+
+    fn put(store: &Store, bytes: &[u8], media_type: &str) -> Digest {
+        let digest = Digest::sha256(bytes);
+        store.put_blob(&digest, bytes, media_type, None).unwrap();
+        digest
+    }
+
+    fn corrupt(store: &Store, digest: &Digest) {
+        let path = store.blob_path(digest);
+        let mut bytes = fs::read(&path).unwrap();
+        bytes[0] ^= 1;
+        // Blobs are 0444; the owner may still replace the file.
+        fs::remove_file(&path).unwrap();
+        fs::write(&path, bytes).unwrap();
+    }
+
+    fn manifest(config: &Digest, config_len: usize, layer: &Digest, layer_len: usize) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": media::OCI_MANIFEST,
+            "config": {"mediaType": media::OCI_CONFIG, "digest": config.to_string(), "size": config_len},
+            "layers": [{"mediaType": media::OCI_LAYER_GZIP, "digest": layer.to_string(), "size": layer_len}],
+        }))
+        .unwrap()
+    }
+
+    /// A one-layer image manifest for `arch` whose blobs are all in `store`.
+    fn image(store: &Store, arch: &str) -> (Digest, usize) {
+        let layer = format!("layer of {arch}").into_bytes();
+        let config = serde_json::to_vec(&serde_json::json!({
+            "architecture": arch, "os": "linux",
+            "rootfs": {"type": "layers", "diff_ids": [Digest::sha256(arch.as_bytes()).to_string()]},
+        }))
+        .unwrap();
+        let layer_digest = put(store, &layer, media::OCI_LAYER_GZIP);
+        let config_digest = put(store, &config, media::OCI_CONFIG);
+        let bytes = manifest(&config_digest, config.len(), &layer_digest, layer.len());
+        (put(store, &bytes, media::OCI_MANIFEST), bytes.len())
+    }
+
+    fn name(store: &Store, tag: &str, digest: &Digest, media_type: &str, platform: &str) {
+        store
+            .set_image(&ImageRecord {
+                name: "example.com/app".into(),
+                tag: Some(tag.into()),
+                digest: digest.clone(),
+                media_type: media_type.into(),
+                size: 0,
+                created: None,
+                platform: Some(platform.into()),
+                updated: 0,
+            })
+            .unwrap();
+    }
+
+    #[test]
+    fn clean_store_has_no_problems_and_resolves_layers_with_diff_ids() {
+        // STORE-15, STORE-16
+        let (_dir, store) = new_store();
+        let (top, _) = image(&store, "amd64");
+        name(&store, "1", &top, media::OCI_MANIFEST, "linux/amd64");
+        let report = check(&store, 2).unwrap();
+        assert_eq!(report.problems, vec![]);
+        assert_eq!(report.blobs, 3);
+        let resolved = report.images[0].resolved.as_ref().unwrap();
+        assert_eq!(resolved.manifest, top);
+        assert_eq!(resolved.layers[0].diff_id, Digest::sha256(b"amd64"));
+    }
+
+    #[test]
+    fn index_needs_only_the_recorded_platform_child() {
+        // STORE-16: the arm64 child is absent (a pull fetches one platform) and that is fine;
+        // its amd64 sibling's missing config breaks the image.
+        let (_dir, store) = new_store();
+        let (amd, amd_len) = image(&store, "amd64");
+        let absent = Digest::sha256(b"arm64 manifest never pulled");
+        let index = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": media::OCI_INDEX,
+            "manifests": [
+                {"mediaType": media::OCI_MANIFEST, "digest": amd.to_string(), "size": amd_len,
+                 "platform": {"os": "linux", "architecture": "amd64"}},
+                {"mediaType": media::OCI_MANIFEST, "digest": absent.to_string(), "size": 10,
+                 "platform": {"os": "linux", "architecture": "arm64"}},
+            ],
+        }))
+        .unwrap();
+        let top = put(&store, &index, media::OCI_INDEX);
+        name(&store, "1", &top, media::OCI_INDEX, "linux/amd64");
+        assert_eq!(check(&store, 1).unwrap().problems, vec![]);
+
+        let amd_manifest: serde_json::Value =
+            serde_json::from_slice(&store.read_blob(&amd, 1 << 20).unwrap()).unwrap();
+        let config = Digest::parse(amd_manifest["config"]["digest"].as_str().unwrap()).unwrap();
+        fs::remove_file(store.blob_path(&config)).unwrap();
+        let report = check(&store, 1).unwrap();
+        assert_eq!(
+            report.problems,
+            vec![BlobProblem {
+                digest: config,
+                fault: BlobFault::Missing,
+                images: vec!["example.com/app:1".into()],
+            }]
+        );
+        assert!(report.images[0].resolved.is_none());
+    }
+
+    #[test]
+    fn corrupt_blob_is_found_whoever_needs_it_and_quarantine_moves_it_out() {
+        // STORE-15, STORE-17
+        let (_dir, store) = new_store();
+        let orphan = put(&store, b"nobody names me", "application/octet-stream");
+        let (top, _) = image(&store, "amd64");
+        name(&store, "1", &top, media::OCI_MANIFEST, "linux/amd64");
+        name(&store, "2", &top, media::OCI_MANIFEST, "linux/amd64");
+        corrupt(&store, &orphan);
+        corrupt(&store, &top);
+        let report = check(&store, 2).unwrap();
+        let actual = |d: &Digest| Digest::sha256(&fs::read(store.blob_path(d)).unwrap());
+        let mut want = vec![
+            BlobProblem {
+                digest: orphan.clone(),
+                fault: BlobFault::Corrupt {
+                    actual: actual(&orphan),
+                },
+                images: vec![],
+            },
+            BlobProblem {
+                digest: top.clone(),
+                fault: BlobFault::Corrupt {
+                    actual: actual(&top),
+                },
+                images: vec!["example.com/app:1".into(), "example.com/app:2".into()],
+            },
+        ];
+        want.sort_by(|a, b| a.digest.cmp(&b.digest));
+        assert_eq!(report.problems, want);
+
+        let bad = fs::read(store.blob_path(&top)).unwrap();
+        let moved = quarantine(&store, &top).unwrap().unwrap();
+        assert_eq!(
+            moved,
+            store.root().join("quarantine/sha256").join(top.hex())
+        );
+        assert_eq!(fs::read(&moved).unwrap(), bad);
+        assert_eq!(store.blob_size(&top).unwrap(), None);
+        assert!(!store.digests().unwrap().contains(&top));
+        // Now needed and absent: missing.
+        let report = check(&store, 2).unwrap();
+        assert!(report
+            .problems
+            .iter()
+            .any(|p| p.digest == top && p.fault == BlobFault::Missing));
+    }
+
+    #[test]
+    fn quarantine_leaves_an_intact_blob_where_it_is() {
+        // STORE-17: a blob replaced by good bytes since the check stays.
+        let (_dir, store) = new_store();
+        let digest = put(&store, b"good bytes", "application/octet-stream");
+        assert_eq!(quarantine(&store, &digest).unwrap(), None);
+        assert_eq!(store.blob_size(&digest).unwrap(), Some(10));
+        assert!(!store.root().join("quarantine").exists());
+        let absent = Digest::sha256(b"never stored");
+        assert_eq!(quarantine(&store, &absent).unwrap(), None);
+    }
+}
