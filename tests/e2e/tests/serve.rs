@@ -6,6 +6,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ferry_drivers::sources::peer::{rank, relay_owner, RELAY_EXTENT};
+use ferry_testkit::clients::{installed, Containerd};
 use ferry_testkit::fixtures::{Fixtures, APP, BIG, BUSYBOX, INDEX};
 use ferry_testkit::proxy::Proxy;
 use ferry_testkit::registry::{Registry, RegistryOptions};
@@ -158,11 +159,7 @@ fn skopeo_pulls_from_ferry_serve_with_identical_digests() {
 #[test]
 fn ctr_pulls_from_ferry_serve() {
     // SERVE-3, SERVE-4 with containerd's resolver and fetcher.
-    if Command::new("containerd")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
+    if !installed("containerd") {
         eprintln!("containerd is not installed: skipping ctr_pulls_from_ferry_serve");
         return;
     }
@@ -182,68 +179,6 @@ fn ctr_pulls_from_ferry_serve() {
     );
     let list = run_ok(ctr.ctr().args(["images", "ls"]));
     assert!(list.contains(&p.digests[0].1), "{list}");
-}
-
-/// A private containerd (own root, state and socket; CRI off), killed on drop.
-struct Containerd {
-    dir: tempfile::TempDir,
-    child: std::process::Child,
-}
-
-impl Containerd {
-    fn start() -> Containerd {
-        let dir = tempfile::tempdir().unwrap();
-        let d = dir.path();
-        let config = d.join("config.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "version = 2\nroot = \"{0}/root\"\nstate = \"{0}/state\"\n\
-                 disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n[grpc]\n  address = \"{0}/sock\"\n",
-                d.display()
-            ),
-        )
-        .unwrap();
-        let child = Command::new("containerd")
-            .arg("--config")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(std::fs::File::create(d.join("log")).unwrap()))
-            .spawn()
-            .unwrap();
-        let ctr = Containerd { dir, child };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !ctr
-            .ctr()
-            .arg("version")
-            .output()
-            .is_ok_and(|o| o.status.success())
-        {
-            assert!(Instant::now() < deadline, "containerd did not start");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        ctr
-    }
-
-    fn ctr(&self) -> Command {
-        let mut cmd = Command::new("ctr");
-        cmd.arg("--address")
-            .arg(self.dir.path().join("sock"))
-            .args(["-n", "ferry"]);
-        cmd
-    }
-}
-
-impl Drop for Containerd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = Command::new("umount")
-            .arg("-R")
-            .arg(self.dir.path().join("root"))
-            .stderr(Stdio::null())
-            .status();
-    }
 }
 
 #[test]

@@ -3,6 +3,7 @@
 //!
 //! Everything here starts real programs; nothing is mocked.
 
+pub mod clients;
 pub mod conformance;
 pub mod fixtures;
 pub mod proxy;
