@@ -16,6 +16,7 @@
 mod auth;
 mod content;
 mod error;
+mod limits;
 pub mod names;
 mod peer;
 mod push;
@@ -41,6 +42,7 @@ use ferry_core::{Digest, Store};
 
 pub use auth::Htpasswd;
 pub use error::{ApiError, ApiResult, Error};
+pub use limits::{Limits, MAX_HEAD_SIZE};
 pub use peer::{PieceTable, PIECE_SIZE, RELAYED};
 pub use relay::RelayOptions;
 
@@ -64,6 +66,8 @@ pub struct ServeOptions {
     pub allow_push: bool,
     /// Relay pieces of blobs this node lacks from its upstream to peers that ask (PEER-7).
     pub relay: Option<RelayOptions>,
+    /// Bounds on connections, request heads and bodies, and unfinished uploads.
+    pub limits: Limits,
 }
 
 /// PEM files for TLS.
@@ -81,6 +85,7 @@ pub struct Server {
     addr: SocketAddr,
     app: App,
     tls: Option<axum_server::tls_rustls::RustlsConfig>,
+    limits: Limits,
 }
 
 impl std::fmt::Debug for Server {
@@ -112,12 +117,19 @@ impl Server {
         };
         listener.set_nonblocking(true).map_err(bind_err)?;
         let addr = listener.local_addr().map_err(bind_err)?;
-        let app = App::new(store, auth, options.allow_push, options.relay.clone())?;
+        let app = App::new(
+            store,
+            auth,
+            options.allow_push,
+            options.relay.clone(),
+            options.limits,
+        )?;
         Ok(Server {
             listener,
             addr,
             app,
             tls,
+            limits: options.limits,
         })
     }
 
@@ -140,26 +152,22 @@ impl Server {
         let router = router(self.app.clone());
         let sweeper = tokio::spawn(push::sweep_forever(self.app.clone()));
         let serve_err = |source| Error::Serve { addr, source };
+        let cap = self.limits.connection_cap();
         let server = {
             let handle = handle.clone();
             async move {
                 let service = router.into_make_service();
-                // TCP_NODELAY: answers end in small writes (headers, a last block), which
-                // Nagle would hold back for the client's delayed ACK.
                 match self.tls {
                     Some(tls) => {
-                        axum_server::from_tcp_rustls(self.listener, tls)
-                            .map(|tls| tls.acceptor(NoDelayAcceptor))
-                            .handle(handle)
-                            .serve(service)
-                            .await
+                        let mut server = axum_server::from_tcp_rustls(self.listener, tls)
+                            .map(|tls| cap.around(tls.acceptor(NoDelayAcceptor)));
+                        self.limits.configure(server.http_builder());
+                        server.handle(handle).serve(service).await
                     }
                     None => {
-                        axum_server::from_tcp(self.listener)
-                            .acceptor(NoDelayAcceptor)
-                            .handle(handle)
-                            .serve(service)
-                            .await
+                        let mut server = axum_server::from_tcp(self.listener).acceptor(cap);
+                        self.limits.configure(server.http_builder());
+                        server.handle(handle).serve(service).await
                     }
                 }
             }
@@ -182,8 +190,9 @@ pub fn app(
     auth: Option<Htpasswd>,
     allow_push: bool,
     relay: Option<RelayOptions>,
+    limits: Limits,
 ) -> Result<Router, Error> {
-    Ok(router(App::new(store, auth, allow_push, relay)?))
+    Ok(router(App::new(store, auth, allow_push, relay, limits)?))
 }
 
 fn router(app: App) -> Router {
@@ -246,6 +255,8 @@ pub(crate) struct Inner {
     pub(crate) uploads: push::Uploads,
     pub(crate) pieces: peer::PieceTables,
     pub(crate) relay: Option<relay::Relay>,
+    /// How long a request body may pause (SERVE-16).
+    pub(crate) read_timeout: Duration,
     /// Blobs found corrupt at rest in this store: never served.
     corrupt: Mutex<HashSet<Digest>>,
 }
@@ -256,8 +267,9 @@ impl App {
         auth: Option<Htpasswd>,
         allow_push: bool,
         relay: Option<RelayOptions>,
+        limits: Limits,
     ) -> Result<App, Error> {
-        let uploads = push::Uploads::open(store.root())?;
+        let uploads = push::Uploads::open(store.root(), limits.upload_timeout)?;
         Ok(App(Arc::new(Inner {
             store,
             allow_push,
@@ -266,6 +278,7 @@ impl App {
             uploads,
             pieces: peer::PieceTables::default(),
             relay: relay.map(relay::Relay::new),
+            read_timeout: limits.read_timeout,
             corrupt: Mutex::new(HashSet::new()),
         })))
     }

@@ -15,27 +15,31 @@ use ferry_core::store::ImageRecord;
 use ferry_core::{Digest, Manifest, ManifestBlob, Store};
 use ferry_drivers::transfer::signatures::{signature_tag, ROOT_KIND, SIGNATURE_CONFIG_MEDIA_TYPE};
 use ferry_signing::{SignatureEnvelope, MAX_ENVELOPE_SIZE, SIGNATURE_MEDIA_TYPE};
-use futures::StreamExt as _;
 use sha2::{Digest as _, Sha256};
 use tokio::io::{AsyncSeekExt as _, AsyncWriteExt as _};
 
 use crate::error::{ApiError, ApiResult, Error};
+use crate::limits::BodyChunks;
 use crate::names::{parse_digest, validate_tag};
 use crate::range::content_range_start;
 use crate::{App, CONTENT_DIGEST};
 
 /// Kind of the store roots that keep pushed blobs until a manifest names them (SERVE-10).
 pub const UPLOAD_ROOT_KIND: &str = "serve-upload";
-/// How long a pushed blob is kept without a manifest naming it, and an idle upload lives.
-const UPLOAD_TTL: Duration = Duration::from_secs(3600);
-/// How often expired uploads and roots are swept.
-const SWEEP_EVERY: Duration = Duration::from_secs(600);
+/// How long a pushed blob is kept without a manifest naming it (SERVE-10).
+const UPLOAD_ROOT_TTL: Duration = Duration::from_secs(3600);
+/// How often the roots of pushed blobs are swept.
+const ROOT_SWEEP_EVERY: Duration = Duration::from_secs(600);
+/// Uploads open at once; more are refused with 429 until some finish or expire (SERVE-17).
+pub(crate) const MAX_UPLOADS: usize = 1024;
 /// Bytes copied per read when committing a spooled upload.
 const COPY_CHUNK: usize = 1 << 20;
 
 /// Uploads in progress: a spool file per upload under `ROOT/serve/uploads/`.
 pub(crate) struct Uploads {
     dir: PathBuf,
+    /// An upload untouched for this long is dropped (SERVE-17).
+    timeout: Duration,
     sessions: Mutex<HashMap<String, Slot>>,
 }
 
@@ -54,7 +58,8 @@ struct Session {
 
 impl Uploads {
     /// Creates (or empties) the spool directory of the store at `root`.
-    pub(crate) fn open(root: &Path) -> Result<Uploads, Error> {
+    /// Uploads untouched for `timeout` are dropped by [`sweep_forever`].
+    pub(crate) fn open(root: &Path, timeout: Duration) -> Result<Uploads, Error> {
         let dir = root.join("serve").join("uploads");
         let io = |e: std::io::Error| {
             Error::Store(ferry_core::Error::io("create upload directory", &dir, e))
@@ -66,6 +71,7 @@ impl Uploads {
         }
         Ok(Uploads {
             dir,
+            timeout,
             sessions: Mutex::new(HashMap::new()),
         })
     }
@@ -76,9 +82,19 @@ impl Uploads {
 
     fn create(&self, repo: &str) -> ApiResult<String> {
         let id = hex::encode(rand::random::<[u8; 16]>());
+        let mut sessions = self.sessions.lock().expect("uploads");
+        if sessions.len() >= MAX_UPLOADS {
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "TOOMANYREQUESTS",
+                format!(
+                    "upload to {repo} refused: {MAX_UPLOADS} uploads are open; retry when some finish"
+                ),
+            ));
+        }
         std::fs::File::create(self.path(&id))
             .map_err(|e| ApiError::internal(format!("create upload {id}: {e}")))?;
-        self.sessions.lock().expect("uploads").insert(
+        sessions.insert(
             id.clone(),
             Slot::Idle(Session {
                 repo: repo.to_string(),
@@ -130,9 +146,13 @@ impl Uploads {
         let _ = std::fs::remove_file(self.path(id));
     }
 
+    /// Where upload `id` stands; asking counts as touching it.
     fn offset(&self, repo: &str, id: &str) -> ApiResult<u64> {
-        match self.sessions.lock().expect("uploads").get(id) {
-            Some(Slot::Idle(s)) if s.repo == repo => Ok(s.offset),
+        match self.sessions.lock().expect("uploads").get_mut(id) {
+            Some(Slot::Idle(s)) if s.repo == repo => {
+                s.touched = Instant::now();
+                Ok(s.offset)
+            }
             Some(Slot::Busy) => Err(ApiError::new(
                 StatusCode::CONFLICT,
                 "BLOB_UPLOAD_INVALID",
@@ -146,29 +166,39 @@ impl Uploads {
         }
     }
 
-    /// Drops uploads idle for longer than [`UPLOAD_TTL`].
+    /// Drops uploads no request touched for longer than the timeout, spool files included.
     fn expire(&self) {
         let expired: Vec<String> = self
             .sessions
             .lock()
             .expect("uploads")
             .iter()
-            .filter(|(_, slot)| matches!(slot, Slot::Idle(s) if s.touched.elapsed() > UPLOAD_TTL))
+            .filter(|(_, slot)| matches!(slot, Slot::Idle(s) if s.touched.elapsed() > self.timeout))
             .map(|(id, _)| id.clone())
             .collect();
         for id in expired {
-            tracing::info!("upload {id} expired after {UPLOAD_TTL:?} idle");
+            tracing::info!("upload {id} expired after {:?} untouched", self.timeout);
             self.remove(&id);
         }
     }
+
+    /// How often to look for expired uploads: a quarter of the timeout, within 0.1 s..60 s.
+    fn sweep_every(&self) -> Duration {
+        (self.timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(60))
+    }
 }
 
-/// Every [`SWEEP_EVERY`]: drops idle uploads and the roots of pushed blobs no manifest named
-/// within [`UPLOAD_TTL`].
+/// Drops expired uploads (SERVE-17) and, every [`ROOT_SWEEP_EVERY`], the roots of pushed
+/// blobs no manifest named within [`UPLOAD_ROOT_TTL`] (SERVE-10).
 pub(crate) async fn sweep_forever(app: App) {
+    let mut roots_swept = Instant::now();
     loop {
-        tokio::time::sleep(SWEEP_EVERY).await;
+        tokio::time::sleep(app.0.uploads.sweep_every()).await;
         app.0.uploads.expire();
+        if roots_swept.elapsed() < ROOT_SWEEP_EVERY {
+            continue;
+        }
+        roots_swept = Instant::now();
         let swept = app
             .blocking(|store| expire_upload_roots(store).map_err(ApiError::store))
             .await;
@@ -189,7 +219,7 @@ fn expire_upload_roots(store: &Store) -> ferry_core::Result<()> {
     for key in keys {
         let stale = key
             .parse::<i64>()
-            .map_or(true, |t| now - t > UPLOAD_TTL.as_secs() as i64);
+            .map_or(true, |t| now - t > UPLOAD_ROOT_TTL.as_secs() as i64);
         if stale {
             store.remove_roots(UPLOAD_ROOT_KIND, &key)?;
         }
@@ -322,18 +352,15 @@ async fn append(app: &App, id: &str, session: &mut Session, body: Body) -> ApiRe
     file.seek(SeekFrom::Start(session.offset))
         .await
         .map_err(|e| io("seek", e))?;
-    let mut stream = body.into_data_stream();
+    let mut chunks = BodyChunks::new(body, app.0.read_timeout);
     let mut result = Ok(());
-    while let Some(chunk) = stream.next().await {
-        let chunk = match chunk {
-            Ok(c) => c,
+    loop {
+        let chunk = match chunks.next().await {
+            Ok(Some(c)) => c,
+            Ok(None) => break,
             Err(e) => {
                 // What arrived so far is kept: the client asks where it stands and resumes.
-                result = Err(ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "BLOB_UPLOAD_INVALID",
-                    format!("upload {id}: request body broke off: {e}"),
-                ));
+                result = Err(e.answer("BLOB_UPLOAD_INVALID", &format!("upload {id}")));
                 break;
             }
         };
@@ -504,15 +531,7 @@ pub(crate) async fn put_manifest(
     body: Body,
 ) -> ApiResult<Response> {
     require_push(app)?;
-    let bytes = axum::body::to_bytes(body, MAX_MANIFEST_SIZE as usize)
-        .await
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "MANIFEST_INVALID",
-                format!("manifest for {repo}:{reference}: {e} (limit {MAX_MANIFEST_SIZE} bytes)"),
-            )
-        })?;
+    let bytes = read_manifest_body(app, repo, reference, headers, body).await?;
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -523,8 +542,8 @@ pub(crate) async fn put_manifest(
         validate_tag(reference)?;
         (Some(reference.to_string()), None)
     };
-    let blob = ManifestBlob::parse(bytes.to_vec(), content_type.as_deref(), expected.as_ref())
-        .map_err(|e| match e {
+    let blob = ManifestBlob::parse(bytes, content_type.as_deref(), expected.as_ref()).map_err(
+        |e| match e {
             ferry_core::Error::DigestMismatch { .. } => {
                 ApiError::digest_invalid(format!("manifest for {repo}@{reference}: {e}"))
             }
@@ -533,7 +552,8 @@ pub(crate) async fn put_manifest(
                 "MANIFEST_INVALID",
                 format!("manifest for {repo}:{reference}: {other}"),
             ),
-        })?;
+        },
+    )?;
     let name = app.catalog().await?.push_name(repo);
     let digest = blob.digest.clone();
     let repo_owned = repo.to_string();
@@ -541,6 +561,46 @@ pub(crate) async fn put_manifest(
         .await?;
     app.names_changed();
     Ok(created(&format!("/v2/{repo}/manifests/{digest}"), &digest))
+}
+
+/// The body of a manifest PUT, at most [`MAX_MANIFEST_SIZE`] bytes: a larger
+/// `Content-Length` is refused before any byte is read, a longer body as soon as it passes
+/// the limit (SERVE-16).
+async fn read_manifest_body(
+    app: &App,
+    repo: &str,
+    reference: &str,
+    headers: &HeaderMap,
+    body: Body,
+) -> ApiResult<Vec<u8>> {
+    let what = format!("manifest for {repo}:{reference}");
+    let too_large = |size: String| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "MANIFEST_INVALID",
+            format!("{what}: {size} is over the limit of {MAX_MANIFEST_SIZE} bytes"),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(declared) = declared.filter(|&n| n > MAX_MANIFEST_SIZE) {
+        return Err(too_large(format!("Content-Length {declared}")));
+    }
+    let mut bytes = Vec::with_capacity(declared.unwrap_or(0) as usize);
+    let mut chunks = BodyChunks::new(body, app.0.read_timeout);
+    while let Some(chunk) = chunks
+        .next()
+        .await
+        .map_err(|e| e.answer("MANIFEST_INVALID", &what))?
+    {
+        if (bytes.len() + chunk.len()) as u64 > MAX_MANIFEST_SIZE {
+            return Err(too_large("the body".to_string()));
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(bytes)
 }
 
 /// Checks what a manifest references, stores it, and names it (or, for a ferry signature

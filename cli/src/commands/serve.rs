@@ -1,14 +1,16 @@
-//! `ferry serve --listen ADDR [--htpasswd FILE] [--tls-cert F --tls-key F] [--allow-push]`:
+//! `ferry serve --listen ADDR [--htpasswd FILE] [--tls-cert F --tls-key F] [--allow-push]
+//! [--read-timeout SECS] [--upload-timeout SECS] [--max-connections N]`:
 //! the OCI distribution API and the peer API over the store (`specs/serve.md`).
 
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use ferry_drivers::site::config::SiteConfig;
-use ferry_serve::{RelayOptions, ServeOptions, Server, TlsFiles};
+use ferry_serve::{Limits, RelayOptions, ServeOptions, Server, TlsFiles};
 
 use crate::commands::open_store;
 use crate::Cli;
@@ -38,6 +40,15 @@ pub struct Args {
     /// Memory for relayed pieces kept for other peers, in MiB.
     #[arg(long, default_value_t = 512, requires = "relay")]
     relay_cache_mib: u64,
+    /// Seconds a client has to send a whole request head, and that a request body may pause.
+    #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    read_timeout: u64,
+    /// Seconds an upload may go without a request before it is dropped with its bytes.
+    #[arg(long, value_name = "SECS", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..))]
+    upload_timeout: u64,
+    /// Connections served at once; further ones are closed as soon as they are accepted.
+    #[arg(long, value_name = "N", default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..))]
+    max_connections: u64,
 }
 
 /// Serves until SIGINT or SIGTERM; prints `listening on URL` first.
@@ -61,6 +72,11 @@ pub async fn run(cli: &Cli, args: &Args) -> Result<ExitCode> {
             })
         } else {
             None
+        },
+        limits: Limits {
+            read_timeout: Duration::from_secs(args.read_timeout),
+            upload_timeout: Duration::from_secs(args.upload_timeout),
+            max_connections: usize::try_from(args.max_connections).unwrap_or(usize::MAX),
         },
     };
     let server = Server::bind((*store).clone(), &options)?;

@@ -101,6 +101,29 @@ impl ServeNode {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The node's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("a running node").id()
+    }
+
+    /// Whether the node's process is still running (it has neither exited nor been killed).
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// The most memory the node's process has held so far (`VmHWM`, peak RSS), in KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("/proc/PID/status of ferry serve");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM in /proc/PID/status")
+    }
+
     /// Stops the node (SIGSTOP) without killing it: its port still accepts connections
     /// but nothing answers, as from a hung machine. Dropping the node kills it.
     pub fn freeze(&self) {
