@@ -127,6 +127,8 @@ fn clean_store_passes_with_exit_0() {
     assert_eq!(stdout.lines().count(), 1, "only the summary: {stdout}");
     assert!(stdout.contains(", 1 image, 0 snapshots ("), "{stdout}");
     assert!(stdout.ends_with(": no problems\n"), "{stdout}");
+    // STORE-18: a check of a store whose images never ran makes nothing.
+    assert!(!env.root.path().join("snapshots").exists());
     let (out, report) = env.check_json(&[]);
     assert!(out.status.success());
     assert_eq!(report["ok"], true);
