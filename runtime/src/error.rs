@@ -167,7 +167,7 @@ fn shown_limit(what: &str, limit: u64) -> String {
     let units = [(40, "TiB"), (30, "GiB"), (20, "MiB"), (10, "KiB")];
     match units
         .iter()
-        .find(|(shift, _)| limit >= 1 << shift && limit % (1 << shift) == 0)
+        .find(|(shift, _)| limit >= 1 << shift && limit.is_multiple_of(1 << shift))
     {
         Some((shift, unit)) => format!("{} {unit}", limit >> shift),
         None => format!("{limit} bytes"),

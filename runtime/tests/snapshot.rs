@@ -575,9 +575,12 @@ fn flatten_applies_layers_and_whiteouts() {
     );
 }
 
+/// Extended attributes of a test entry: name and value.
+type Xattrs<'a> = &'a [(&'a str, &'a [u8])];
+
 /// A tar layer whose entries carry PAX `SCHILY.xattr.*` records, written with the `tar`
 /// crate as image builders write them.
-fn tar_layer_with_xattrs(entries: &[(Entry, &[(&str, &[u8])])]) -> Vec<u8> {
+fn tar_layer_with_xattrs(entries: &[(Entry, Xattrs)]) -> Vec<u8> {
     let mut builder = tar::Builder::new(Vec::new());
     for (entry, xattrs) in entries {
         let records: Vec<(String, &[u8])> = xattrs
@@ -623,7 +626,7 @@ fn layer_overlay_xattrs_do_not_steer_the_mounted_overlay() {
         Entry::Dir("o/"),
         Entry::File("o/lower", b"lower\n", 0o644),
     ]);
-    let fake: &[(&str, &[u8])] = &[
+    let fake: Xattrs = &[
         ("trusted.overlay.opaque", b"y"),
         ("user.overlay.opaque", b"y"),
         ("trusted.overlay.redirect", b"/o"),
