@@ -177,7 +177,8 @@ pub fn flatten(
         .collect()
 }
 
-fn snapshots_root(store: &Store) -> PathBuf {
+/// The directory holding every snapshot of `store`.
+pub(crate) fn snapshots_root(store: &Store) -> PathBuf {
     store.root().join("snapshots")
 }
 
@@ -248,7 +249,7 @@ fn extract(
 }
 
 /// Opens (creating) `path` and flocks it, waiting.
-fn lock(path: &Path, mode: FlockArg) -> Result<Flock<File>> {
+pub(crate) fn lock(path: &Path, mode: FlockArg) -> Result<Flock<File>> {
     if let Some(dir) = path.parent() {
         fs::create_dir_all(dir).map_err(|e| io_error("create directory", dir, e))?;
     }

@@ -8,19 +8,18 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::ffi::{CString, OsString};
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Read};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use ferry_core::media::Compression;
 use ferry_core::store::check::{ImageCheck, ResolvedLayer};
 use ferry_core::{Digest, Store};
-use nix::errno::Errno;
-use nix::fcntl::{Flock, FlockArg};
+use nix::fcntl::FlockArg;
 
-use crate::snapshot::{chain_ids, root_key, snapshot_dir, ROOT_KIND};
+use crate::snapshot::{chain_ids, lock, root_key, snapshot_dir, snapshots_root, ROOT_KIND};
 use crate::unpack::{apply_layer, Budget, Limits, Whiteouts};
 use crate::{Error, Result};
 
@@ -421,30 +420,6 @@ fn xattrs(path: &Path) -> io::Result<BTreeMap<OsString, Vec<u8>>> {
         out.insert(OsString::from_vec(name.to_vec()), value);
     }
     Ok(out)
-}
-
-fn snapshots_root(store: &Store) -> PathBuf {
-    store.root().join("snapshots")
-}
-
-/// Opens (creating) `path` and flocks it, waiting.
-fn lock(path: &Path, mode: FlockArg) -> Result<Flock<File>> {
-    if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir).map_err(|e| io_error("create directory", dir, e))?;
-    }
-    let mut file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(path)
-        .map_err(|e| io_error("open lock", path, e))?;
-    loop {
-        match Flock::lock(file, mode) {
-            Ok(lock) => return Ok(lock),
-            Err((f, Errno::EINTR)) => file = f,
-            Err((_, e)) => return Err(io_error("lock", path, e.into())),
-        }
-    }
 }
 
 fn io_error(op: &'static str, path: &Path, source: io::Error) -> Error {
