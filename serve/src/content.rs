@@ -113,6 +113,30 @@ pub(crate) async fn v2(
         }
     }
     let head = method == Method::HEAD;
+    if let Some(mirror) = app.0.mirror.clone() {
+        let ns = query.get("ns").map(String::as_str);
+        let through = match (&route, &method) {
+            (&Route::Manifest(repo, reference), &Method::GET | &Method::HEAD) => {
+                Some(crate::mirror::manifest(&mirror, repo, reference, ns, head).await)
+            }
+            (&Route::Blob(repo, digest), &Method::GET | &Method::HEAD) => Some(
+                crate::mirror::blob(
+                    &app,
+                    &mirror,
+                    repo,
+                    digest,
+                    headers.get(header::RANGE),
+                    ns,
+                    head,
+                )
+                .await,
+            ),
+            _ => None,
+        };
+        if let Some(result) = through {
+            return result.unwrap_or_else(IntoResponse::into_response);
+        }
+    }
     let result = match (route, &method) {
         (Route::Catalog, &Method::GET) => catalog(&app, &query).await,
         (Route::Tags(repo), &Method::GET) => tags(&app, repo, &query).await,

@@ -17,6 +17,7 @@ mod auth;
 mod content;
 mod error;
 mod limits;
+pub mod mirror;
 pub mod names;
 mod peer;
 mod push;
@@ -44,6 +45,7 @@ pub use auth::Htpasswd;
 pub use error::{ApiError, ApiResult, Error};
 pub use limits::{Limits, MAX_HEAD_SIZE};
 pub use peer::{PieceTable, PIECE_SIZE, RELAYED};
+pub use mirror::MirrorOptions;
 pub use relay::RelayOptions;
 
 /// Header naming the API version on every answer.
@@ -68,6 +70,9 @@ pub struct ServeOptions {
     pub relay: Option<RelayOptions>,
     /// Bounds on connections, request heads and bodies, and unfinished uploads.
     pub limits: Limits,
+    /// Be a pull-through mirror: fetch what the store lacks through the routes, under the
+    /// trust policy (`specs/mirror.md`).
+    pub mirror: Option<MirrorOptions>,
 }
 
 /// PEM files for TLS.
@@ -117,13 +122,7 @@ impl Server {
         };
         listener.set_nonblocking(true).map_err(bind_err)?;
         let addr = listener.local_addr().map_err(bind_err)?;
-        let app = App::new(
-            store,
-            auth,
-            options.allow_push,
-            options.relay.clone(),
-            options.limits,
-        )?;
+        let app = App::new(store, auth, options)?;
         Ok(Server {
             listener,
             addr,
@@ -184,15 +183,10 @@ impl Server {
     }
 }
 
-/// The HTTP routes of a server over `store` (no listener): for embedding and tests.
-pub fn app(
-    store: Store,
-    auth: Option<Htpasswd>,
-    allow_push: bool,
-    relay: Option<RelayOptions>,
-    limits: Limits,
-) -> Result<Router, Error> {
-    Ok(router(App::new(store, auth, allow_push, relay, limits)?))
+/// The HTTP routes of a server over `store` (no listener; `options.listen` and
+/// `options.tls` unused): for embedding and tests.
+pub fn app(store: Store, auth: Option<Htpasswd>, options: &ServeOptions) -> Result<Router, Error> {
+    Ok(router(App::new(store, auth, options)?))
 }
 
 fn router(app: App) -> Router {
@@ -259,25 +253,26 @@ pub(crate) struct Inner {
     pub(crate) read_timeout: Duration,
     /// Blobs found corrupt at rest in this store: never served.
     corrupt: Mutex<HashSet<Digest>>,
+    /// The pull-through mirror, with `--mirror`.
+    pub(crate) mirror: Option<Arc<mirror::Mirror>>,
 }
 
 impl App {
-    fn new(
-        store: Store,
-        auth: Option<Htpasswd>,
-        allow_push: bool,
-        relay: Option<RelayOptions>,
-        limits: Limits,
-    ) -> Result<App, Error> {
+    fn new(store: Store, auth: Option<Htpasswd>, options: &ServeOptions) -> Result<App, Error> {
+        let limits = options.limits;
         let uploads = push::Uploads::open(store.root(), limits.upload_timeout)?;
         Ok(App(Arc::new(Inner {
+            mirror: options
+                .mirror
+                .clone()
+                .map(|m| Arc::new(mirror::Mirror::new(store.clone(), m))),
             store,
-            allow_push,
+            allow_push: options.allow_push,
             auth: auth.map(Arc::new),
             catalog: Mutex::new(None),
             uploads,
             pieces: peer::PieceTables::default(),
-            relay: relay.map(relay::Relay::new),
+            relay: options.relay.clone().map(relay::Relay::new),
             read_timeout: limits.read_timeout,
             corrupt: Mutex::new(HashSet::new()),
         })))

@@ -29,9 +29,9 @@ const RESERVED_FDS: u64 = 64;
 /// How much of a server one client may hold, and for how long.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
-    /// A request head must arrive in full within this time of the connection opening or of
-    /// the previous answer (else the connection is closed), and a request body may not pause
-    /// for longer (else 408).
+    /// A new connection must send its first byte, and a request head must arrive in full,
+    /// within this time of the connection opening or of the previous answer (else the
+    /// connection is closed); a request body may not pause for longer (else 408).
     pub read_timeout: Duration,
     /// An upload no request touched for this long is dropped with its spooled bytes.
     pub upload_timeout: Duration,

@@ -41,13 +41,28 @@ pub struct Args {
     #[arg(long, default_value_t = 512, requires = "relay")]
     relay_cache_mib: u64,
     /// Seconds a client has to send a whole request head, and that a request body may pause.
-    #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = Limits::default().read_timeout.as_secs(),
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
     read_timeout: u64,
     /// Seconds an upload may go without a request before it is dropped with its bytes.
-    #[arg(long, value_name = "SECS", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = Limits::default().upload_timeout.as_secs(),
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
     upload_timeout: u64,
     /// Connections served at once; further ones are closed as soon as they are accepted.
-    #[arg(long, value_name = "N", default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = Limits::default().max_connections as u64,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
     max_connections: u64,
 }
 
