@@ -61,8 +61,9 @@ pub fn parse_challenges(header: &str) -> Vec<Challenge> {
             equals += 1;
         }
         if word.is_empty() || equals > 1 || (equals == 0 && after_scheme) {
-            // token68 (`Negotiate abc==`) or stray '=': not used by registries, skipped.
-            i = j + equals.max(1).min(bytes.len() - j);
+            // token68 (`Negotiate abc==`) or stray '=': not used by registries, skipped up
+            // to what follows it (a char boundary: blanks and '=' are ASCII).
+            i = j + equals;
             after_scheme = false;
             continue;
         }
@@ -241,6 +242,19 @@ mod tests {
         assert_eq!(schemes, ["negotiate", "basic"]);
         assert_eq!(c[1].param("realm"), Some("x"));
         assert!(parse_challenges("").is_empty());
+    }
+
+    #[test]
+    fn token68_before_non_ascii_text_is_skipped_whole() {
+        // Found by the http_headers fuzz target: skipping one byte past a token68 cut a
+        // multi-byte character in two, and slicing there panicked.
+        let c = parse_challenges("Negotiate abc é realm=x");
+        let schemes: Vec<&str> = c.iter().map(|c| c.scheme.as_str()).collect();
+        assert_eq!(schemes, ["negotiate", "é"]);
+        assert_eq!(c[1].param("realm"), Some("x"));
+        let crash = parse_challenges("-   \u{1}\0\0\0\0\0\0)\\  \u{6fe}  z  -");
+        let schemes: Vec<&str> = crash.iter().map(|c| c.scheme.as_str()).collect();
+        assert_eq!(schemes, ["-", "\u{6fe}", "-"]);
     }
 
     #[test]
