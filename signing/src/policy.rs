@@ -171,7 +171,8 @@ impl Policy {
         let file: PolicyFile = toml::from_str(&text).map_err(|e| Error::Policy {
             path: path.to_path_buf(),
             line: e.span().map(|s| line_of(&text, s.start)),
-            message: e.message().trim_end().to_string(),
+            // toml's messages can span lines; POL-1 errors are one line.
+            message: e.message().trim_end().replace('\n', "; "),
         })?;
         let at = |offset: usize, message: String| Error::Policy {
             path: path.to_path_buf(),

@@ -407,6 +407,15 @@ fn unknown_keys_in_the_policy_are_errors_naming_file_and_line_pol_1() {
 }
 
 #[test]
+fn toml_syntax_errors_are_one_line_naming_file_and_line_pol_1() {
+    // Found by the config_toml fuzz target: toml's message for a bad table header has a
+    // line break in it.
+    let e = site().policy_err("[default]\naction = \"accept\"\n[[rulr.io/x\"\n");
+    assert!(e.contains("policy.toml") && e.contains("line 3"), "{e}");
+    assert!(!e.contains('\n'), "{e:?}");
+}
+
+#[test]
 fn invalid_rules_are_errors_naming_the_line_pol_1_pol_2_pol_4() {
     let s = site();
     let rule = |body: &str| format!("[default]\naction = \"accept\"\n\n[[rule]]\n{body}\n");
