@@ -40,16 +40,30 @@ fuzz_target!(|data: &[u8]| {
     match SiteConfig::parse(text, "sites.toml") {
         Ok(config) => {
             for route in &config.routes {
-                assert!(!route.sources.is_empty(), "route {:?} without sources", route.prefix);
+                assert!(
+                    !route.sources.is_empty(),
+                    "route {:?} without sources",
+                    route.prefix
+                );
                 for source in route.sources.iter().chain(&route.resolve) {
-                    assert!(config.sources.contains_key(source), "unknown source {source:?} kept");
+                    assert!(
+                        config.sources.contains_key(source),
+                        "unknown source {source:?} kept"
+                    );
                 }
-                let twins = config.routes.iter().filter(|r| r.prefix == route.prefix).count();
+                let twins = config
+                    .routes
+                    .iter()
+                    .filter(|r| r.prefix == route.prefix)
+                    .count();
                 assert_eq!(twins, 1, "route {:?} defined twice", route.prefix);
             }
             for (name, source) in &config.sources {
                 assert_eq!(&source.name, name);
-                let _ = (source.driver_name(), source.location("docker.io/library/busybox"));
+                let _ = (
+                    source.driver_name(),
+                    source.location("docker.io/library/busybox"),
+                );
             }
             for r in &references {
                 if let Some(route) = config.route_for(&r.name()) {
@@ -59,7 +73,10 @@ fuzz_target!(|data: &[u8]| {
         }
         Err(e) => {
             let message = e.to_string();
-            assert!(message.contains("sites.toml:"), "error names no file and line: {message:?}");
+            assert!(
+                message.contains("sites.toml:"),
+                "error names no file and line: {message:?}"
+            );
             assert!(!message.contains('\n'), "one-line error: {message:?}");
         }
     }

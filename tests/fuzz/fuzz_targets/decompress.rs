@@ -26,7 +26,8 @@ fuzz_target!(|data: &[u8]| {
     let Some((&choice, stream)) = data.split_first() else {
         return;
     };
-    let declared = [Compression::None, Compression::Gzip, Compression::Zstd][usize::from(choice) % 3];
+    let declared =
+        [Compression::None, Compression::Gzip, Compression::Zstd][usize::from(choice) % 3];
     let head = &stream[..stream.len().min(4)];
     let shown = if stream.is_empty() {
         Compression::None
@@ -46,7 +47,10 @@ fuzz_target!(|data: &[u8]| {
             return;
         }
         Ok(reader) => {
-            assert_eq!(shown, declared, "accepted a stream whose magic bytes disagree");
+            assert_eq!(
+                shown, declared,
+                "accepted a stream whose magic bytes disagree"
+            );
             reader
         }
     };
@@ -61,13 +65,21 @@ fuzz_target!(|data: &[u8]| {
             Err(_) => break false,
         }
     };
-    assert!(out.len() as u64 <= LIMIT, "output past the limit: {}", out.len());
+    assert!(
+        out.len() as u64 <= LIMIT,
+        "output past the limit: {}",
+        out.len()
+    );
     assert_eq!(diff.consumed(), out.len() as u64);
     let exceeded = diff.exceeded();
     if exceeded {
         assert!(!finished);
     }
-    assert_eq!(diff.finish(), Digest::sha256(&out), "diff_id covers exactly the output");
+    assert_eq!(
+        diff.finish(),
+        Digest::sha256(&out),
+        "diff_id covers exactly the output"
+    );
 
     // The same bytes through the plain decoders: ferry's wiring (magic bytes read ahead and
     // put back) must not lose or add a byte.
@@ -80,10 +92,19 @@ fuzz_target!(|data: &[u8]| {
         },
     };
     if finished {
-        assert!(expected_ok, "ferry decoded a stream the plain decoder refuses");
-        assert_eq!(out, expected, "decoded bytes differ from the plain decoder's");
+        assert!(
+            expected_ok,
+            "ferry decoded a stream the plain decoder refuses"
+        );
+        assert_eq!(
+            out, expected,
+            "decoded bytes differ from the plain decoder's"
+        );
     } else if exceeded {
-        assert!(expected.len() as u64 > LIMIT, "stopped at the limit, but the output is smaller");
+        assert!(
+            expected.len() as u64 > LIMIT,
+            "stopped at the limit, but the output is smaller"
+        );
         assert_eq!(out[..], expected[..out.len()]);
     }
 });

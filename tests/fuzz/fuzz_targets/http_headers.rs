@@ -68,10 +68,16 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(span(None, size), Span::Whole);
 
     if let Some(start) = content_range_start(text) {
-        assert!(text.bytes().any(|b| b.is_ascii_digit()), "{text:?}: start {start} from no digit");
+        assert!(
+            text.bytes().any(|b| b.is_ascii_digit()),
+            "{text:?}: start {start} from no digit"
+        );
     }
     // Both spellings a client sends give back the number they carry.
     let end = size.saturating_add(9);
     assert_eq!(content_range_start(&format!("{size}-{end}")), Some(size));
-    assert_eq!(content_range_start(&format!("bytes {size}-{end}/*")), Some(size));
+    assert_eq!(
+        content_range_start(&format!("bytes {size}-{end}/*")),
+        Some(size)
+    );
 });

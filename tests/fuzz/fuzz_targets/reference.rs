@@ -12,7 +12,11 @@ fuzz_target!(|data: &[u8]| {
     };
 
     if let Ok(digest) = Digest::parse(text) {
-        assert_eq!(digest.to_string(), text, "a digest prints exactly as parsed");
+        assert_eq!(
+            digest.to_string(),
+            text,
+            "a digest prints exactly as parsed"
+        );
         assert_eq!(digest.hex().len(), digest.algorithm().hex_len());
         assert!(digest.hex().starts_with(digest.short()));
         let oci = OciDigest::from(&digest);
@@ -21,7 +25,10 @@ fuzz_target!(|data: &[u8]| {
 
     if let Ok(platform) = Platform::parse(text) {
         let printed = platform.to_string();
-        assert_eq!(Platform::parse(&printed).expect("printed platform parses"), platform);
+        assert_eq!(
+            Platform::parse(&printed).expect("printed platform parses"),
+            platform
+        );
     }
 
     if let Ok(reference) = Reference::parse(text) {

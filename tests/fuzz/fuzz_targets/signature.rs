@@ -38,7 +38,10 @@ static FIXED: LazyLock<Fixed> = LazyLock::new(|| {
     let pem = secret.to_pkcs8_pem(Default::default()).expect("PKCS#8");
     std::fs::write(&private, pem.as_bytes()).expect("write key");
     std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o600)).expect("chmod");
-    let pem = secret.verifying_key().to_public_key_pem(Default::default()).expect("SPKI");
+    let pem = secret
+        .verifying_key()
+        .to_public_key_pem(Default::default())
+        .expect("SPKI");
     std::fs::write(&public, pem).expect("write public key");
     let key = PrivateKey::load(&private).expect("private key loads");
     let reference: Reference = "registry.example.com/team/app:v1".parse().expect("valid");
@@ -87,10 +90,15 @@ fuzz_target!(|data: &[u8]| {
             let Ok(envelope) = SignatureEnvelope::from_bytes(rest) else {
                 return;
             };
-            let again = SignatureEnvelope::from_bytes(&envelope.to_bytes()).expect("printed envelope parses");
+            let again = SignatureEnvelope::from_bytes(&envelope.to_bytes())
+                .expect("printed envelope parses");
             assert_eq!(again, envelope);
             if verify(&envelope) {
-                assert_eq!(parts(&envelope), parts(&fixed.genuine), "accepted a forged envelope");
+                assert_eq!(
+                    parts(&envelope),
+                    parts(&fixed.genuine),
+                    "accepted a forged envelope"
+                );
             }
         }
         1 => {
@@ -102,7 +110,8 @@ fuzz_target!(|data: &[u8]| {
             }
             let (p, s) = bytes.split_at(payload.len());
             let changed = p != payload.as_slice() || s != signature.as_slice();
-            let envelope = SignatureEnvelope::from_bytes(&envelope_json(p, s)).expect("well-formed");
+            let envelope =
+                SignatureEnvelope::from_bytes(&envelope_json(p, s)).expect("well-formed");
             if changed {
                 assert!(!verify(&envelope), "accepted a mutated signature");
             } else {
@@ -122,7 +131,10 @@ fuzz_target!(|data: &[u8]| {
                 assert_eq!(critical["type"], PAYLOAD_TYPE);
                 assert_eq!(critical["image"]["name"], fixed.reference.name().as_str());
                 assert_eq!(critical["image"]["tag"], "v1");
-                assert_eq!(critical["manifest"]["digest"], fixed.digest.to_string().as_str());
+                assert_eq!(
+                    critical["manifest"]["digest"],
+                    fixed.digest.to_string().as_str()
+                );
             }
         }
     }

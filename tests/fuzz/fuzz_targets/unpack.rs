@@ -25,7 +25,9 @@ const LIMITS: Limits = Limits {
 /// Scratch space on tmpfs when there is one: every run makes and removes a tree.
 fn scratch() -> tempfile::TempDir {
     let shm = Path::new("/dev/shm");
-    let builder = tempfile::Builder::new().prefix("ferry-fuzz-unpack").to_owned();
+    let builder = tempfile::Builder::new()
+        .prefix("ferry-fuzz-unpack")
+        .to_owned();
     if shm.is_dir() {
         if let Ok(dir) = builder.tempdir_in(shm) {
             return dir;
@@ -37,7 +39,10 @@ fn scratch() -> tempfile::TempDir {
 /// Everything about the canary an escaping write could change.
 fn canary_state(path: &Path) -> (Vec<u8>, u32, u64, u32, u32, i64, i64) {
     let meta = fs::symlink_metadata(path).expect("canary is still there");
-    assert!(meta.file_type().is_file(), "canary is no longer a regular file");
+    assert!(
+        meta.file_type().is_file(),
+        "canary is no longer a regular file"
+    );
     let bytes = fs::read(path).expect("canary readable");
     (
         bytes,
@@ -73,12 +78,23 @@ fuzz_target!(|data: &[u8]| {
             .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
             .collect();
         names.sort();
-        assert_eq!(names, ["canary", "root"], "round {round}: the layer wrote beside its root");
+        assert_eq!(
+            names,
+            ["canary", "root"],
+            "round {round}: the layer wrote beside its root"
+        );
         assert!(
-            fs::symlink_metadata(&root).expect("root").file_type().is_dir(),
+            fs::symlink_metadata(&root)
+                .expect("root")
+                .file_type()
+                .is_dir(),
             "round {round}: the root is no longer a directory"
         );
-        assert_eq!(canary_state(&canary), before, "round {round}: the canary changed");
+        assert_eq!(
+            canary_state(&canary),
+            before,
+            "round {round}: the canary changed"
+        );
         match result {
             Ok(summary) => {
                 // The diff_id covers the whole stream, trailing bytes included.
