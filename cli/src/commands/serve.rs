@@ -1,6 +1,7 @@
 //! `ferry serve --listen ADDR [--htpasswd FILE] [--tls-cert F --tls-key F] [--allow-push]
-//! [--read-timeout SECS] [--upload-timeout SECS] [--max-connections N]`:
-//! the OCI distribution API and the peer API over the store (`specs/serve.md`).
+//! [--read-timeout SECS] [--upload-timeout SECS] [--max-connections N] [--mirror …]`:
+//! the OCI distribution API, the peer API and the pull-through mirror over the store
+//! (`specs/serve.md`, `specs/mirror.md`).
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -10,7 +11,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use ferry_drivers::site::config::SiteConfig;
-use ferry_serve::{Limits, RelayOptions, ServeOptions, Server, TlsFiles};
+use ferry_serve::{Limits, MirrorOptions, RelayOptions, ServeOptions, Server, TlsFiles};
+use ferry_signing::Policy;
 
 use crate::commands::open_store;
 use crate::Cli;
@@ -64,11 +66,49 @@ pub struct Args {
         value_parser = clap::value_parser!(u64).range(1..)
     )]
     max_connections: u64,
+    /// Be a pull-through mirror for docker, containerd and podman: fetch what the store
+    /// lacks through the site config's routes, under the trust policy (specs/mirror.md).
+    #[arg(long)]
+    mirror: bool,
+    /// Seconds a tag's answer is reused before the resolve sources are asked again.
+    #[arg(long, value_name = "SECS", default_value_t = 0, requires = "mirror")]
+    mirror_tag_ttl: u64,
+    /// When every resolve source of a tag fails, answer with the digest the store names.
+    #[arg(long, requires = "mirror")]
+    mirror_stale_tags: bool,
+    /// Blobs fetched from upstream at once; more wait.
+    #[arg(long, value_name = "N", default_value_t = 16, requires = "mirror", value_parser = clap::value_parser!(u64).range(1..))]
+    mirror_max_upstream: u64,
+    /// Serve as a mirror on a non-loopback address without client authentication even
+    /// though the routes read with credentials (anyone who reaches it reads what they can).
+    #[arg(long, requires = "mirror")]
+    mirror_without_auth: bool,
 }
 
 /// Serves until SIGINT or SIGTERM; prints `listening on URL` first.
 pub async fn run(cli: &Cli, args: &Args) -> Result<ExitCode> {
     let store = open_store(cli)?;
+    let mirror = if args.mirror {
+        let config = SiteConfig::load(cli.config.as_deref())?;
+        if !args.listen.ip().is_loopback() && args.htpasswd.is_none() && !args.mirror_without_auth {
+            if let Some(why) = config.credentials_in_use() {
+                anyhow::bail!(
+                    "ferry serve --mirror on {}: {why}, and whoever reaches this address could read with them; \
+                     give --htpasswd, listen on a loopback address, or say --mirror-without-auth",
+                    args.listen
+                );
+            }
+        }
+        Some(MirrorOptions {
+            config,
+            policy: Policy::load_default(cli.policy.as_deref())?,
+            tag_ttl: Duration::from_secs(args.mirror_tag_ttl),
+            stale_tags: args.mirror_stale_tags,
+            max_upstream: usize::try_from(args.mirror_max_upstream).unwrap_or(usize::MAX),
+        })
+    } else {
+        None
+    };
     let options = ServeOptions {
         listen: args.listen,
         htpasswd: args.htpasswd.clone(),
@@ -93,23 +133,25 @@ pub async fn run(cli: &Cli, args: &Args) -> Result<ExitCode> {
             upload_timeout: Duration::from_secs(args.upload_timeout),
             max_connections: usize::try_from(args.max_connections).unwrap_or(usize::MAX),
         },
+        mirror,
     };
     let server = Server::bind((*store).clone(), &options)?;
     let url = server.url();
     if cli.json {
         println!(
             "{}",
-            serde_json::json!({"event": "listening", "url": url, "allow_push": args.allow_push, "relay": args.relay})
+            serde_json::json!({"event": "listening", "url": url, "allow_push": args.allow_push, "relay": args.relay, "mirror": args.mirror})
         );
     } else {
         println!(
-            "listening on {url} ({}{}, store {})",
+            "listening on {url} ({}{}{}, store {})",
             if args.allow_push {
                 "pushes allowed"
             } else {
                 "read-only"
             },
             if args.relay { ", relaying" } else { "" },
+            if args.mirror { ", mirroring" } else { "" },
             store.root().display()
         );
     }

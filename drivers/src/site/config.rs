@@ -422,6 +422,35 @@ impl SiteConfig {
         })
     }
 
+    /// Why reads through this config may carry credentials, if they may: a registry or
+    /// mirror source with credentials, an S3 source (keys from the environment), or names
+    /// no route covers (read from their registry with the docker config's credentials).
+    /// What a pull-through mirror serves, anyone who reaches it can read (MIRROR-8).
+    pub fn credentials_in_use(&self) -> Option<String> {
+        let credentialed = self.sources.values().find(|source| match &source.driver {
+            DriverConfig::Registry { credentials, .. }
+            | DriverConfig::Mirror { credentials, .. } => {
+                *credentials != CredentialsConfig::Anonymous
+            }
+            DriverConfig::S3 { .. } => true,
+            DriverConfig::OciLayout { .. } | DriverConfig::Peer { .. } => false,
+        });
+        if let Some(source) = credentialed {
+            return Some(format!(
+                "source {:?} reads with credentials ({})",
+                source.name,
+                source.credentials()
+            ));
+        }
+        if !self.routes.iter().any(|r| r.prefix == DEFAULT_PREFIX) {
+            return Some(
+                "names no route covers are read from their registry with the docker config's credentials (no \"*\" route)"
+                    .to_string(),
+            );
+        }
+        None
+    }
+
     /// The route for a full image name (longest prefix on component boundaries, then `*`).
     pub fn route_for(&self, name: &str) -> Option<&Route> {
         self.routes

@@ -148,9 +148,15 @@ impl Mirror {
             content: Vec::new(),
             resolve: Vec::new(),
         };
-        let accepted = decide(&self.store, &offline, &pinned, &self.options.policy, &Silent)
-            .await
-            .ok()?;
+        let accepted = decide(
+            &self.store,
+            &offline,
+            &pinned,
+            &self.options.policy,
+            &Silent,
+        )
+        .await
+        .ok()?;
         tracing::warn!(
             "mirror: every resolve source of {reference} failed; serving the stored {}",
             record.digest
@@ -158,15 +164,16 @@ impl Mirror {
         Some(accepted)
     }
 
-    /// Lets the blobs of `manifest` be fetched for `name`; returns the descriptors of the
-    /// image's config and layers, or of an index's children.
-    fn allow(&self, name: &str, manifest: &ManifestBlob) -> Vec<Descriptor> {
-        let descriptors: Vec<Descriptor> = match &manifest.manifest {
+    /// Lets `manifest` itself and its blobs be fetched for `name`: the image's config and
+    /// layers, or an index's children.
+    fn allow(&self, name: &str, manifest: &ManifestBlob) {
+        let mut descriptors: Vec<Descriptor> = match &manifest.manifest {
             Manifest::Image(image) => std::iter::once(image.config().clone())
                 .chain(image.layers().iter().cloned())
                 .collect(),
             Manifest::Index(index) => index.manifests().clone(),
         };
+        descriptors.push(manifest.descriptor());
         let mut allowed = self.allowed.lock().expect("allowed");
         let entry = allowed.entry(name.to_string()).or_default();
         for d in &descriptors {
@@ -174,7 +181,6 @@ impl Mirror {
                 entry.insert(digest, d.clone());
             }
         }
-        descriptors
     }
 
     fn allowed(&self, name: &str, digest: &Digest) -> Option<Descriptor> {
@@ -255,9 +261,11 @@ fn upstream_error(e: ferry_drivers::Error) -> ApiError {
             "MANIFEST_UNKNOWN",
             format!("ferry mirror: {e}"),
         ),
-        ErrorKind::Rejected => {
-            ApiError::new(StatusCode::FORBIDDEN, "DENIED", format!("ferry mirror: {e}"))
-        }
+        ErrorKind::Rejected => ApiError::new(
+            StatusCode::FORBIDDEN,
+            "DENIED",
+            format!("ferry mirror: {e}"),
+        ),
         _ => ApiError::new(
             StatusCode::BAD_GATEWAY,
             "UNKNOWN",
@@ -368,7 +376,8 @@ pub(crate) async fn blob(
             "{name}@{digest} (the mirror serves the blobs of images whose manifest it served)"
         )));
     };
-    let reference = Reference::parse(&name).map_err(|e| ApiError::name_invalid(repo, &e.to_string()))?;
+    let reference =
+        Reference::parse(&name).map_err(|e| ApiError::name_invalid(repo, &e.to_string()))?;
     let size = desc.size();
     let mut response = if head {
         Body::empty().into_response()

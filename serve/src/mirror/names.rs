@@ -78,10 +78,7 @@ mod tests {
             name("busybox", Some("registry-1.docker.io")),
             "docker.io/library/busybox"
         );
-        assert_eq!(
-            name("app", Some("127.0.0.1:5000")),
-            "127.0.0.1:5000/app"
-        );
+        assert_eq!(name("app", Some("127.0.0.1:5000")), "127.0.0.1:5000/app");
         // podman / CRI-O
         assert_eq!(
             name("registry.example.com/team/app", None),

@@ -215,6 +215,7 @@ impl Podman {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::write(dir.path().join("registries.conf"), registries_conf)
             .expect("registries.conf");
+        std::fs::write(dir.path().join("auth.json"), "{}").expect("auth.json");
         Podman { dir }
     }
 
