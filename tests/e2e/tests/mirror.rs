@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use ferry_testkit::clients::{installed, Containerd, Dockerd, Podman};
-use ferry_testkit::fixtures::{Fixtures, BIG, BUSYBOX};
+use ferry_testkit::fixtures::{Fixtures, APP, BIG, BUSYBOX};
 use ferry_testkit::proxy::Proxy;
 use ferry_testkit::registry::{flip_bytes, Registry, RegistryOptions};
 use ferry_testkit::serve::ServeNode;
@@ -453,4 +453,172 @@ fn dechunk(mut raw: &[u8]) -> Vec<u8> {
         out.extend_from_slice(&raw[eol + 2..eol + 2 + size]);
         raw = &raw[eol + 2 + size + 2..];
     }
+}
+
+/// The digest the mirror answers for `team/<repo>:1` of the made-up registry.
+fn tag_digest(s: &Setup, repo: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(s.mirror.host()).unwrap();
+    write!(
+        stream,
+        "HEAD /v2/team/{repo}/manifests/1?ns={MADE_UP} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut head = String::new();
+    stream.read_to_string(&mut head).unwrap();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let digest = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("docker-content-digest")
+                .then(|| v.trim().to_string())
+        })
+        .unwrap_or_default();
+    (status, digest)
+}
+
+/// MIRROR-4: a tag is asked upstream each time; with a TTL its answer is reused.
+#[test]
+fn tags_are_resolved_upstream_each_time_unless_a_ttl_is_set() {
+    for (ttl, reused) in [("0", false), ("600", true)] {
+        let s = Setup::start(&[BUSYBOX], None, None, &["--mirror-tag-ttl", ttl]);
+        let (status, first) = tag_digest(&s, BUSYBOX);
+        assert_eq!(
+            (status, first.as_str()),
+            (200, s.fx.digest(BUSYBOX).as_str())
+        );
+        // The tag moves upstream.
+        s.fx.push(
+            APP,
+            &s.upstream.host(),
+            &format!("team/{BUSYBOX}:1"),
+            false,
+            None,
+        );
+        let (_, second) = tag_digest(&s, BUSYBOX);
+        let want = if reused {
+            s.fx.digest(BUSYBOX)
+        } else {
+            s.fx.digest(APP)
+        };
+        assert_eq!(second, want, "ttl {ttl}");
+    }
+}
+
+/// MIRROR-4: with --mirror-stale-tags, a tag whose resolve sources are all down is answered
+/// with the digest the store names; without it, the client gets an error.
+#[test]
+fn stale_tags_are_served_only_when_asked_for() {
+    for stale in [true, false] {
+        let extra: &[&str] = if stale { &["--mirror-stale-tags"] } else { &[] };
+        let s = Setup::start(&[BUSYBOX], None, None, extra);
+        let (status, digest) = tag_digest(&s, BUSYBOX);
+        assert_eq!(status, 200);
+        s.wait_named(&format!("{MADE_UP}/team/{BUSYBOX}"), "1");
+        let Setup {
+            upstream, mirror, ..
+        } = s;
+        drop(upstream);
+        let mut stream = TcpStream::connect(mirror.host()).unwrap();
+        write!(
+            stream,
+            "GET /v2/team/{BUSYBOX}/manifests/1?ns={MADE_UP} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap();
+        if stale {
+            assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+            assert!(answer.contains(&digest), "{answer}");
+        } else {
+            assert!(answer.starts_with("HTTP/1.1 502"), "{answer}");
+        }
+    }
+}
+
+/// MIRROR-8: off loopback, routes that read with credentials need client authentication.
+#[test]
+fn a_mirror_off_loopback_with_credentialed_routes_needs_client_auth() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("password");
+    std::fs::write(&secret, "pw\n").unwrap();
+    let credentialed = format!(
+        "[[route]]\nprefix = \"*\"\nsources = [\"origin\"]\n\n[source.origin]\ndriver = \"registry\"\n\
+         url = \"http://127.0.0.1:1\"\ncredentials = {{ username = \"u\", password_file = \"{}\" }}\n",
+        secret.display()
+    );
+    let no_catch_all = "[[route]]\nprefix = \"registry.example.com\"\nsources = [\"origin\"]\n\n\
+                        [source.origin]\ndriver = \"registry\"\nurl = \"http://127.0.0.1:1\"\ncredentials = \"anonymous\"\n";
+    for (config, why) in [
+        (
+            credentialed.as_str(),
+            "source \"origin\" reads with credentials",
+        ),
+        (no_catch_all, "names no route covers"),
+    ] {
+        let path = dir.path().join("sites.toml");
+        std::fs::write(&path, config).unwrap();
+        // Refused before anything is bound.
+        let out = output(
+            ferry(&dir.path().join("store"))
+                .arg("--config")
+                .arg(&path)
+                .args(["serve", "--mirror", "--listen", "0.0.0.0:0"]),
+        );
+        let err = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.contains(why) && err.contains("--htpasswd"), "{err}");
+    }
+}
+
+/// MIRROR-9: containerd falls back to its own upstream (`server`) when the mirror fails.
+#[test]
+fn containerd_falls_back_to_its_server_when_the_mirror_cannot_serve() {
+    if !installed("containerd") {
+        eprintln!("containerd is not installed: skipping");
+        return;
+    }
+    let fx = Fixtures::get();
+    let upstream = Registry::start(RegistryOptions::open()).unwrap();
+    let want = fx.push(BUSYBOX, &upstream.host(), "team/busybox:1", false, None);
+    // The mirror's only route for the upstream's host leads nowhere.
+    let work = tempfile::tempdir().unwrap();
+    let config = work.path().join("sites.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[route]]\nprefix = \"*\"\nsources = [\"dead\"]\n\n[source.dead]\ndriver = \"registry\"\nurl = \"http://127.0.0.1:{}\"\n",
+            ferry_testkit::registry::closed_port().unwrap()
+        ),
+    )
+    .unwrap();
+    let config = config.display().to_string();
+    let mirror = ServeNode::start(
+        &work.path().join("store"),
+        &["--config", &config, "--mirror"],
+    )
+    .unwrap();
+    let hosts = work.path().join("certs.d");
+    std::fs::create_dir_all(hosts.join(upstream.host())).unwrap();
+    std::fs::write(
+        hosts.join(upstream.host()).join("hosts.toml"),
+        format!(
+            "server = \"http://{}\"\n\n[host.\"http://{}\"]\n  capabilities = [\"pull\", \"resolve\"]\n",
+            upstream.host(),
+            mirror.host()
+        ),
+    )
+    .unwrap();
+    let ctr = Containerd::start();
+    let pull = ctr_pull(&ctr, &hosts, &format!("{}/team/busybox:1", upstream.host()));
+    assert!(
+        pull.status.success(),
+        "ctr did not fall back: {}",
+        text(&pull)
+    );
+    assert!(run_ok(ctr.ctr().args(["images", "ls"])).contains(&want));
 }
