@@ -20,6 +20,7 @@
 //!   for unsigned names (`route::sources_for` leaves peer sources out of `resolve`); for
 //!   names the policy wants signed, the signature vouches for the answer (POL-9).
 
+use std::net::ToSocketAddrs as _;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -192,16 +193,45 @@ fn score(label: &str, key: &str, piece: u64) -> u64 {
     u64::from_le_bytes(bytes.as_bytes()[..8].try_into().expect("8 bytes"))
 }
 
+/// The peers a configured URL names (PEER-8): one per address its host name resolves to,
+/// so one DNS name (a Kubernetes headless service, a round-robin record) names a fleet;
+/// an IP address, or a name that does not resolve now, stands for itself.
+fn fleet(url: &Url) -> Vec<Url> {
+    let Some(url::Host::Domain(domain)) = url.host() else {
+        return vec![url.clone()];
+    };
+    let port = url.port_or_known_default().unwrap_or(80);
+    let addresses: Vec<std::net::IpAddr> = match (domain, port).to_socket_addrs() {
+        Ok(found) => found.map(|a| a.ip()).collect(),
+        Err(e) => {
+            tracing::debug!("peer {url}: {domain} does not resolve now ({e})");
+            Vec::new()
+        }
+    };
+    let mut out: Vec<Url> = Vec::new();
+    for ip in addresses {
+        let mut each = url.clone();
+        if each.set_ip_host(ip).is_ok() && !out.contains(&each) {
+            out.push(each);
+        }
+    }
+    if out.is_empty() {
+        out.push(url.clone());
+    }
+    out
+}
+
 impl PeerDriver {
-    /// A driver over `config.peers`; refuses URLs that are not http(s) or have no host.
+    /// A driver over `config.peers`, each host name standing for every address it resolves
+    /// to now (PEER-8); refuses URLs that are not http(s) or have no host.
     pub fn new(config: PeerConfig) -> Result<Self> {
         let source = config.source_name.as_str();
         let invalid = |msg: String| Error::new(ErrorKind::Invalid, source, msg);
         if config.peers.is_empty() {
             return Err(invalid("no peers configured".into()));
         }
-        let mut peers = Vec::new();
-        for url in &config.peers {
+        let mut peers: Vec<Peer> = Vec::new();
+        for url in config.peers.iter().flat_map(fleet) {
             if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
                 return Err(invalid(format!("peer URL {url} is not http(s)://host")));
             }
@@ -221,7 +251,9 @@ impl PeerDriver {
                 base.set_path(&path);
             }
             let label = base.as_str().trim_end_matches('/').to_string();
-            peers.push(Peer { base, label, basic });
+            if !peers.iter().any(|p| p.label == label) {
+                peers.push(Peer { base, label, basic });
+            }
         }
         let build = |read_timeout: Option<Duration>| {
             // Few idle connections per peer: each keeps a read buffer of up to 400 KiB,

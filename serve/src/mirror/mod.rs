@@ -32,6 +32,9 @@ use crate::error::{ApiError, ApiResult};
 use crate::names::{parse_digest, validate_tag};
 use crate::{App, CONTENT_DIGEST};
 
+/// How long a name's sources are kept before they are built again from the site config.
+const ROUTE_TTL: Duration = Duration::from_secs(60);
+
 /// How a mirror fetches and decides (MIRROR-2..8).
 #[derive(Debug, Clone)]
 pub struct MirrorOptions {
@@ -51,8 +54,9 @@ pub struct MirrorOptions {
 pub(crate) struct Mirror {
     options: MirrorOptions,
     store: Arc<Store>,
-    /// The sources of each name asked for (drivers keep connections and tokens).
-    routes: Mutex<HashMap<String, Sources>>,
+    /// The sources of each name asked for, and when they were built (drivers keep
+    /// connections and tokens; peer fleet names are resolved again when rebuilt, PEER-8).
+    routes: Mutex<HashMap<String, (Instant, Sources)>>,
     /// `name:tag` → the accepted answer and when it was given.
     tags: Mutex<HashMap<String, (Instant, Accepted)>>,
     /// Per name, the blobs of accepted images that may be fetched for it, with their
@@ -85,16 +89,19 @@ impl Mirror {
         }
     }
 
+    /// The route's sources for `reference`'s name, built again once [`ROUTE_TTL`] old.
     fn sources(&self, reference: &Reference) -> ApiResult<Sources> {
         let name = reference.name();
-        if let Some(s) = self.routes.lock().expect("routes").get(&name) {
-            return Ok(s.clone());
+        if let Some((at, s)) = self.routes.lock().expect("routes").get(&name) {
+            if at.elapsed() < ROUTE_TTL {
+                return Ok(s.clone());
+            }
         }
         let sources = sources_for(&self.options.config, reference).map_err(upstream_error)?;
         self.routes
             .lock()
             .expect("routes")
-            .insert(name, sources.clone());
+            .insert(name, (Instant::now(), sources.clone()));
         Ok(sources)
     }
 
