@@ -280,6 +280,24 @@ fn unsigned_images_are_denied_to_clients_under_signed_by() {
         "the refusal does not name the image: {body}"
     );
     assert!(s.images().is_empty(), "a refused image was named");
+    if installed("podman") {
+        let podman = Podman::new(&format!(
+            "[[registry]]\nprefix = \"{MADE_UP}\"\nlocation = \"{MADE_UP}\"\n\n\
+             [[registry.mirror]]\nlocation = \"{}/{MADE_UP}\"\ninsecure = true\n",
+            s.mirror.host()
+        ));
+        let pull = output(
+            podman
+                .podman()
+                .args(["pull", &format!("{MADE_UP}/team/{BUSYBOX}:1")]),
+        );
+        assert!(!pull.status.success(), "podman pulled an unsigned image");
+        assert!(
+            text(&pull).contains("trust policy") || text(&pull).contains("denied"),
+            "podman does not show the refusal: {}",
+            text(&pull)
+        );
+    }
 
     // Signed under its name, the signature pushed through the route: a client pulls it.
     let config = s.work.path().join("sites.toml");
