@@ -113,8 +113,17 @@ pub(crate) async fn v2(
         }
     }
     let head = method == Method::HEAD;
-    if let Some(mirror) = app.0.mirror.clone() {
-        let ns = query.get("ns").map(String::as_str);
+    let ns = query.get("ns").map(String::as_str);
+    let mirrored = match (&app.0.mirror, &route) {
+        (Some(_), Route::Manifest(repo, _) | Route::Blob(repo, _)) => {
+            match crate::mirror::answers(&app, repo, ns).await {
+                Ok(answers) => answers,
+                Err(e) => return e.into_response(),
+            }
+        }
+        _ => false,
+    };
+    if let Some(mirror) = app.0.mirror.clone().filter(|_| mirrored) {
         let through = match (&route, &method) {
             (&Route::Manifest(repo, reference), &Method::GET | &Method::HEAD) => {
                 Some(crate::mirror::manifest(&mirror, repo, reference, ns, head).await)

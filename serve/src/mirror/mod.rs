@@ -260,6 +260,22 @@ impl Mirror {
     }
 }
 
+/// Whether the mirror answers a request for `repo` (MIRROR-1): always when the client names
+/// the registry (`?ns=`, or a registry first in the path); for a bare path (dockerd's
+/// `library/busybox`), unless the store names images of another registry under that path,
+/// which are served from the store as without `--mirror` (SERVE-2).
+pub(crate) async fn answers(app: &App, repo: &str, ns: Option<&str>) -> ApiResult<bool> {
+    let Ok(name) = upstream_name(repo, ns) else {
+        return Ok(true);
+    };
+    if ns.is_some_and(|ns| !ns.is_empty()) || name == repo {
+        return Ok(true);
+    }
+    let catalog = app.catalog().await?;
+    let mut local = catalog.records(repo).peekable();
+    Ok(local.peek().is_none() || local.any(|r| r.name == name))
+}
+
 /// An upstream failure as the client sees it.
 fn upstream_error(e: ferry_drivers::Error) -> ApiError {
     match e.kind {

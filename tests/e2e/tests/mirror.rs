@@ -151,7 +151,8 @@ fn ctr_pulls_a_made_up_registry_through_the_mirror_then_from_its_store() {
         eprintln!("containerd is not installed: skipping");
         return;
     }
-    let s = Setup::start(&[BUSYBOX], None, None, &[]);
+    // A tag answer kept for a while: the second client needs nothing from upstream.
+    let s = Setup::start(&[BUSYBOX], None, None, &["--mirror-tag-ttl", "300"]);
     let hosts = s.hosts_dir(MADE_UP);
     let reference = format!("{MADE_UP}/team/{BUSYBOX}:1");
     let want = s.fx.digest(BUSYBOX);
@@ -165,15 +166,15 @@ fn ctr_pulls_a_made_up_registry_through_the_mirror_then_from_its_store() {
         want
     );
 
-    // A fresh containerd: every byte from ferry's store, none from upstream but the tag.
+    // A fresh containerd: every byte from ferry's store, none from upstream.
     let before = s.proxy.served_bytes();
     let ctr2 = Containerd::start();
     let pull = ctr_pull(&ctr2, &hosts, &reference);
     assert!(pull.status.success(), "second ctr pull: {}", text(&pull));
-    let upstream_bytes = s.proxy.served_bytes() - before;
-    assert!(
-        upstream_bytes < 16 << 10,
-        "second pull took {upstream_bytes} bytes from upstream"
+    assert_eq!(
+        s.proxy.served_bytes() - before,
+        0,
+        "the second pull took bytes from upstream"
     );
 }
 
@@ -238,6 +239,20 @@ fn docker_pulls_and_runs_busybox_through_the_mirror() {
     assert!(run.status.success(), "docker run: {}", text(&run));
     assert_eq!(String::from_utf8_lossy(&run.stdout).trim(), "hi");
     s.wait_named("docker.io/library/busybox", "1");
+
+    // MIRROR-4: a policy that rejects Docker Hub's library refuses it to dockerd too.
+    let policy = "[default]\naction = \"accept\"\n\n[[rule]]\nprefix = \"docker.io/library\"\naction = \"reject\"\n";
+    let denied = Setup::start(&[BUSYBOX], Some(policy), None, &[]);
+    let docker = Dockerd::start(&["--registry-mirror", denied.mirror.url()]);
+    let pull = output(docker.docker().args(["pull", "busybox:1"]));
+    assert!(!pull.status.success(), "a rejected image was pulled");
+    assert!(denied.images().is_empty(), "a rejected image was named");
+    // The tag may be asked; no manifest body or blob is.
+    assert!(
+        denied.proxy.served_bytes() < 16 << 10,
+        "a rejected image was fetched from upstream ({} bytes)",
+        denied.proxy.served_bytes()
+    );
 }
 
 /// MIRROR-4: under `signed-by`, an unsigned image is refused with DENIED naming the image,
@@ -639,4 +654,32 @@ fn containerd_falls_back_to_its_server_when_the_mirror_cannot_serve() {
         text(&pull)
     );
     assert!(run_ok(ctr.ctr().args(["images", "ls"])).contains(&want));
+}
+
+/// MIRROR-1: images the store names under another registry keep being served by their bare
+/// path, as without --mirror (SERVE-2); other bare paths are Docker Hub names.
+#[test]
+fn the_stores_own_images_keep_their_bare_paths() {
+    let s = Setup::start(&[BUSYBOX], None, None, &["--allow-push"]);
+    let own = s.fx.push(APP, &s.mirror.host(), "team/own:1", false, None);
+    let (status, digest) = {
+        let mut stream = TcpStream::connect(s.mirror.host()).unwrap();
+        write!(
+            stream,
+            "HEAD /v2/team/own/manifests/1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut head = String::new();
+        stream.read_to_string(&mut head).unwrap();
+        (head.lines().next().unwrap_or("").to_string(), head)
+    };
+    assert!(status.contains("200"), "{digest}");
+    assert!(digest.contains(&own), "{digest}");
+    // A bare path the store does not hold is docker.io's, fetched through its route.
+    let (status, body) = http_get(
+        &s.mirror.host(),
+        &format!("/v2/library/{BUSYBOX}/manifests/1"),
+    );
+    assert_eq!(status, 200, "{body}");
+    s.wait_named(&format!("docker.io/library/{BUSYBOX}"), "1");
 }
