@@ -44,8 +44,8 @@ use ferry_core::{Digest, Store};
 pub use auth::Htpasswd;
 pub use error::{ApiError, ApiResult, Error};
 pub use limits::{Limits, MAX_HEAD_SIZE};
-pub use peer::{PieceTable, PIECE_SIZE, RELAYED};
 pub use mirror::MirrorOptions;
+pub use peer::{PieceTable, PIECE_SIZE, RELAYED};
 pub use relay::RelayOptions;
 
 /// Header naming the API version on every answer.

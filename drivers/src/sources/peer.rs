@@ -20,8 +20,8 @@
 //!   for unsigned names (`route::sources_for` leaves peer sources out of `resolve`); for
 //!   names the policy wants signed, the signature vouches for the answer (POL-9).
 
-use std::net::ToSocketAddrs as _;
 use std::collections::{HashMap, HashSet};
+use std::net::ToSocketAddrs as _;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
