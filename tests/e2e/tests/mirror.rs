@@ -438,15 +438,21 @@ fn http_get(host: &str, path: &str) -> (u16, String) {
     (status, String::from_utf8_lossy(&body).into_owned())
 }
 
-/// A plain HTTP/1.1 GET (`Connection: close`, no chunking expected); status and body.
+/// A plain HTTP/1.1 GET; status and body.
 fn http_get_bytes(host: &str, path: &str) -> (u16, Vec<u8>) {
+    let (status, _, body) = http("GET", host, path);
+    (status, body)
+}
+
+/// One HTTP/1.1 request (`Connection: close`); status, head (lowercase) and body.
+fn http(method: &str, host: &str, path: &str) -> (u16, String, Vec<u8>) {
     let mut stream = TcpStream::connect(host).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(60)))
         .unwrap();
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
     )
     .unwrap();
     let mut raw = Vec::new();
@@ -455,20 +461,28 @@ fn http_get_bytes(host: &str, path: &str) -> (u16, Vec<u8>) {
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
         .expect("end of head");
-    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let head = String::from_utf8_lossy(&raw[..split]).to_ascii_lowercase();
     let status = head
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
         .expect("status");
     let mut body = raw[split + 4..].to_vec();
-    if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
+    if head.contains("transfer-encoding: chunked") {
         body = dechunk(&body);
     }
-    (status, body)
+    (status, head, body)
+}
+
+/// The `Docker-Content-Digest` of a HEAD of `path`, with the status.
+fn head_digest(host: &str, path: &str) -> (u16, String) {
+    let (status, head, _) = http("HEAD", host, path);
+    let digest = head
+        .lines()
+        .find_map(|l| l.strip_prefix("docker-content-digest:"))
+        .map(|v| v.trim().to_string())
+        .unwrap_or_default();
+    (status, digest)
 }
 
 /// The body of a chunked HTTP/1.1 message.
@@ -490,28 +504,10 @@ fn dechunk(mut raw: &[u8]) -> Vec<u8> {
 
 /// The digest the mirror answers for `team/<repo>:1` of the made-up registry.
 fn tag_digest(s: &Setup, repo: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(s.mirror.host()).unwrap();
-    write!(
-        stream,
-        "HEAD /v2/team/{repo}/manifests/1?ns={MADE_UP} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    head_digest(
+        &s.mirror.host(),
+        &format!("/v2/team/{repo}/manifests/1?ns={MADE_UP}"),
     )
-    .unwrap();
-    let mut head = String::new();
-    stream.read_to_string(&mut head).unwrap();
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let digest = head
-        .lines()
-        .find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case("docker-content-digest")
-                .then(|| v.trim().to_string())
-        })
-        .unwrap_or_default();
-    (status, digest)
 }
 
 /// MIRROR-4: a tag is asked upstream each time; with a TTL its answer is reused.
@@ -556,19 +552,14 @@ fn stale_tags_are_served_only_when_asked_for() {
             upstream, mirror, ..
         } = s;
         drop(upstream);
-        let mut stream = TcpStream::connect(mirror.host()).unwrap();
-        write!(
-            stream,
-            "GET /v2/team/{BUSYBOX}/manifests/1?ns={MADE_UP} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut answer = String::new();
-        stream.read_to_string(&mut answer).unwrap();
+        let answer = head_digest(
+            &mirror.host(),
+            &format!("/v2/team/{BUSYBOX}/manifests/1?ns={MADE_UP}"),
+        );
         if stale {
-            assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-            assert!(answer.contains(&digest), "{answer}");
+            assert_eq!(answer, (200, digest));
         } else {
-            assert!(answer.starts_with("HTTP/1.1 502"), "{answer}");
+            assert_eq!(answer.0, 502);
         }
     }
 }
@@ -662,19 +653,8 @@ fn containerd_falls_back_to_its_server_when_the_mirror_cannot_serve() {
 fn the_stores_own_images_keep_their_bare_paths() {
     let s = Setup::start(&[BUSYBOX], None, None, &["--allow-push"]);
     let own = s.fx.push(APP, &s.mirror.host(), "team/own:1", false, None);
-    let (status, digest) = {
-        let mut stream = TcpStream::connect(s.mirror.host()).unwrap();
-        write!(
-            stream,
-            "HEAD /v2/team/own/manifests/1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut head = String::new();
-        stream.read_to_string(&mut head).unwrap();
-        (head.lines().next().unwrap_or("").to_string(), head)
-    };
-    assert!(status.contains("200"), "{digest}");
-    assert!(digest.contains(&own), "{digest}");
+    let (status, digest) = head_digest(&s.mirror.host(), "/v2/team/own/manifests/1");
+    assert_eq!((status, digest), (200, own));
     // A bare path the store does not hold is docker.io's, fetched through its route.
     let (status, body) = http_get(
         &s.mirror.host(),
