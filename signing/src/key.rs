@@ -199,10 +199,15 @@ pub fn generate_key(dir: &Path, name: &str) -> Result<KeyFiles> {
     }
 
     let key = PrivateKey::from_signing(SigningKey::generate(&mut rand::rngs::OsRng), &private_path);
-    let private_pem = key
-        .key
-        .to_pkcs8_pem(LF)
-        .expect("an Ed25519 private key always encodes as PKCS#8");
+    // PKCS#8 version 1 (RFC 8410: the private key alone), the form `openssl genpkey`
+    // writes and OpenSSL 3.0 and Python's cryptography read; version 2 (with the public
+    // key inside) is read too.
+    let private_pem = ed25519_dalek::pkcs8::KeypairBytes {
+        secret_key: key.key.to_bytes(),
+        public_key: None,
+    }
+    .to_pkcs8_pem(LF)
+    .expect("an Ed25519 private key always encodes as PKCS#8");
     write_new(
         dir,
         &private_path,

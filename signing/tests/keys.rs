@@ -7,7 +7,7 @@ use std::os::unix::fs::PermissionsExt;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use common::*;
-use ferry_signing::{generate_key, Error, PrivateKey, PublicKey};
+use ferry_signing::{generate_key, sign, Error, PrivateKey, PublicKey};
 use sha2::{Digest as _, Sha256};
 
 fn mode(path: &std::path::Path) -> u32 {
@@ -260,4 +260,100 @@ fn weak_public_keys_are_refused_sig_5() {
     std::fs::write(&path, pem).unwrap();
     let e = PublicKey::load(&path).unwrap_err().to_string();
     assert!(e.contains("weak.pub") && e.contains("weak"), "{e}");
+}
+
+/// SIG-1: OpenSSL reads ferry's private key (PKCS#8 version 1) and derives the same public
+/// key; ferry reads OpenSSL's; what either signs, the other verifies.
+#[test]
+fn keys_cross_with_openssl_both_ways_sig_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir.path())
+            .output()
+            .expect("openssl (scripts/install-deps installs it)");
+        (out.status.success(), out.stdout, out.stderr)
+    };
+    let ok = |args: &[&str]| {
+        let (success, stdout, stderr) = run(args);
+        assert!(
+            success,
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&stderr)
+        );
+        stdout
+    };
+    let image = reference("registry.example.com/team/app:1");
+    let manifest = digest("manifest");
+
+    // ferry's key in openssl: the same public key, and openssl verifies ferry's signature.
+    let files = generate_key(dir.path(), "ferry").unwrap();
+    let public = ok(&["pkey", "-in", "ferry.key", "-pubout"]);
+    assert_eq!(
+        String::from_utf8(public).unwrap(),
+        std::fs::read_to_string(&files.public_key).unwrap()
+    );
+    let signed = sign(
+        &PrivateKey::load(&files.private_key).unwrap(),
+        &image,
+        &manifest,
+        None,
+    )
+    .unwrap();
+    let (payload, signature) = parts(&signed);
+    std::fs::write(dir.path().join("payload"), &payload).unwrap();
+    std::fs::write(dir.path().join("sig"), &signature).unwrap();
+    ok(&[
+        "pkeyutl",
+        "-verify",
+        "-rawin",
+        "-pubin",
+        "-inkey",
+        "ferry.pub",
+        "-in",
+        "payload",
+        "-sigfile",
+        "sig",
+    ]);
+    std::fs::write(dir.path().join("other"), b"another payload").unwrap();
+    let (verified, _, _) = run(&[
+        "pkeyutl",
+        "-verify",
+        "-rawin",
+        "-pubin",
+        "-inkey",
+        "ferry.pub",
+        "-in",
+        "other",
+        "-sigfile",
+        "sig",
+    ]);
+    assert!(!verified, "openssl accepted a signature of other bytes");
+
+    // openssl's key in ferry: it loads, and ferry verifies what openssl signs with it.
+    ok(&["genpkey", "-algorithm", "ed25519", "-out", "ossl.key"]);
+    ok(&["pkey", "-in", "ossl.key", "-pubout", "-out", "ossl.pub"]);
+    std::fs::set_permissions(
+        dir.path().join("ossl.key"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    let theirs = PrivateKey::load(&dir.path().join("ossl.key")).unwrap();
+    let their_public = PublicKey::load(&dir.path().join("ossl.pub")).unwrap();
+    assert_eq!(theirs.id(), their_public.id());
+    // The payload ferry writes for that key, signed by openssl.
+    let (payload, _) = parts(&sign(&theirs, &image, &manifest, None).unwrap());
+    std::fs::write(dir.path().join("payload"), &payload).unwrap();
+    let signature = ok(&[
+        "pkeyutl", "-sign", "-rawin", "-inkey", "ossl.key", "-in", "payload",
+    ]);
+    let from_openssl = envelope(&payload, &signature, None);
+    let trusted = [their_public];
+    assert!(from_openssl.verify(&trusted, &image, &manifest).is_ok());
+    let mut forged = signature.clone();
+    forged[0] ^= 1;
+    assert!(envelope(&payload, &forged, None)
+        .verify(&trusted, &image, &manifest)
+        .is_err());
 }
