@@ -134,6 +134,20 @@ impl Setup {
     }
 }
 
+/// A policy accepting everything but `prefix`, which needs a signature by the key `team`
+/// generated into `keys`.
+fn signed_by_policy(keys: &Path, prefix: &str) -> String {
+    run_ok(
+        ferry(&keys.join("store"))
+            .args(["key", "generate", "team", "--dir"])
+            .arg(keys),
+    );
+    format!(
+        "[default]\naction = \"accept\"\n\n[[rule]]\nprefix = \"{prefix}\"\naction = \"signed-by\"\nkeys = [\"{}\"]\n",
+        keys.join("team.pub").display()
+    )
+}
+
 fn ctr_pull(ctr: &Containerd, hosts: &Path, reference: &str) -> std::process::Output {
     output(
         ctr.ctr()
@@ -240,9 +254,10 @@ fn docker_pulls_and_runs_busybox_through_the_mirror() {
     assert_eq!(String::from_utf8_lossy(&run.stdout).trim(), "hi");
     s.wait_named("docker.io/library/busybox", "1");
 
-    // MIRROR-4: a policy that rejects Docker Hub's library refuses it to dockerd too.
-    let policy = "[default]\naction = \"accept\"\n\n[[rule]]\nprefix = \"docker.io/library\"\naction = \"reject\"\n";
-    let denied = Setup::start(&[BUSYBOX], Some(policy), None, &[]);
+    // MIRROR-4: under signed-by, the unsigned image is refused to dockerd too.
+    let keys = tempfile::tempdir().unwrap();
+    let policy = signed_by_policy(keys.path(), "docker.io/library");
+    let denied = Setup::start(&[BUSYBOX], Some(&policy), None, &[]);
     let docker = Dockerd::start(&["--registry-mirror", denied.mirror.url()]);
     let pull = output(docker.docker().args(["pull", "busybox:1"]));
     assert!(!pull.status.success(), "a rejected image was pulled");
@@ -264,15 +279,7 @@ fn unsigned_images_are_denied_to_clients_under_signed_by() {
         return;
     }
     let keys = tempfile::tempdir().unwrap();
-    run_ok(
-        ferry(&keys.path().join("store"))
-            .args(["key", "generate", "team", "--dir"])
-            .arg(keys.path()),
-    );
-    let policy = format!(
-        "[default]\naction = \"accept\"\n\n[[rule]]\nprefix = \"{MADE_UP}/team\"\naction = \"signed-by\"\nkeys = [\"{}\"]\n",
-        keys.path().join("team.pub").display()
-    );
+    let policy = signed_by_policy(keys.path(), &format!("{MADE_UP}/team"));
     let s = Setup::start(&[BUSYBOX], Some(&policy), None, &[]);
     let hosts = s.hosts_dir(MADE_UP);
     let ctr = Containerd::start();
