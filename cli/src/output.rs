@@ -112,6 +112,44 @@ pub fn human_size(bytes: u64) -> String {
     }
 }
 
+/// How long ago an RFC 3339 time was, in docker's words ("3 days ago"); the text itself
+/// when it is not such a time, and "" when there is none.
+pub fn time_ago(rfc3339: Option<&str>, now: std::time::SystemTime) -> String {
+    let Some(text) = rfc3339 else {
+        return String::new();
+    };
+    let Ok(then) = chrono::DateTime::parse_from_rfc3339(text) else {
+        return text.to_string();
+    };
+    let now = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    match now - then.timestamp() {
+        s if s < 0 => text.to_string(),
+        s => format!("{} ago", human_duration(s as u64)),
+    }
+}
+
+/// A duration in seconds as docker words it ("About an hour", "2 weeks").
+fn human_duration(seconds: u64) -> String {
+    const MINUTE: u64 = 60;
+    const HOUR: u64 = 60 * MINUTE;
+    const DAY: u64 = 24 * HOUR;
+    match seconds {
+        0 => "Less than a second".into(),
+        1 => "1 second".into(),
+        s if s < MINUTE => format!("{s} seconds"),
+        s if s < 2 * MINUTE => "About a minute".into(),
+        s if s < HOUR => format!("{} minutes", s / MINUTE),
+        s if s < 2 * HOUR => "About an hour".into(),
+        s if s < 2 * DAY => format!("{} hours", s / HOUR),
+        s if s < 14 * DAY => format!("{} days", s / DAY),
+        s if s < 60 * DAY => format!("{} weeks", s / (7 * DAY)),
+        s if s < 730 * DAY => format!("{} months", s / (30 * DAY)),
+        s => format!("{} years", s / (365 * DAY)),
+    }
+}
+
 impl Progress for ProgressPrinter {
     fn event(&self, event: &Event) {
         if let Mode::Json = self.mode {
@@ -253,6 +291,24 @@ mod tests {
         assert_eq!(human_size(999), "999 B");
         assert_eq!(human_size(1_500), "1.5 kB");
         assert_eq!(human_size(52_400_000), "52.4 MB");
+    }
+
+    #[test]
+    fn creation_times_read_as_docker_words_them() {
+        let at = |secs: u64| std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs);
+        let created = Some("2026-01-01T00:00:00Z");
+        let base = 1_767_225_600; // 2026-01-01T00:00:00Z
+        assert_eq!(time_ago(created, at(base)), "Less than a second ago");
+        assert_eq!(time_ago(created, at(base + 90)), "About a minute ago");
+        assert_eq!(time_ago(created, at(base + 3 * 86_400)), "3 days ago");
+        assert_eq!(time_ago(created, at(base + 21 * 86_400)), "3 weeks ago");
+        assert_eq!(time_ago(created, at(base + 400 * 86_400)), "13 months ago");
+        assert_eq!(
+            time_ago(Some("2026-01-01T02:00:00+02:00"), at(base + 7_200)),
+            "2 hours ago"
+        );
+        assert_eq!(time_ago(Some("yesterday"), at(base)), "yesterday");
+        assert_eq!(time_ago(None, at(base)), "");
     }
 
     #[test]

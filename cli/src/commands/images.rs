@@ -1,28 +1,52 @@
 //! `ferry images`: the table of named images, with the trust policy's verdict on each.
 
+use std::io::Write as _;
 use std::process::ExitCode;
 
 use anyhow::Result;
+use ferry_drivers::site::config::prefix_matches;
 use ferry_drivers::transfer::signatures::verdict_in_store;
 use ferry_signing::{Acceptance, Policy, Verdict};
 
 use crate::commands::open_store;
-use crate::output::human_size;
+use crate::output::{human_size, time_ago};
 use crate::Cli;
 
 /// Arguments of `ferry images`.
 #[derive(clap::Args, Debug)]
-pub struct Args {}
+pub struct Args {
+    /// Only names under this prefix (whole path components: `docker.io/library`).
+    prefix: Option<String>,
+    /// Print only NAME:TAG (or NAME@DIGEST), one a line.
+    #[arg(short, long)]
+    quiet: bool,
+    /// Show full digests.
+    #[arg(long)]
+    digests: bool,
+}
 
-/// Prints NAME, TAG, DIGEST, SIZE, CREATED, PLATFORM, VERIFIED (or the full records with
-/// `--json`, each with `verified` and `signed_by`).
+/// Prints NAME, TAG, DIGEST, SIZE, CREATED (how long ago), PLATFORM, VERIFIED (or the full
+/// records with `--json`, each with `verified` and `signed_by`; CREATED as recorded).
 ///
 /// VERIFIED is the current policy's verdict from the signatures in the store:
 /// `signed:KEYID[,KEYID]`, `unsigned` (accepted without signatures) or `rejected`.
-pub fn run(cli: &Cli, _args: &Args) -> Result<ExitCode> {
+pub fn run(cli: &Cli, args: &Args) -> Result<ExitCode> {
     let store = open_store(cli)?;
+    let mut images = store.images()?;
+    if let Some(prefix) = &args.prefix {
+        images.retain(|i| prefix_matches(prefix.trim_end_matches('/'), &i.name));
+    }
+    if args.quiet {
+        let mut out = std::io::stdout().lock();
+        for i in &images {
+            match &i.tag {
+                Some(tag) => writeln!(out, "{}:{tag}", i.name)?,
+                None => writeln!(out, "{}@{}", i.name, i.digest)?,
+            }
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let policy = Policy::load_default(cli.policy.as_deref())?;
-    let images = store.images()?;
     let mut verified = Vec::with_capacity(images.len());
     for image in &images {
         verified.push(verified_column(&verdict_in_store(&store, &policy, image)?));
@@ -38,6 +62,7 @@ pub fn run(cli: &Cli, _args: &Args) -> Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(ExitCode::SUCCESS);
     }
+    let now = std::time::SystemTime::now();
     let rows: Vec<[String; 7]> = images
         .iter()
         .zip(verified)
@@ -45,9 +70,13 @@ pub fn run(cli: &Cli, _args: &Args) -> Result<ExitCode> {
             [
                 i.name.clone(),
                 i.tag.clone().unwrap_or_else(|| "<none>".into()),
-                i.digest.short().to_string(),
+                if args.digests {
+                    i.digest.to_string()
+                } else {
+                    i.digest.short().to_string()
+                },
                 human_size(i.size),
-                i.created.clone().unwrap_or_default(),
+                time_ago(i.created.as_deref(), now),
                 i.platform.clone().unwrap_or_default(),
                 column,
             ]

@@ -49,3 +49,43 @@ fn writing_to_a_closed_pipe_ends_quietly() {
         assert_eq!(code.trim(), "141", "{args}: exit status");
     }
 }
+
+/// `ferry images [PREFIX] [-q] [--digests]`: a prefix on whole path components, names only,
+/// full digests, and CREATED as how long ago in tables (as recorded in `--json`).
+#[test]
+fn images_filter_by_prefix_print_names_only_or_full_digests() {
+    use ferry_testkit::fixtures::{Fixtures, APP, BUSYBOX};
+    use ferry_testkit::registry::{Registry, RegistryOptions};
+    use ferry_testkit::{ferry, run_ok};
+
+    let fx = Fixtures::get();
+    let registry = Registry::start(RegistryOptions::open()).unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let host = registry.host();
+    for (tag, name) in [(BUSYBOX, "team/busybox:1"), (APP, "teamwork/app:1")] {
+        fx.push(tag, &host, name, false, None);
+        run_ok(ferry(root.path()).args(["pull", &format!("{host}/{name}")]));
+    }
+    let images = |args: &[&str]| run_ok(ferry(root.path()).arg("images").args(args));
+    assert_eq!(
+        images(&["-q"]),
+        format!("{host}/team/busybox:1\n{host}/teamwork/app:1\n")
+    );
+    // Whole components: `team` is not a prefix of `teamwork`.
+    assert_eq!(
+        images(&["-q", &format!("{host}/team")]),
+        format!("{host}/team/busybox:1\n")
+    );
+    let table = images(&["--digests", &format!("{host}/team")]);
+    assert!(table.contains(&fx.digest(BUSYBOX)), "{table}");
+    assert_eq!(table.lines().count(), 2, "{table}");
+    let short = images(&[&format!("{host}/team")]);
+    assert!(!short.contains(&fx.digest(BUSYBOX)), "{short}");
+    let row = short.lines().nth(1).unwrap();
+    let json = run_ok(ferry(root.path()).args(["images", "--json"]));
+    let created = serde_json::from_str::<serde_json::Value>(&json).unwrap()[0]["created"].clone();
+    if created.is_string() {
+        assert!(row.contains(" ago"), "CREATED is not relative: {row}");
+        assert!(!row.contains(created.as_str().unwrap()), "{row}");
+    }
+}
