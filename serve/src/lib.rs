@@ -23,6 +23,7 @@ mod peer;
 mod push;
 pub mod range;
 mod relay;
+mod stored;
 mod tls;
 
 use std::collections::HashSet;

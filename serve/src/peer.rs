@@ -15,10 +15,10 @@ use ferry_drivers::sources::peer::RELAY_EXTENT;
 use ferry_drivers::transfer::signatures::{signature_tag, ROOT_KIND};
 use serde::{Deserialize, Serialize};
 
-use crate::content::{corrupt_error, read_manifest, send_blob, signature_set, ManifestBody};
 use crate::error::{ApiError, ApiResult};
 use crate::names::{parse_digest, validate_tag};
 use crate::relay::Relay;
+use crate::stored::{corrupt_error, read_manifest, send_blob, signature_set, ManifestBody};
 use crate::App;
 
 /// Header marking an answer a relaying node made from its upstream (PEER-7).

@@ -27,9 +27,9 @@ use ferry_signing::Policy;
 pub use names::upstream_name;
 
 use self::fill::{FillJob, Fills};
-use crate::content::{send_blob, ManifestBody};
 use crate::error::{ApiError, ApiResult};
 use crate::names::{parse_digest, validate_tag};
+use crate::stored::{send_blob, ManifestBody};
 use crate::{App, CONTENT_DIGEST};
 
 /// How long a name's sources are kept before they are built again from the site config.
