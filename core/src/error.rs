@@ -8,7 +8,7 @@ use crate::Digest;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A digest string is malformed.
-    #[error("invalid digest {digest:?}: {reason}")]
+    #[error("invalid digest {digest:?}: {}", one_line(reason))]
     InvalidDigest {
         /// The offending input (truncated).
         digest: String,
@@ -16,7 +16,7 @@ pub enum Error {
         reason: String,
     },
     /// An image reference is malformed.
-    #[error("invalid reference {reference:?}: {part:?}: {reason}")]
+    #[error("invalid reference {reference:?}: {part:?}: {}", one_line(reason))]
     InvalidReference {
         /// The whole input (truncated).
         reference: String,
@@ -59,7 +59,7 @@ pub enum Error {
         limit: u64,
     },
     /// A manifest, index or config cannot be understood.
-    #[error("invalid manifest {digest}: {reason}")]
+    #[error("invalid manifest {digest}: {}", one_line(reason))]
     InvalidManifest {
         /// Digest of the bad bytes.
         digest: Digest,
@@ -141,5 +141,35 @@ impl Error {
             path: path.into(),
             source,
         }
+    }
+}
+
+/// `text` on one line: control characters (a newline inside a manifest's string, say)
+/// written as escapes, so an error about hostile bytes stays one line.
+fn one_line(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_from_outside_bytes_print_on_one_line() {
+        // A child digest of an index holding an escaped newline, as fuzzing found.
+        let index = r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:9c4\nx","size":1}]}"#;
+        let err = crate::ManifestBlob::parse(index.as_bytes().to_vec(), None, None).unwrap_err();
+        let message = err.to_string();
+        assert!(!message.contains('\n'), "{message:?}");
+        assert!(message.contains("\\n"), "{message:?}");
+        assert_eq!(one_line("a\tb\u{1b}c"), "a\\tb\\u{1b}c");
     }
 }
