@@ -1,11 +1,14 @@
 //! HTTP headers ferry reads from the other side: `WWW-Authenticate` challenges
 //! (`parse_challenges`, read by the registry client) and `Range` / `Content-Range`
-//! (`span`, `content_range_start`, read by `ferry serve`).
+//! (`span`, `content_range_start`, read by `ferry serve`); and the image a mirror request
+//! names (`upstream_name` of the repository path and containerd's `?ns=`, MIRROR-1).
 //!
 //! Input: 8 bytes of blob size (little endian), then the header text.
 #![no_main]
 
+use ferry_core::Reference;
 use ferry_drivers::sources::registry::{parse_challenges, Challenge};
+use ferry_serve::mirror::upstream_name;
 use ferry_serve::range::{content_range_start, span, Span};
 use libfuzzer_sys::fuzz_target;
 
@@ -80,4 +83,22 @@ fuzz_target!(|data: &[u8]| {
         content_range_start(&format!("bytes {size}-{end}/*")),
         Some(size)
     );
+
+    // A mirror request: the text up to the first `?` is the repository path, the rest `ns`.
+    let (repo, ns) = match text.split_once('?') {
+        Some((repo, ns)) => (repo, Some(ns)),
+        None => (text, None),
+    };
+    match upstream_name(repo, ns) {
+        Ok(name) => {
+            let parsed = Reference::parse(&name).expect("an upstream name is a reference");
+            assert_eq!(parsed.name(), name, "{text:?}: not normalized");
+            assert_eq!(
+                name.rsplit('/').next(),
+                repo.rsplit('/').next(),
+                "{text:?}: names another image"
+            );
+        }
+        Err(e) => assert!(!e.message.contains('\n'), "one-line error: {:?}", e.message),
+    }
 });
