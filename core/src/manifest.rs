@@ -239,6 +239,17 @@ impl Platform {
     }
 }
 
+impl Platform {
+    /// The platform an image config says it is for (`os`, `architecture`, `variant`).
+    pub fn of_config(config: &ImageConfiguration) -> Platform {
+        Platform {
+            os: config.os().to_string(),
+            architecture: config.architecture().to_string(),
+            variant: config.variant().clone(),
+        }
+    }
+}
+
 impl std::fmt::Display for Platform {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}/{}", self.os, self.architecture)?;

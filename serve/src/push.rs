@@ -12,7 +12,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use ferry_core::manifest::{descriptor_digest, parse_config, MAX_CONFIG_SIZE, MAX_MANIFEST_SIZE};
 use ferry_core::store::ImageRecord;
-use ferry_core::{Digest, Manifest, ManifestBlob, Store};
+use ferry_core::{Digest, Manifest, ManifestBlob, Platform, Store};
 use ferry_drivers::transfer::signatures::{signature_tag, ROOT_KIND, SIGNATURE_CONFIG_MEDIA_TYPE};
 use ferry_signing::{SignatureEnvelope, MAX_ENVELOPE_SIZE, SIGNATURE_MEDIA_TYPE};
 use sha2::{Digest as _, Sha256};
@@ -658,12 +658,7 @@ fn store_manifest(
             if let Ok(bytes) = store.read_blob(&config_digest, MAX_CONFIG_SIZE) {
                 if let Ok(config) = parse_config(&bytes, &config_digest) {
                     created = config.created().clone();
-                    let mut p = format!("{}/{}", config.os(), config.architecture());
-                    if let Some(v) = config.variant() {
-                        p.push('/');
-                        p.push_str(v);
-                    }
-                    platform = Some(p);
+                    platform = Some(Platform::of_config(&config).to_string());
                 }
             }
         }

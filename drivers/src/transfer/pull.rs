@@ -177,14 +177,7 @@ pub fn name_image(
         .read_blob(config_digest, MAX_CONFIG_SIZE)
         .map_err(local)?;
     let config = parse_config(&config_bytes, config_digest).map_err(local)?;
-    let platform = platform.or_else(|| {
-        let mut p = format!("{}/{}", config.os(), config.architecture());
-        if let Some(v) = config.variant() {
-            p.push('/');
-            p.push_str(v);
-        }
-        Some(p)
-    });
+    let platform = platform.or_else(|| Some(Platform::of_config(&config).to_string()));
     let record = ImageRecord {
         name,
         tag: reference.tag().map(str::to_string),

@@ -7,7 +7,7 @@
 mod fill;
 mod names;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -64,6 +64,9 @@ pub(crate) struct Mirror {
     allowed: Mutex<HashMap<String, HashMap<Digest, Descriptor>>>,
     /// Index children whose image completes a tag when a client asks for it.
     children: Mutex<HashMap<(String, Digest), Pending>>,
+    /// Images being completed (reference, image manifest digest): one task each, however
+    /// many clients ask for them meanwhile.
+    completing: Mutex<HashSet<(String, Digest)>>,
     fills: Arc<Fills>,
 }
 
@@ -86,6 +89,7 @@ impl Mirror {
             tags: Mutex::new(HashMap::new()),
             allowed: Mutex::new(HashMap::new()),
             children: Mutex::new(HashMap::new()),
+            completing: Mutex::new(HashSet::new()),
         }
     }
 
@@ -202,61 +206,76 @@ impl Mirror {
     /// Fetches the rest of an accepted image in the background, through the same fills
     /// clients read, and names it in the store once every blob is committed (MIRROR-7).
     fn complete(self: &Arc<Self>, pending: Pending, image: ManifestBlob, sources: Sources) {
+        let key = (pending.reference.to_string(), image.digest.clone());
+        if !self
+            .completing
+            .lock()
+            .expect("completing")
+            .insert(key.clone())
+        {
+            return;
+        }
         let mirror = self.clone();
         tokio::spawn(async move {
-            let name = pending.reference.name();
-            let Manifest::Image(manifest) = &image.manifest else {
-                return;
-            };
-            let Ok(_lease) = mirror.store.lease() else {
-                return;
-            };
-            let mut size = pending.top.bytes.len() as u64;
-            if image.digest != pending.top.digest {
-                size += image.bytes.len() as u64;
-            }
-            let blobs: Vec<Descriptor> = std::iter::once(manifest.config().clone())
-                .chain(manifest.layers().iter().cloned())
-                .collect();
-            size += blobs.iter().map(Descriptor::size).sum::<u64>();
-            let waits = blobs.iter().filter_map(|desc| {
-                let digest = descriptor_digest(desc).ok()?;
-                Some(mirror.fills.wait(FillJob {
-                    store: mirror.store.clone(),
-                    sources: sources.clone(),
-                    name: name.clone(),
-                    desc: desc.clone(),
-                    digest,
-                }))
-            });
-            if let Err(e) = futures::future::try_join_all(waits).await {
-                tracing::warn!("mirror: {} not named: {e}", pending.reference);
-                return;
-            }
-            let Ok(config_digest) = descriptor_digest(manifest.config()) else {
-                return;
-            };
-            let store = mirror.store.clone();
-            let named = tokio::task::spawn_blocking(move || {
-                name_image(
-                    &store,
-                    &pending.reference,
-                    &pending.accepted,
-                    &pending.top,
-                    &config_digest,
-                    None,
-                    size,
-                )
-            })
-            .await;
-            match named {
-                Ok(Ok((record, _))) => {
-                    tracing::info!("mirror: {}@{} is in the store", record.name, record.digest)
-                }
-                Ok(Err(e)) => tracing::warn!("mirror: naming {name}: {e}"),
-                Err(e) => tracing::warn!("mirror: naming {name}: {e}"),
-            }
+            mirror.complete_now(pending, image, sources).await;
+            mirror.completing.lock().expect("completing").remove(&key);
         });
+    }
+
+    /// The work of [`Mirror::complete`].
+    async fn complete_now(&self, pending: Pending, image: ManifestBlob, sources: Sources) {
+        let name = pending.reference.name();
+        let Manifest::Image(manifest) = &image.manifest else {
+            return;
+        };
+        let Ok(_lease) = self.store.lease() else {
+            return;
+        };
+        let mut size = pending.top.bytes.len() as u64;
+        if image.digest != pending.top.digest {
+            size += image.bytes.len() as u64;
+        }
+        let blobs: Vec<Descriptor> = std::iter::once(manifest.config().clone())
+            .chain(manifest.layers().iter().cloned())
+            .collect();
+        size += blobs.iter().map(Descriptor::size).sum::<u64>();
+        let waits = blobs.iter().filter_map(|desc| {
+            let digest = descriptor_digest(desc).ok()?;
+            Some(self.fills.wait(FillJob {
+                store: self.store.clone(),
+                sources: sources.clone(),
+                name: name.clone(),
+                desc: desc.clone(),
+                digest,
+            }))
+        });
+        if let Err(e) = futures::future::try_join_all(waits).await {
+            tracing::warn!("mirror: {} not named: {e}", pending.reference);
+            return;
+        }
+        let Ok(config_digest) = descriptor_digest(manifest.config()) else {
+            return;
+        };
+        let store = self.store.clone();
+        let named = tokio::task::spawn_blocking(move || {
+            name_image(
+                &store,
+                &pending.reference,
+                &pending.accepted,
+                &pending.top,
+                &config_digest,
+                None,
+                size,
+            )
+        })
+        .await;
+        match named {
+            Ok(Ok((record, _))) => {
+                tracing::info!("mirror: {}@{} is in the store", record.name, record.digest)
+            }
+            Ok(Err(e)) => tracing::warn!("mirror: naming {name}: {e}"),
+            Err(e) => tracing::warn!("mirror: naming {name}: {e}"),
+        }
     }
 }
 
@@ -315,14 +334,10 @@ pub(crate) async fn manifest(
     }
     .map_err(|e| ApiError::name_invalid(repo, &e.to_string()))?;
     let sources = mirror.sources(&parsed)?;
-    let (digest, pending) = match parsed.digest() {
+    let (digest, accepted) = match parsed.digest() {
         // A child of an accepted index, or a manifest already allowed for the name.
         Some(d) if mirror.allowed(&name, d).is_some() => (d.clone(), None),
-        Some(_) => {
-            let accepted = mirror.accept(&parsed, &sources).await?;
-            (accepted.digest.clone(), Some(accepted))
-        }
-        None => {
+        _ => {
             let accepted = mirror.accept(&parsed, &sources).await?;
             (accepted.digest.clone(), Some(accepted))
         }
@@ -331,21 +346,16 @@ pub(crate) async fn manifest(
         .await
         .map_err(upstream_error)?;
     mirror.allow(&name, &blob);
+    let pending = accepted.map(|accepted| Pending {
+        reference: parsed.clone(),
+        accepted,
+        top: blob.clone(),
+    });
     match (pending, &blob.manifest) {
-        (Some(accepted), Manifest::Image(_)) => {
-            let pending = Pending {
-                reference: parsed.clone(),
-                accepted,
-                top: blob.clone(),
-            };
+        (Some(pending), Manifest::Image(_)) => {
             mirror.complete(pending, blob.clone(), sources.clone());
         }
-        (Some(accepted), Manifest::Index(index)) => {
-            let pending = Pending {
-                reference: parsed.clone(),
-                accepted,
-                top: blob.clone(),
-            };
+        (Some(pending), Manifest::Index(index)) => {
             let mut children = mirror.children.lock().expect("children");
             for child in index.manifests() {
                 if let Ok(d) = descriptor_digest(child) {

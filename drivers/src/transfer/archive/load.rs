@@ -964,14 +964,7 @@ impl Loader<'_> {
             .ok_or_else(|| incomplete(format!("config {config_digest}")))?;
         let config = parse_config(&config_bytes, &config_digest).map_err(local)?;
         size += manifest.config().size() + manifest.layers().iter().map(|l| l.size()).sum::<u64>();
-        let platform = platform.or_else(|| {
-            let mut p = format!("{}/{}", config.os(), config.architecture());
-            if let Some(v) = config.variant() {
-                p.push('/');
-                p.push_str(v);
-            }
-            Some(p)
-        });
+        let platform = platform.or_else(|| Some(Platform::of_config(&config).to_string()));
         Ok(Ready {
             record: ImageRecord {
                 name: c.reference.name(),
