@@ -21,9 +21,41 @@ trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 # build_images: OCI layout in $CACHE/layout with tags busybox, deb (debootstrap minbase in
-# 3 layers, ~50 MB compressed) and big (deb + 4 incompressible layers, ~1 GB).
+# 3 layers, ~50 MB compressed), big (deb + 4 incompressible layers, ~1 GB), deb4 (the
+# minbase tree in 4 layers, the last a whiteout) and large (5 layers built like real images,
+# 1 GB uncompressed, 0.6 GB gzip: bench/layers.py). Each is built once and kept.
+has_image() { [ -f "$CACHE/layout/index.json" ] && grep -q "\"$1\"" "$CACHE/layout/index.json"; }
 build_images() {
-  [ -f "$CACHE/layout/index.json" ] && grep -q '"big"' "$CACHE/layout/index.json" && return
+  has_image big || build_base_images
+  has_image deb4 || build_deb4
+  has_image large || build_large
+}
+
+# build_deb4: the deb image's tree in 4 layers, as a Dockerfile would stack them: /usr/lib,
+# the rest of /usr, the rest, and `rm -rf /usr/share/doc` plus a file (~51 MB compressed).
+build_deb4() {
+  local L="$CACHE/layout" B="$CACHE/deb4-bundle" tars="$CACHE/deb4-tars"
+  rm -rf "$B" "$tars"; mkdir -p "$tars"
+  umoci unpack --image "$L:deb" "$B" >/dev/null
+  local T="$B/rootfs"
+  tar -C "$T" --numeric-owner -cf "$tars/1.tar" usr/lib
+  tar -C "$T" --numeric-owner --exclude=./usr/lib -cf "$tars/2.tar" ./usr
+  tar -C "$T" --numeric-owner --exclude=./usr -cf "$tars/3.tar" .
+  mkdir -p "$tars/4/usr/share" "$tars/4/etc"
+  touch "$tars/4/usr/share/.wh.doc"; echo deb4 > "$tars/4/etc/bench-release"
+  tar -C "$tars/4" --numeric-owner -cf "$tars/4.tar" usr etc
+  umoci new --image "$L:deb4"
+  for i in 1 2 3 4; do umoci raw add-layer --image "$L:deb4" "$tars/$i.tar"; done
+  umoci config --image "$L:deb4" --config.cmd /bin/bash
+  rm -rf "$B" "$tars"
+}
+
+# build_large: five layers written and gzipped by bench/layers.py.
+build_large() {
+  python3 "$BENCH_DIR/layers.py" "$CACHE/layout" large
+}
+
+build_base_images() {
   rm -rf "$CACHE" && mkdir -p "$CACHE"
   local L="$CACHE/layout" B="$CACHE/bundle"
   umoci init --layout "$L"
