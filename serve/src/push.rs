@@ -13,8 +13,10 @@ use axum::response::{IntoResponse, Response};
 use ferry_core::manifest::{descriptor_digest, parse_config, MAX_CONFIG_SIZE, MAX_MANIFEST_SIZE};
 use ferry_core::store::ImageRecord;
 use ferry_core::{Digest, Manifest, ManifestBlob, Platform, Store};
-use ferry_drivers::transfer::signatures::{signature_tag, ROOT_KIND, SIGNATURE_CONFIG_MEDIA_TYPE};
-use ferry_signing::{SignatureEnvelope, MAX_ENVELOPE_SIZE, SIGNATURE_MEDIA_TYPE};
+use ferry_drivers::transfer::signatures::{
+    envelope_of_layer, signature_tag, signature_tag_digest, store_signature, MAX_SIGNATURES,
+};
+use ferry_signing::MAX_PAYLOAD_SIZE;
 use sha2::{Digest as _, Sha256};
 use tokio::io::{AsyncSeekExt as _, AsyncWriteExt as _};
 
@@ -641,10 +643,14 @@ fn store_manifest(
                     return Err(missing(&digest));
                 }
             }
-            // A ferry signature set under its signature tag: keep its signatures (SERVE-5).
-            if m.config().media_type().to_string() == SIGNATURE_CONFIG_MEDIA_TYPE {
-                if let (Some(tag), Some(subject)) = (tag, m.subject()) {
-                    let subject = descriptor_digest(subject).map_err(bad)?;
+            // A signature set under its signature tag, whoever wrote it: keep its signatures
+            // (SERVE-5, SIG-15).
+            if let Some(tag) = tag {
+                let subject = match m.subject() {
+                    Some(subject) => Some(descriptor_digest(subject).map_err(bad)?),
+                    None => signature_tag_digest(tag),
+                };
+                if let Some(subject) = subject {
                     if signature_tag(&subject) == tag {
                         keep_signatures(store, &subject, m.layers())?;
                         store
@@ -696,35 +702,25 @@ fn store_manifest(
     Ok(())
 }
 
-/// Keeps the envelopes of a pushed signature set as signatures of `subject` (SIG-17).
+/// Keeps the signatures of a pushed signature set as signatures of `subject` (SIG-17).
 fn keep_signatures(
     store: &Store,
     subject: &Digest,
     layers: &[ferry_core::oci_spec::image::Descriptor],
 ) -> ApiResult<()> {
-    for layer in layers
-        .iter()
-        .take(ferry_drivers::transfer::signatures::MAX_SIGNATURES)
-    {
+    for layer in layers.iter().take(MAX_SIGNATURES) {
         let Ok(digest) = descriptor_digest(layer) else {
             continue;
         };
-        if layer.media_type().to_string() != SIGNATURE_MEDIA_TYPE {
-            tracing::warn!(
-                "signature set of {subject}: layer {digest} is not an envelope; skipped"
-            );
-            continue;
-        }
-        match store.read_blob(&digest, MAX_ENVELOPE_SIZE as u64) {
-            Ok(bytes) if SignatureEnvelope::from_bytes(&bytes).is_ok() => {
-                store
-                    .add_root(ROOT_KIND, &subject.to_string(), &digest)
-                    .map_err(ApiError::store)?;
-            }
-            Ok(_) => tracing::warn!(
-                "signature set of {subject}: layer {digest} is not a valid envelope; skipped"
-            ),
-            Err(e) => tracing::warn!("signature set of {subject}: layer {digest}: {e}; skipped"),
+        let kept = store
+            .read_blob(&digest, MAX_PAYLOAD_SIZE as u64)
+            .map_err(|e| e.to_string())
+            .and_then(|payload| envelope_of_layer(layer, payload))
+            .and_then(|envelope| {
+                store_signature(store, subject, &envelope).map_err(|e| e.to_string())
+            });
+        if let Err(e) = kept {
+            tracing::warn!("signature set of {subject}: layer {digest}: {e}; skipped");
         }
     }
     Ok(())

@@ -9,10 +9,10 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use ferry_core::manifest::MAX_MANIFEST_SIZE;
 use ferry_core::{media, Digest, ManifestBlob, Store};
+use ferry_core::oci_spec::image::Descriptor;
 use ferry_drivers::transfer::signatures::{
-    ROOT_KIND, SIGNATURE_CONFIG, SIGNATURE_CONFIG_MEDIA_TYPE,
+    signature_set_manifest, signatures_in_store, SIGNATURE_CONFIG,
 };
-use ferry_signing::SIGNATURE_MEDIA_TYPE;
 use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
 use tokio_util::io::ReaderStream;
 
@@ -101,23 +101,20 @@ pub(crate) fn corrupt_error(digest: &Digest) -> ApiError {
 /// The signature set of manifest `subject` (SIG-13) built from the signatures the store
 /// keeps for it (SIG-17), `None` when it keeps none (SERVE-5). Blocking.
 pub(crate) fn signature_set(store: &Store, subject: &Digest) -> ApiResult<Option<ManifestBody>> {
-    let key = subject.to_string();
-    let mut layers = Vec::new();
-    for (_, envelope) in store
-        .roots(ROOT_KIND)
-        .map_err(ApiError::store)?
-        .into_iter()
-        .filter(|(k, _)| *k == key)
+    let mut envelopes = Vec::new();
+    for envelope in signatures_in_store(store, subject)
+        .map_err(|e| ApiError::internal(format!("signatures of {subject}: {e}")))?
     {
-        if let Some(size) = store.blob_size(&envelope).map_err(ApiError::store)? {
-            layers.push(serde_json::json!({
-                "mediaType": SIGNATURE_MEDIA_TYPE,
-                "digest": envelope.to_string(),
-                "size": size,
-            }));
+        // A layer is served only with its blob, the payload.
+        if store
+            .blob_size(&envelope.payload_digest())
+            .map_err(ApiError::store)?
+            .is_some()
+        {
+            envelopes.push(envelope);
         }
     }
-    if layers.is_empty() {
+    if envelopes.is_empty() {
         return Ok(None);
     }
     let Some(subject_size) = store.blob_size(subject).map_err(ApiError::store)? else {
@@ -129,24 +126,12 @@ pub(crate) fn signature_set(store: &Store, subject: &Digest) -> ApiResult<Option
         .map(|r| r.media_type)
         .filter(|t| media::is_manifest(t))
         .unwrap_or_else(|| media::OCI_MANIFEST.to_string());
-    let manifest = serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": media::OCI_MANIFEST,
-        "artifactType": SIGNATURE_CONFIG_MEDIA_TYPE,
-        "config": {
-            "mediaType": SIGNATURE_CONFIG_MEDIA_TYPE,
-            "digest": Digest::sha256(SIGNATURE_CONFIG).to_string(),
-            "size": SIGNATURE_CONFIG.len(),
-        },
-        "layers": layers,
-        "subject": {
-            "mediaType": subject_type,
-            "digest": key,
-            "size": subject_size,
-        },
-    });
-    let bytes = serde_json::to_vec(&manifest)
-        .map_err(|e| ApiError::internal(format!("signature set of {subject}: {e}")))?;
+    let descriptor = Descriptor::new(
+        subject_type.as_str().into(),
+        subject_size,
+        ferry_core::oci_spec::image::Digest::from(subject),
+    );
+    let bytes = signature_set_manifest(&descriptor, &envelopes);
     Ok(Some(ManifestBody {
         digest: Digest::sha256(&bytes),
         media_type: media::OCI_MANIFEST.to_string(),

@@ -54,9 +54,12 @@ pub enum Error {
     /// A key id is not 16 lowercase hex characters (SIG-3).
     #[error("invalid key id {0:?}: expected 16 lowercase hex characters")]
     InvalidKeyId(String),
-    /// A signature envelope is malformed (SIG-8).
-    #[error("signature envelope: {0}")]
+    /// A signature (its layer or its stored envelope) is malformed (SIG-8).
+    #[error("signature: {0}")]
     InvalidEnvelope(String),
+    /// A cosign encrypted private key cannot be read or written (SIG-19).
+    #[error("cosign private key: {0}")]
+    CosignKey(String),
     /// A reference to sign or verify has no tag, but signatures bind tags (SIG-10, SIG-11).
     #[error("image {image}: no tag; signatures bind a name with a tag")]
     NoTag {
@@ -75,16 +78,14 @@ pub enum Error {
     #[error("signing time is before 1970-01-01")]
     InvalidCreated,
     /// No trusted key verifies a signature (SIG-10 step 3).
-    #[error("signature for {image} (key id hint {}) verifies with none of the trusted keys [{}]", hint_str(.hint), ids(.tried))]
+    #[error("signature for {image} verifies with none of the trusted keys [{}]", ids(.tried))]
     UntrustedSignature {
         /// The image the signature was checked for.
         image: String,
-        /// The key id the envelope claims, if any.
-        hint: Option<KeyId>,
         /// The ids of the trusted keys tried.
         tried: Vec<KeyId>,
     },
-    /// A signature verifies but its payload is malformed, not canonical, or of another type (SIG-6, SIG-7).
+    /// A signature verifies but its payload is malformed or of another type (SIG-6).
     #[error("signature by key {key}: invalid payload: {reason}")]
     InvalidPayload {
         /// The key that made the signature.
@@ -97,7 +98,7 @@ pub enum Error {
     IdentityMismatch {
         /// The key that made the signature.
         key: KeyId,
-        /// The `name:tag` the payload binds.
+        /// The `docker-reference` the payload binds.
         signed: String,
         /// The `name:tag` that was requested.
         requested: String,
@@ -132,11 +133,6 @@ pub enum Error {
         /// Why, naming the image, the rule and the keys tried.
         reason: String,
     },
-}
-
-fn hint_str(hint: &Option<KeyId>) -> String {
-    hint.as_ref()
-        .map_or_else(|| "none".to_string(), KeyId::to_string)
 }
 
 pub(crate) fn ids(keys: &[KeyId]) -> String {

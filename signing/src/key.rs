@@ -1,4 +1,4 @@
-//! Ed25519 key files, key ids, and the key types (SIG-1 to SIG-5).
+//! Key files (Ed25519 and ECDSA P-256), key ids, and the key types (SIG-1 to SIG-5).
 
 use std::fmt;
 use std::fs::{File, Permissions};
@@ -8,11 +8,12 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use ed25519_dalek::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey};
-use ed25519_dalek::{Signature, Signer as _, SigningKey, VerifyingKey};
+use ed25519_dalek::Signer as _;
+use p256::ecdsa::signature::Verifier as _;
 use sha2::{Digest as _, Sha256};
 use zeroize::Zeroizing;
 
-use crate::{Error, Result};
+use crate::{cosign_key, Error, Result};
 
 /// Largest key file ferry reads.
 const MAX_KEY_FILE: u64 = 16 * 1024;
@@ -21,12 +22,13 @@ const LF: ed25519_dalek::pkcs8::spki::der::pem::LineEnding =
     ed25519_dalek::pkcs8::spki::der::pem::LineEnding::LF;
 
 /// The id of a public key: the first 16 lowercase hex characters of the SHA-256 of its raw
-/// 32 bytes (SIG-3). A label and a hint, never a trust anchor.
+/// bytes, Ed25519's 32 or P-256's 65-byte uncompressed point (SIG-3). A label and a hint,
+/// never a trust anchor.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct KeyId(String);
 
 impl KeyId {
-    fn of_raw(raw: &[u8; 32]) -> KeyId {
+    fn of_raw(raw: &[u8]) -> KeyId {
         let hash = Sha256::digest(raw);
         KeyId(hex::encode(&hash[..8]))
     }
@@ -55,33 +57,48 @@ impl FromStr for KeyId {
     }
 }
 
-/// An Ed25519 public key that signatures can be verified with (SIG-5).
+/// The public half of a key, by algorithm.
+#[derive(Clone, PartialEq, Eq)]
+enum Verifying {
+    Ed25519(ed25519_dalek::VerifyingKey),
+    P256(p256::ecdsa::VerifyingKey),
+}
+
+/// A public key that signatures can be verified with: Ed25519 or ECDSA P-256 (SIG-5).
 #[derive(Clone, PartialEq, Eq)]
 pub struct PublicKey {
-    key: VerifyingKey,
+    key: Verifying,
     id: KeyId,
 }
 
 impl PublicKey {
-    /// Loads an SPKI PEM public key file, naming the file and the problem on error.
+    /// Loads an SPKI PEM public key file (Ed25519 or ECDSA P-256), naming the file and the
+    /// problem on error.
     pub fn load(path: &Path) -> Result<PublicKey> {
         const WHAT: &str = "public key";
         let (_, pem) = read_key_file(path, WHAT)?;
-        let key = VerifyingKey::from_public_key_pem(pem.trim_start()).map_err(|e| {
+        let pem = pem.trim_start();
+        if let Ok(key) = ed25519_dalek::VerifyingKey::from_public_key_pem(pem) {
+            if key.is_weak() {
+                return Err(invalid(WHAT, path, "weak (small-order) Ed25519 key".into()));
+            }
+            return Ok(PublicKey::from_verifying(Verifying::Ed25519(key)));
+        }
+        let key = p256::PublicKey::from_public_key_pem(pem).map_err(|e| {
             invalid(
                 WHAT,
                 path,
-                format!("not an Ed25519 SPKI PEM public key ({e})"),
+                format!("not an Ed25519 or ECDSA P-256 SPKI PEM public key ({e})"),
             )
         })?;
-        if key.is_weak() {
-            return Err(invalid(WHAT, path, "weak (small-order) Ed25519 key".into()));
-        }
-        Ok(PublicKey::from_verifying(key))
+        Ok(PublicKey::from_verifying(Verifying::P256(key.into())))
     }
 
-    fn from_verifying(key: VerifyingKey) -> PublicKey {
-        let id = KeyId::of_raw(key.as_bytes());
+    fn from_verifying(key: Verifying) -> PublicKey {
+        let id = match &key {
+            Verifying::Ed25519(k) => KeyId::of_raw(k.as_bytes()),
+            Verifying::P256(k) => KeyId::of_raw(k.to_encoded_point(false).as_bytes()),
+        };
         PublicKey { key, id }
     }
 
@@ -90,31 +107,90 @@ impl PublicKey {
         &self.id
     }
 
-    /// The key as SPKI PEM, the content of a `.pub` file.
-    pub fn to_pem(&self) -> String {
-        self.key
-            .to_public_key_pem(LF)
-            .expect("an Ed25519 public key always encodes as SPKI")
+    /// The key's algorithm as ferry names it: `ed25519` or `ecdsa-p256`.
+    pub fn algorithm(&self) -> &'static str {
+        match self.key {
+            Verifying::Ed25519(_) => "ed25519",
+            Verifying::P256(_) => "ecdsa-p256",
+        }
     }
 
-    /// Whether `signature` is a strictly valid signature of `message` by this key (SIG-10).
-    pub(crate) fn verifies(&self, message: &[u8], signature: &Signature) -> bool {
-        self.key.verify_strict(message, signature).is_ok()
+    /// The key as SPKI PEM, the content of a `.pub` file.
+    pub fn to_pem(&self) -> String {
+        match &self.key {
+            Verifying::Ed25519(k) => k.to_public_key_pem(LF),
+            Verifying::P256(k) => p256::PublicKey::from(k).to_public_key_pem(LF),
+        }
+        .expect("a public key always encodes as SPKI")
+    }
+
+    /// Whether `signature` is a valid signature of `message` by this key: strict Ed25519
+    /// (64 bytes), or ECDSA P-256 with SHA-256, ASN.1 DER encoded (SIG-10).
+    pub(crate) fn verifies(&self, message: &[u8], signature: &[u8]) -> bool {
+        match &self.key {
+            Verifying::Ed25519(k) => <[u8; 64]>::try_from(signature).is_ok_and(|s| {
+                k.verify_strict(message, &ed25519_dalek::Signature::from_bytes(&s))
+                    .is_ok()
+            }),
+            Verifying::P256(k) => p256::ecdsa::Signature::from_der(signature)
+                .is_ok_and(|s| k.verify(message, &s).is_ok()),
+        }
     }
 }
 
 impl fmt::Debug for PublicKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "PublicKey({})", self.id)
+        write!(f, "PublicKey({} {})", self.algorithm(), self.id)
     }
 }
 
-/// An Ed25519 private key loaded from its file; its secret never leaves it (SIG-4).
+/// The secret half of a key, by algorithm; both zero their secret when dropped.
+enum Signing {
+    Ed25519(ed25519_dalek::SigningKey),
+    P256(p256::ecdsa::SigningKey),
+}
+
+impl Signing {
+    /// Parses a PKCS#8 DER private key of either algorithm; the error never echoes the secret.
+    fn from_pkcs8_der(der: &[u8]) -> std::result::Result<Signing, String> {
+        if let Ok(k) = ed25519_dalek::SigningKey::from_pkcs8_der(der) {
+            return Ok(Signing::Ed25519(k));
+        }
+        p256::SecretKey::from_pkcs8_der(der)
+            .map(|k| Signing::P256(k.into()))
+            .map_err(|e| format!("not an Ed25519 or ECDSA P-256 PKCS#8 private key ({e})"))
+    }
+
+    /// The key as PKCS#8 DER: version 1 for Ed25519 (RFC 8410, what `openssl genpkey`
+    /// writes), RFC 5915 inside PKCS#8 for P-256.
+    fn to_pkcs8_der(&self) -> Zeroizing<Vec<u8>> {
+        let doc = match self {
+            Signing::Ed25519(k) => ed25519_dalek::pkcs8::KeypairBytes {
+                secret_key: k.to_bytes(),
+                public_key: None,
+            }
+            .to_pkcs8_der(),
+            Signing::P256(k) => p256::SecretKey::from(k).to_pkcs8_der(),
+        }
+        .expect("a private key always encodes as PKCS#8");
+        Zeroizing::new(doc.as_bytes().to_vec())
+    }
+
+    fn verifying(&self) -> Verifying {
+        match self {
+            Signing::Ed25519(k) => Verifying::Ed25519(k.verifying_key()),
+            Signing::P256(k) => Verifying::P256(*k.verifying_key()),
+        }
+    }
+}
+
+/// A private key (Ed25519 or ECDSA P-256) loaded from its file; its secret never leaves it
+/// except encrypted for cosign (SIG-4, SIG-19).
 ///
-/// There is no way to get the secret bytes out, `Debug` prints only the key id and path,
-/// and the secret is zeroed when the value is dropped.
+/// There is no way to get the plain secret bytes out, `Debug` prints only the key id and
+/// path, and the secret is zeroed when the value is dropped.
 pub struct PrivateKey {
-    key: SigningKey,
+    key: Signing,
     public: PublicKey,
     path: PathBuf,
 }
@@ -131,19 +207,23 @@ impl PrivateKey {
             });
         }
         // The parse error of a secret must not echo the secret; name only the kind of error.
-        let key = SigningKey::from_pkcs8_pem(pem.trim_start()).map_err(|e| {
-            invalid(
+        let (label, der) = ed25519_dalek::pkcs8::spki::der::pem::decode_vec(pem.trim_start().as_bytes())
+            .map_err(|e| invalid(WHAT, path, format!("not a PEM file ({e})")))?;
+        let der = Zeroizing::new(der);
+        if label != "PRIVATE KEY" {
+            return Err(invalid(
                 WHAT,
                 path,
-                format!("not an Ed25519 PKCS#8 PEM private key ({e})"),
-            )
-        })?;
+                format!("PEM label {label:?}, not \"PRIVATE KEY\" (PKCS#8)"),
+            ));
+        }
+        let key = Signing::from_pkcs8_der(&der).map_err(|reason| invalid(WHAT, path, reason))?;
         Ok(PrivateKey::from_signing(key, path))
     }
 
-    fn from_signing(key: SigningKey, path: &Path) -> PrivateKey {
+    fn from_signing(key: Signing, path: &Path) -> PrivateKey {
         PrivateKey {
-            public: PublicKey::from_verifying(key.verifying_key()),
+            public: PublicKey::from_verifying(key.verifying()),
             key,
             path: path.to_path_buf(),
         }
@@ -159,9 +239,22 @@ impl PrivateKey {
         self.public.id()
     }
 
-    /// The Ed25519 signature of `message`.
-    pub(crate) fn sign_bytes(&self, message: &[u8]) -> Signature {
-        self.key.sign(message)
+    /// The key as cosign's encrypted private key file, `ENCRYPTED SIGSTORE PRIVATE KEY` PEM
+    /// sealed with `passphrase` (SIG-19).
+    pub fn to_cosign_pem(&self, passphrase: &[u8]) -> Result<Zeroizing<String>> {
+        cosign_key::encrypt(&self.key.to_pkcs8_der(), passphrase)
+    }
+
+    /// The signature of `message`: Ed25519 (64 bytes), or ECDSA P-256 over SHA-256 of the
+    /// message, ASN.1 DER encoded (SIG-11).
+    pub(crate) fn sign_bytes(&self, message: &[u8]) -> Vec<u8> {
+        match &self.key {
+            Signing::Ed25519(k) => k.sign(message).to_bytes().to_vec(),
+            Signing::P256(k) => {
+                let signature: p256::ecdsa::Signature = k.sign(message);
+                signature.to_der().as_bytes().to_vec()
+            }
+        }
     }
 }
 
@@ -169,13 +262,14 @@ impl fmt::Debug for PrivateKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PrivateKey")
             .field("id", &self.public.id)
+            .field("algorithm", &self.public.algorithm())
             .field("path", &self.path)
             .field("secret", &format_args!("<redacted>"))
             .finish()
     }
 }
 
-/// The two files of a newly generated key pair.
+/// The two files of a newly generated or imported key pair.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyFiles {
     /// `NAME.key`: the private key, mode 0600.
@@ -189,6 +283,27 @@ pub struct KeyFiles {
 /// Generates an Ed25519 key pair as `DIR/NAME.key` (0600) and `DIR/NAME.pub`, never
 /// overwriting either (SIG-1, SIG-2).
 pub fn generate_key(dir: &Path, name: &str) -> Result<KeyFiles> {
+    let key = Signing::Ed25519(ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng));
+    write_pair(dir, name, key, "generated key pair")
+}
+
+/// Decrypts a cosign private key file's content with `passphrase` and writes the key as
+/// `DIR/NAME.key` (PKCS#8, 0600) and `DIR/NAME.pub`, never overwriting either (SIG-2, SIG-19).
+pub fn import_cosign_key(
+    dir: &Path,
+    name: &str,
+    cosign_pem: &str,
+    passphrase: &[u8],
+) -> Result<KeyFiles> {
+    validate_key_name(name)?;
+    let der = cosign_key::decrypt(cosign_pem, passphrase)?;
+    let key = Signing::from_pkcs8_der(&der).map_err(Error::CosignKey)?;
+    write_pair(dir, name, key, "imported cosign key")
+}
+
+/// Writes `key` as `DIR/NAME.key` (PKCS#8 PEM, 0600) and `DIR/NAME.pub` (SPKI PEM), never
+/// overwriting either, leaving no half pair behind (SIG-1, SIG-2).
+fn write_pair(dir: &Path, name: &str, key: Signing, what: &'static str) -> Result<KeyFiles> {
     validate_key_name(name)?;
     let private_path = dir.join(format!("{name}.key"));
     let public_path = dir.join(format!("{name}.pub"));
@@ -197,17 +312,11 @@ pub fn generate_key(dir: &Path, name: &str) -> Result<KeyFiles> {
             return Err(Error::KeyExists { path: path.clone() });
         }
     }
-
-    let key = PrivateKey::from_signing(SigningKey::generate(&mut rand::rngs::OsRng), &private_path);
-    // PKCS#8 version 1 (RFC 8410: the private key alone), the form `openssl genpkey`
-    // writes and OpenSSL 3.0 and Python's cryptography read; version 2 (with the public
-    // key inside) is read too.
-    let private_pem = ed25519_dalek::pkcs8::KeypairBytes {
-        secret_key: key.key.to_bytes(),
-        public_key: None,
-    }
-    .to_pkcs8_pem(LF)
-    .expect("an Ed25519 private key always encodes as PKCS#8");
+    let key = PrivateKey::from_signing(key, &private_path);
+    let private_pem = Zeroizing::new(
+        ed25519_dalek::pkcs8::spki::der::pem::encode_string("PRIVATE KEY", LF, &key.key.to_pkcs8_der())
+            .expect("PKCS#8 DER always encodes as PEM"),
+    );
     write_new(
         dir,
         &private_path,
@@ -230,11 +339,11 @@ pub fn generate_key(dir: &Path, name: &str) -> Result<KeyFiles> {
         // Make the new names durable; failing to is not worth failing generation.
         let _ = d.sync_all();
     }
-    tracing::info!(id = %key.id(), path = %public_path.display(), "generated key pair");
+    tracing::info!(id = %key.id(), algorithm = key.public.algorithm(), path = %public_path.display(), "{what}");
     Ok(KeyFiles {
         private_key: private_path,
         public_key: public_path,
-        id: key.public.id,
+        id: key.public.id.clone(),
     })
 }
 
@@ -332,7 +441,7 @@ mod tests {
         let raw = hex::decode("19bf44096984cdfe8541bac167dc3b96c85086aa30b6b6cb0c5c38ad703166e1")
             .unwrap();
         assert_eq!(
-            KeyId::of_raw(&raw.try_into().unwrap()).to_string(),
+            KeyId::of_raw(&raw).to_string(),
             "e744c0791320c328"
         );
     }

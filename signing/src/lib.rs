@@ -1,7 +1,9 @@
 //! ferry's image signatures and trust policy.
 //!
 //! A signature binds an image's name and tag to the digest of its top manifest, so the
-//! binding holds whatever transport carried the bytes (`specs/signature.md`). A [`Policy`]
+//! binding holds whatever transport carried the bytes (`specs/signature.md`). Signatures
+//! are cosign's key-based form (simple signing payloads, Ed25519 or ECDSA P-256 keys), so
+//! cosign and ferry check each other's. A [`Policy`]
 //! decides per name whether an image must be signed, and by which keys
 //! (`specs/policy.md`); an accepted image becomes a [`TrustedImage`], which only
 //! [`Policy::check`] can make.
@@ -27,15 +29,19 @@
 
 #![warn(missing_docs)]
 
+mod cosign_key;
 mod envelope;
 mod error;
 mod key;
 mod payload;
 mod policy;
 
-pub use envelope::{sign, SignatureEnvelope, MAX_ENVELOPE_SIZE, SIGNATURE_MEDIA_TYPE};
+pub use envelope::{
+    sign, IdentityMatch, SignatureEnvelope, ENVELOPE_MEDIA_TYPE, MAX_ENVELOPE_SIZE,
+    MAX_PAYLOAD_SIZE, PAYLOAD_MEDIA_TYPE, SIGNATURE_ANNOTATION,
+};
 pub use error::Error;
-pub use key::{generate_key, KeyFiles, KeyId, PrivateKey, PublicKey};
+pub use key::{generate_key, import_cosign_key, KeyFiles, KeyId, PrivateKey, PublicKey};
 pub use payload::PAYLOAD_TYPE;
 pub use policy::{Acceptance, Policy, TrustedImage, Verdict, SYSTEM_POLICY};
 

@@ -9,7 +9,7 @@ use toml::Spanned;
 
 use crate::envelope::check_pin;
 use crate::error::ids;
-use crate::{Error, KeyId, PublicKey, Result, SignatureEnvelope};
+use crate::{Error, IdentityMatch, KeyId, PublicKey, Result, SignatureEnvelope};
 
 /// The system-wide policy file, the last place [`Policy::load_default`] looks (POL-10).
 pub const SYSTEM_POLICY: &str = "/etc/ferry/policy.toml";
@@ -38,6 +38,7 @@ enum Requirement {
     SignedBy {
         keys: Vec<PublicKey>,
         threshold: usize,
+        identity: IdentityMatch,
     },
 }
 
@@ -90,6 +91,7 @@ pub struct TrustedImage {
     reference: Reference,
     digest: Digest,
     how: Acceptance,
+    proves_tag: bool,
 }
 
 impl TrustedImage {
@@ -106,6 +108,13 @@ impl TrustedImage {
     /// How the image was accepted.
     pub fn how(&self) -> &Acceptance {
         &self.how
+    }
+
+    /// Whether the signatures that accepted the image prove its tag: false when a rule with
+    /// `match = "repository"` counted signatures naming the repository alone, which prove
+    /// the digest and the repository only (POL-11). True for an image accepted unsigned.
+    pub fn proves_tag(&self) -> bool {
+        self.proves_tag
     }
 }
 
@@ -125,6 +134,16 @@ struct RuleFile {
     action: Spanned<Action>,
     keys: Option<Spanned<Vec<Spanned<PathBuf>>>>,
     threshold: Option<Spanned<i64>>,
+    #[serde(rename = "match")]
+    identity: Option<Spanned<Match>>,
+}
+
+/// A rule's `match` (POL-11).
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+enum Match {
+    Exact,
+    Repository,
 }
 
 #[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
@@ -225,6 +244,15 @@ impl Policy {
         self.source.as_deref()
     }
 
+    /// The keys whose signatures the rule for this name counts; none unless it is
+    /// `signed-by` (POL-2, POL-5).
+    pub fn keys_for(&self, reference: &Reference) -> &[PublicKey] {
+        match self.rule_for(&reference.name()).1 {
+            Requirement::SignedBy { keys, .. } => keys,
+            _ => &[],
+        }
+    }
+
     /// Whether the rule for this name requires signatures (POL-9).
     pub fn requires_signature(&self, reference: &Reference) -> bool {
         matches!(
@@ -243,27 +271,47 @@ impl Policy {
         manifest_digest: &Digest,
         signatures: &[SignatureEnvelope],
     ) -> Result<Verdict> {
+        self.decide(reference, manifest_digest, signatures)
+            .map(|(verdict, _)| verdict)
+    }
+
+    /// The verdict, and whether an acceptance proves the tag (POL-11).
+    fn decide(
+        &self,
+        reference: &Reference,
+        manifest_digest: &Digest,
+        signatures: &[SignatureEnvelope],
+    ) -> Result<(Verdict, bool)> {
         check_pin(reference, manifest_digest)?;
         let image = reference.pinned(manifest_digest.clone());
         let (rule, requirement) = self.rule_for(&reference.name());
-        let verdict = match requirement {
-            Requirement::Accept => Verdict::Accepted {
-                how: Acceptance::Unsigned,
-            },
-            Requirement::Reject => Verdict::Rejected {
-                reason: format!("image {image}: rejected by {rule}"),
-            },
-            Requirement::SignedBy { keys, threshold } => signed_by(
+        let (verdict, proves_tag) = match requirement {
+            Requirement::Accept => (
+                Verdict::Accepted {
+                    how: Acceptance::Unsigned,
+                },
+                true,
+            ),
+            Requirement::Reject => (
+                Verdict::Rejected {
+                    reason: format!("image {image}: rejected by {rule}"),
+                },
+                false,
+            ),
+            Requirement::SignedBy {
+                keys,
+                threshold,
+                identity,
+            } => signed_by(
                 reference,
                 manifest_digest,
                 &rule,
-                keys,
-                *threshold,
+                (keys, *threshold, *identity),
                 signatures,
             ),
         };
         tracing::debug!(image = %image, rule = %rule, verdict = ?verdict, "evaluated");
-        Ok(verdict)
+        Ok((verdict, proves_tag))
     }
 
     /// Evaluates like [`Policy::evaluate`] and turns acceptance into the [`TrustedImage`]
@@ -275,13 +323,14 @@ impl Policy {
         signatures: &[SignatureEnvelope],
     ) -> Result<TrustedImage> {
         let pinned = reference.pinned(manifest_digest.clone());
-        match self.evaluate(reference, manifest_digest, signatures)? {
-            Verdict::Accepted { how } => Ok(TrustedImage {
+        match self.decide(reference, manifest_digest, signatures)? {
+            (Verdict::Accepted { how }, proves_tag) => Ok(TrustedImage {
                 reference: pinned,
                 digest: manifest_digest.clone(),
                 how,
+                proves_tag,
             }),
-            Verdict::Rejected { reason } => Err(Error::Rejected {
+            (Verdict::Rejected { reason }, _) => Err(Error::Rejected {
                 image: pinned.to_string(),
                 reason,
             }),
@@ -315,31 +364,40 @@ impl Policy {
 }
 
 /// The verdict of a `signed-by` rule: `threshold` distinct keys of `keys` must have made a
-/// valid signature among `signatures` (POL-6, SIG-10).
+/// valid signature among `signatures` (POL-6, SIG-10); and whether those that name the tag
+/// alone reach the threshold (POL-11).
 fn signed_by(
     reference: &Reference,
     manifest_digest: &Digest,
     rule: &str,
-    keys: &[PublicKey],
-    threshold: usize,
+    (keys, threshold, identity): (&[PublicKey], usize, IdentityMatch),
     signatures: &[SignatureEnvelope],
-) -> Verdict {
+) -> (Verdict, bool) {
     let key_ids: Vec<KeyId> = keys.iter().map(|k| k.id().clone()).collect();
+    let scope = match identity {
+        IdentityMatch::Exact => "",
+        IdentityMatch::Repository => " naming the repository",
+    };
     let needs = format!(
-        "{rule} requires valid signatures by {threshold} of the keys [{}]",
+        "{rule} requires valid signatures{scope} by {threshold} of the keys [{}]",
         ids(&key_ids)
     );
     let image = reference.pinned(manifest_digest.clone());
     if image.tag().is_none() {
-        return Verdict::Rejected {
-            reason: format!("image {image}: {needs}, but has no tag for a signature to bind"),
-        };
+        let reason = format!("image {image}: {needs}, but has no tag for a signature to bind");
+        return (Verdict::Rejected { reason }, false);
     }
     let mut signers: Vec<&PublicKey> = Vec::new();
+    let mut tag_signers: Vec<&PublicKey> = Vec::new();
     let mut problems = Vec::new();
     for (i, envelope) in signatures.iter().enumerate() {
-        match envelope.verify(keys, reference, manifest_digest) {
-            Ok(key) => signers.push(key),
+        match envelope.check(keys, reference, manifest_digest, identity) {
+            Ok(v) => {
+                signers.push(v.key);
+                if v.names_tag {
+                    tag_signers.push(v.key);
+                }
+            }
             Err(e) => problems.push(format!("signature {}: {e}", i + 1)),
         }
     }
@@ -350,9 +408,9 @@ fn signed_by(
         .map(|k| k.id().clone())
         .collect();
     if signed.len() >= threshold {
-        return Verdict::Accepted {
-            how: Acceptance::SignedBy(signed),
-        };
+        let proves_tag = keys.iter().filter(|k| tag_signers.contains(k)).count() >= threshold;
+        let how = Acceptance::SignedBy(signed);
+        return (Verdict::Accepted { how }, proves_tag);
     }
     let found = if signatures.is_empty() {
         "no signatures were found".to_string()
@@ -365,9 +423,8 @@ fn signed_by(
             problems.join("; ")
         )
     };
-    Verdict::Rejected {
-        reason: format!("image {image}: {needs}: {found}"),
-    }
+    let reason = format!("image {image}: {needs}: {found}");
+    (Verdict::Rejected { reason }, false)
 }
 
 /// The requirement a `[default]` or `[[rule]]` table states, with its keys loaded (POL-2, POL-3).
@@ -388,6 +445,12 @@ fn requirement(
             return Err(at(
                 t.span().start,
                 "threshold only applies to action \"signed-by\"".into(),
+            ));
+        }
+        if let Some(m) = &rule.identity {
+            return Err(at(
+                m.span().start,
+                "match only applies to action \"signed-by\"".into(),
             ));
         }
         return Ok(if action == Action::Accept {
@@ -445,7 +508,15 @@ fn requirement(
             n as usize
         }
     };
-    Ok(Requirement::SignedBy { keys, threshold })
+    let identity = match rule.identity.map(Spanned::into_inner) {
+        None | Some(Match::Exact) => IdentityMatch::Exact,
+        Some(Match::Repository) => IdentityMatch::Repository,
+    };
+    Ok(Requirement::SignedBy {
+        keys,
+        threshold,
+        identity,
+    })
 }
 
 /// Checks that `prefix` is a normalized name or a leading part of one (POL-4).

@@ -1,4 +1,4 @@
-//! Key files and key ids (SIG-1 to SIG-5).
+//! Key files, key ids and cosign key files (SIG-1 to SIG-5, SIG-19).
 
 mod common;
 
@@ -7,7 +7,10 @@ use std::os::unix::fs::PermissionsExt;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use common::*;
-use ferry_signing::{generate_key, sign, Error, PrivateKey, PublicKey};
+use ferry_signing::{
+    generate_key, import_cosign_key, sign, Error, IdentityMatch, PrivateKey, PublicKey,
+};
+use IdentityMatch::Exact;
 use sha2::{Digest as _, Sha256};
 
 fn mode(path: &std::path::Path) -> u32 {
@@ -348,12 +351,81 @@ fn keys_cross_with_openssl_both_ways_sig_1() {
     let signature = ok(&[
         "pkeyutl", "-sign", "-rawin", "-inkey", "ossl.key", "-in", "payload",
     ]);
-    let from_openssl = envelope(&payload, &signature, None);
+    let from_openssl = envelope(&payload, &signature);
     let trusted = [their_public];
-    assert!(from_openssl.verify(&trusted, &image, &manifest).is_ok());
+    assert!(from_openssl.verify(&trusted, &image, &manifest, Exact).is_ok());
     let mut forged = signature.clone();
     forged[0] ^= 1;
-    assert!(envelope(&payload, &forged, None)
-        .verify(&trusted, &image, &manifest)
+    assert!(envelope(&payload, &forged)
+        .verify(&trusted, &image, &manifest, Exact)
         .is_err());
+
+    // ECDSA P-256, cosign's key type: openssl's key loads in ferry; what ferry signs openssl
+    // verifies (DER over SHA-256), and what openssl signs ferry verifies.
+    ok(&[
+        "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", "ec.key",
+    ]);
+    ok(&["pkey", "-in", "ec.key", "-pubout", "-out", "ec.pub"]);
+    std::fs::set_permissions(
+        dir.path().join("ec.key"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    let ec = PrivateKey::load(&dir.path().join("ec.key")).unwrap();
+    let ec_public = PublicKey::load(&dir.path().join("ec.pub")).unwrap();
+    assert_eq!(ec.public_key(), &ec_public);
+    assert_eq!(ec_public.algorithm(), "ecdsa-p256");
+    let (payload, signature) = parts(&sign(&ec, &image, &manifest, None).unwrap());
+    std::fs::write(dir.path().join("payload"), &payload).unwrap();
+    std::fs::write(dir.path().join("sig"), &signature).unwrap();
+    ok(&[
+        "dgst", "-sha256", "-verify", "ec.pub", "-signature", "sig", "payload",
+    ]);
+    let cosign_payload = common::payload("registry.example.com/team/app", &manifest);
+    std::fs::write(dir.path().join("payload"), &cosign_payload).unwrap();
+    let signature = ok(&["dgst", "-sha256", "-sign", "ec.key", "payload"]);
+    let from_openssl = envelope(cosign_payload.as_bytes(), &signature);
+    let trusted = [ec_public];
+    assert!(from_openssl
+        .verify(&trusted, &image, &manifest, IdentityMatch::Repository)
+        .is_ok());
+    assert!(from_openssl
+        .verify(&trusted, &image, &manifest, Exact)
+        .is_err());
+}
+
+/// SIG-19: a key exported in cosign's encrypted form imports back as the same key, only with
+/// its passphrase, never over an existing file; the imported key signs.
+#[test]
+fn cosign_key_files_export_and_import_sig_19() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = p256::SecretKey::random(&mut rand::rngs::OsRng);
+    let pem = p256::pkcs8::EncodePrivateKey::to_pkcs8_pem(&secret, Default::default()).unwrap();
+    let original = PrivateKey::load(&common::write_private(dir.path(), "orig.key", &pem)).unwrap();
+    let sealed = original.to_cosign_pem(b"s3cret").unwrap();
+    assert!(sealed.starts_with("-----BEGIN ENCRYPTED SIGSTORE PRIVATE KEY-----\n"));
+    assert!(!sealed.contains(pem.lines().nth(1).unwrap()));
+
+    let e = import_cosign_key(dir.path(), "imported", &sealed, b"wrong").unwrap_err();
+    assert!(e.to_string().contains("wrong passphrase"), "{e}");
+    assert!(!dir.path().join("imported.key").exists());
+    let files = import_cosign_key(dir.path(), "imported", &sealed, b"s3cret").unwrap();
+    assert_eq!(&files.id, original.id());
+    assert_eq!(mode(&files.private_key), 0o600);
+    let imported = PrivateKey::load(&files.private_key).unwrap();
+    assert_eq!(imported.public_key(), original.public_key());
+    assert_eq!(PublicKey::load(&files.public_key).unwrap(), *original.public_key());
+    let image = reference("registry.example.com/team/app:1");
+    let e = sign(&imported, &image, &digest("m"), None).unwrap();
+    assert!(e
+        .verify(std::slice::from_ref(original.public_key()), &image, &digest("m"), Exact)
+        .is_ok());
+    let again = import_cosign_key(dir.path(), "imported", &sealed, b"s3cret").unwrap_err();
+    assert!(matches!(again, Error::KeyExists { .. }), "{again}");
+
+    // Ed25519 keys travel the same way.
+    let ed = generate_key(dir.path(), "ed").unwrap();
+    let ed_key = PrivateKey::load(&ed.private_key).unwrap();
+    let files = import_cosign_key(dir.path(), "ed2", &ed_key.to_cosign_pem(b"").unwrap(), b"").unwrap();
+    assert_eq!(files.id, ed.id);
 }

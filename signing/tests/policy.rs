@@ -1,4 +1,4 @@
-//! Trust policy files, verdicts and TrustedImage (POL-1 to POL-10).
+//! Trust policy files, verdicts and TrustedImage (POL-1 to POL-11).
 
 mod common;
 
@@ -511,4 +511,98 @@ fn a_policy_file_that_is_missing_or_not_toml_is_an_error_pol_1() {
         .unwrap_err()
         .to_string();
     assert!(explicit.contains("nope.toml"), "{explicit}");
+}
+
+/// A signature by `key` binding the repository `name` alone (cosign's usual form) to
+/// `manifest`: the payload cosign writes, signed with the test key's private half.
+fn repository_sig(key: &TestKey, name: &str, manifest: &str) -> SignatureEnvelope {
+    let payload = payload(name, &digest(manifest));
+    let pem = std::fs::read_to_string(key.pub_path.with_extension("key")).unwrap();
+    use ed25519_dalek::pkcs8::DecodePrivateKey as _;
+    use ed25519_dalek::Signer as _;
+    let signing = ed25519_dalek::SigningKey::from_pkcs8_pem(&pem).unwrap();
+    envelope(payload.as_bytes(), &signing.sign(payload.as_bytes()).to_bytes())
+}
+
+const REPOSITORY_MATCH: &str = r#"
+[default]
+action = "reject"
+
+[[rule]]
+prefix = "reg.io/team"
+action = "signed-by"
+keys = ["keys/a.pub"]
+match = "repository"
+
+[[rule]]
+prefix = "reg.io/exact"
+action = "signed-by"
+keys = ["keys/a.pub"]
+match = "exact"
+"#;
+
+#[test]
+fn match_repository_accepts_a_repository_signature_without_proving_the_tag_pol_11() {
+    let s = site();
+    let p = s.policy(REPOSITORY_MATCH);
+    let repo = repository_sig(&s.a, "reg.io/team/app", "m1");
+    let trusted = p
+        .check(&reference("reg.io/team/app:1"), &digest("m1"), &[repo.clone()])
+        .unwrap();
+    assert_eq!(
+        trusted.how(),
+        &Acceptance::SignedBy(vec![s.a.public.id().clone()])
+    );
+    assert!(!trusted.proves_tag());
+    // Any tag of the repository naming that digest is accepted: the tag is not proven.
+    assert!(p
+        .check(&reference("reg.io/team/app:2"), &digest("m1"), &[repo.clone()])
+        .is_ok());
+    // Not another digest, not another repository, not by another key.
+    assert!(p
+        .check(&reference("reg.io/team/app:1"), &digest("m2"), &[repo.clone()])
+        .is_err());
+    assert!(p
+        .check(&reference("reg.io/team/other:1"), &digest("m1"), &[repo])
+        .is_err());
+    let stranger = repository_sig(&s.stranger, "reg.io/team/app", "m1");
+    assert!(p
+        .check(&reference("reg.io/team/app:1"), &digest("m1"), &[stranger])
+        .is_err());
+    // A signature naming the tag proves it, under either match.
+    let exact = s.sig(&s.a, "reg.io/team/app:1", "m1");
+    let trusted = p
+        .check(&reference("reg.io/team/app:1"), &digest("m1"), &[exact])
+        .unwrap();
+    assert!(trusted.proves_tag());
+    let exact = s.sig(&s.a, "reg.io/exact/app:1", "m1");
+    assert!(p
+        .check(&reference("reg.io/exact/app:1"), &digest("m1"), &[exact])
+        .unwrap()
+        .proves_tag());
+}
+
+#[test]
+fn the_default_match_is_exact_and_refuses_repository_signatures_pol_11() {
+    let s = site();
+    let p = s.policy(REPOSITORY_MATCH);
+    let repo = repository_sig(&s.a, "reg.io/exact/app", "m1");
+    let reason = rejected(verdict(&p, "reg.io/exact/app:1", "m1", &[repo.clone()]));
+    assert!(
+        reason.contains("is for reg.io/exact/app, not reg.io/exact/app:1"),
+        "{reason}"
+    );
+    let p = s.policy(TEAM_SIGNED);
+    let repo = repository_sig(&s.a, "reg.io/team/app", "m1");
+    assert!(matches!(
+        verdict(&p, "reg.io/team/app:1", "m1", &[repo]),
+        Verdict::Rejected { .. }
+    ));
+    // `match` belongs to signed-by rules only, and takes only its two values.
+    let e = s.policy_err("[default]\naction = \"accept\"\nmatch = \"repository\"\n");
+    assert!(e.contains("line 3") && e.contains("match only applies"), "{e}");
+    let e = s.policy_err(
+        "[default]\naction = \"signed-by\"\nkeys = [\"keys/a.pub\"]\nmatch = \"prefix\"\n",
+    );
+    assert!(e.contains("line 4") && e.contains("unknown variant"), "{e}");
 }

@@ -1,16 +1,18 @@
 //! Signatures next to images: the tag-scheme transport over any [`Driver`] and signatures in
 //! the local store.
 //!
-//! Format and rules: `specs/signature.md` (SIG-12 to SIG-18). The signatures of top manifest
-//! `D` of image `NAME` live in `NAME`'s own repository, under the tag [`signature_tag`]`(D)`
-//! (`sha256-<hex>.sig`), as an OCI image manifest whose layers are signature envelopes.
-//! Everything here goes through the [`Driver`] trait (resolve, manifests, blobs), so every
-//! transport that can carry an image can carry its signatures unchanged.
+//! Format and rules: `specs/signature.md` (SIG-8, SIG-12 to SIG-18). The signatures of top
+//! manifest `D` of image `NAME` live in `NAME`'s own repository, under the tag
+//! [`signature_tag`]`(D)` (`sha256-<hex>.sig`), as an OCI image manifest whose layers are
+//! cosign signature layers: the payload as the blob, the signature in an annotation. cosign
+//! and ferry read and add to the same sets. Everything here goes through the [`Driver`] trait
+//! (resolve, manifests, blobs), so every transport that can carry an image can carry its
+//! signatures unchanged.
 //!
-//! Nothing here trusts a signature: envelopes are only read, written and kept. Whether they
+//! Nothing here trusts a signature: signatures are only read, written and kept. Whether they
 //! are worth anything is decided by a [`Policy`].
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -20,20 +22,24 @@ use ferry_core::oci_spec::image::Descriptor;
 use ferry_core::store::ImageRecord;
 use ferry_core::{Digest, Manifest, ManifestBlob, Reference, Store};
 use ferry_signing::{
-    Policy, SignatureEnvelope, TrustedImage, Verdict, MAX_ENVELOPE_SIZE, SIGNATURE_MEDIA_TYPE,
+    Policy, SignatureEnvelope, TrustedImage, Verdict, ENVELOPE_MEDIA_TYPE, MAX_ENVELOPE_SIZE,
+    MAX_PAYLOAD_SIZE, PAYLOAD_MEDIA_TYPE, SIGNATURE_ANNOTATION,
 };
 use futures::StreamExt as _;
 
 use crate::{ByteRange, ByteStream, Driver, Error, ErrorKind, Result};
 
-/// Media type of a signature set's config blob, and its `artifactType` (SIG-13).
+/// Media type of the config blob of a signature set ferry creates, and its `artifactType`
+/// (SIG-13).
 pub const SIGNATURE_CONFIG_MEDIA_TYPE: &str = "application/vnd.ferry.signature.config.v1+json";
-/// The config blob of every signature set: the two bytes `{}` (SIG-13).
+/// The config blob of every signature set ferry creates: the two bytes `{}` (SIG-13).
 pub const SIGNATURE_CONFIG: &[u8] = b"{}";
-/// Most envelopes read from one signature set, and most a set may hold (SIG-14, SIG-15).
+/// Most signature layers read from one signature set, and most a set may hold (SIG-14, SIG-15).
 pub const MAX_SIGNATURES: usize = 64;
-/// The kind of the store roots that keep signature envelopes (SIG-17).
+/// The kind of the store roots that keep stored envelopes (SIG-17).
 pub const ROOT_KIND: &str = "signature";
+/// The kind of the store roots that keep signature payloads, the layer blobs (SIG-17).
+pub const PAYLOAD_ROOT_KIND: &str = "signature-payload";
 /// Longest tag the OCI distribution spec allows.
 const MAX_TAG_LEN: usize = 128;
 /// Suffix of a signature tag.
@@ -48,9 +54,97 @@ pub fn signature_tag(digest: &Digest) -> String {
     tag
 }
 
-/// A signature set as read from a source: its manifest digest and its layers.
+/// The manifest digest whose signature tag `tag` is, if it is one: `None` for any other tag,
+/// and for a cut `sha512` tag, which names no whole digest (SIG-12).
+pub fn signature_tag_digest(tag: &str) -> Option<Digest> {
+    let (alg, hex) = tag.strip_suffix(TAG_SUFFIX)?.split_once('-')?;
+    let digest = Digest::parse(&format!("{alg}:{hex}")).ok()?;
+    (signature_tag(&digest) == tag).then_some(digest)
+}
+
+/// The layer descriptor of one signature: the payload's media type, digest and size, and the
+/// signature in the `dev.cosignproject.cosign/signature` annotation (SIG-8).
+pub fn signature_layer(envelope: &SignatureEnvelope) -> Descriptor {
+    let mut layer = Descriptor::new(
+        PAYLOAD_MEDIA_TYPE.into(),
+        envelope.payload().len() as u64,
+        ferry_core::oci_spec::image::Digest::from(&envelope.payload_digest()),
+    );
+    layer.set_annotations(Some(HashMap::from([(
+        SIGNATURE_ANNOTATION.to_string(),
+        envelope.signature_base64(),
+    )])));
+    layer
+}
+
+/// The signature a layer carries, from its descriptor and its blob's bytes: checks the media
+/// type, the size, the digest and the signature annotation (SIG-8, SIG-14); the reason on
+/// failure.
+pub fn envelope_of_layer(
+    layer: &Descriptor,
+    payload: Vec<u8>,
+) -> std::result::Result<SignatureEnvelope, String> {
+    let media_type = layer.media_type().to_string();
+    if media_type != PAYLOAD_MEDIA_TYPE {
+        return Err(format!(
+            "media type {media_type:?}, not {PAYLOAD_MEDIA_TYPE:?}"
+        ));
+    }
+    check_layer_size(layer)?;
+    let digest = descriptor_digest(layer).map_err(|e| e.to_string())?;
+    let actual = Digest::of(digest.algorithm(), &payload);
+    if payload.len() as u64 != layer.size() || actual != digest {
+        return Err(format!(
+            "digest mismatch: {} bytes hashing to {actual}",
+            payload.len()
+        ));
+    }
+    let signature = layer
+        .annotations()
+        .as_ref()
+        .and_then(|a| a.get(SIGNATURE_ANNOTATION))
+        .ok_or_else(|| format!("no {SIGNATURE_ANNOTATION} annotation"))?;
+    SignatureEnvelope::from_layer(payload, signature).map_err(|e| e.to_string())
+}
+
+/// Fails when a layer is larger than a payload may be (SIG-8), before any byte is fetched.
+fn check_layer_size(layer: &Descriptor) -> std::result::Result<(), String> {
+    if layer.size() > MAX_PAYLOAD_SIZE as u64 {
+        return Err(format!(
+            "{} bytes, more than a signature payload may have ({MAX_PAYLOAD_SIZE})",
+            layer.size()
+        ));
+    }
+    Ok(())
+}
+
+/// The bytes of a new signature set holding `envelopes`, in order, for the manifest
+/// `subject` describes (SIG-13). Its blobs are [`SIGNATURE_CONFIG`] and each payload.
+pub fn signature_set_manifest(subject: &Descriptor, envelopes: &[SignatureEnvelope]) -> Vec<u8> {
+    let layers: Vec<Descriptor> = envelopes.iter().map(signature_layer).collect();
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": media::OCI_MANIFEST,
+        "artifactType": SIGNATURE_CONFIG_MEDIA_TYPE,
+        "config": {
+            "mediaType": SIGNATURE_CONFIG_MEDIA_TYPE,
+            "digest": Digest::sha256(SIGNATURE_CONFIG).to_string(),
+            "size": SIGNATURE_CONFIG.len(),
+        },
+        "layers": layers,
+        "subject": {
+            "mediaType": subject.media_type().to_string(),
+            "digest": subject.digest().to_string(),
+            "size": subject.size(),
+        },
+    });
+    serde_json::to_vec(&manifest).expect("a manifest of strings and numbers serializes")
+}
+
+/// A signature set as read from a source: its manifest, as bytes and parsed.
 struct SignatureSet {
     digest: Digest,
+    bytes: Bytes,
     layers: Vec<Descriptor>,
 }
 
@@ -58,15 +152,14 @@ struct SignatureSet {
 enum Found {
     /// Nothing: the tag is missing.
     Nothing,
-    /// Something that is not a ferry signature set (another tool's artifact, e.g. a cosign
-    /// signature, which uses the same tag form); described for messages.
+    /// Something that is not a signature set (an index); described for messages.
     Foreign(String),
-    /// A ferry signature set for the manifest.
+    /// A signature set (an image manifest), whoever wrote it.
     Set(SignatureSet),
 }
 
-/// Reads what `driver` has under the signature tag of `digest` (SIG-14). A ferry signature
-/// set whose subject is another manifest is an error.
+/// Reads what `driver` has under the signature tag of `digest` (SIG-14). A set whose subject
+/// is another manifest is an error.
 async fn read_set(driver: &dyn Driver, name: &str, digest: &Digest) -> Result<Found> {
     let source = driver.source_name();
     let tag = signature_tag(digest);
@@ -75,11 +168,10 @@ async fn read_set(driver: &dyn Driver, name: &str, digest: &Digest) -> Result<Fo
         Err(e) if e.kind == ErrorKind::NotFound => return Ok(Found::Nothing),
         Err(e) => return Err(e),
     };
-    let what = format!("signature set {name}:{tag}");
     let set_digest = descriptor_digest(&desc).map_err(|e| Error::from_core(source, e))?;
     let fetched = driver.fetch_manifest(name, &set_digest).await?;
     let blob = ManifestBlob::parse(
-        fetched.bytes,
+        fetched.bytes.clone(),
         fetched.content_type.as_deref(),
         Some(&set_digest),
     )
@@ -87,36 +179,31 @@ async fn read_set(driver: &dyn Driver, name: &str, digest: &Digest) -> Result<Fo
     let Manifest::Image(manifest) = blob.manifest else {
         return Ok(Found::Foreign(format!("an index ({set_digest})")));
     };
-    let config_type = manifest.config().media_type().to_string();
-    if config_type != SIGNATURE_CONFIG_MEDIA_TYPE {
-        return Ok(Found::Foreign(format!(
-            "a manifest with config media type {config_type:?} ({set_digest})"
-        )));
-    }
-    let invalid = |why: String| Error::new(ErrorKind::Invalid, source, format!("{what}: {why}"));
-    match manifest.subject() {
-        Some(subject) => {
-            let subject = descriptor_digest(subject).map_err(|e| Error::from_core(source, e))?;
-            if &subject != digest {
-                return Err(invalid(format!("its subject is {subject}, not {digest}")));
-            }
+    if let Some(subject) = manifest.subject() {
+        let subject = descriptor_digest(subject).map_err(|e| Error::from_core(source, e))?;
+        if &subject != digest {
+            return Err(Error::new(
+                ErrorKind::Invalid,
+                source,
+                format!("signature set {name}:{tag}: its subject is {subject}, not {digest}"),
+            ));
         }
-        None => return Err(invalid("no subject".into())),
     }
     Ok(Found::Set(SignatureSet {
         digest: set_digest,
+        bytes: fetched.bytes.into(),
         layers: manifest.layers().clone(),
     }))
 }
 
-/// The signature envelopes kept next to manifest `digest` of image `name` at `driver`; none
-/// when its signature tag is missing (SIG-14).
+/// The signatures kept next to manifest `digest` of image `name` at `driver`; none when its
+/// signature tag is missing (SIG-14).
 ///
-/// At most [`MAX_SIGNATURES`] layers are read. A layer that is not an envelope, too large,
-/// corrupt (its bytes do not match its digest) or malformed is skipped with a warning.
-/// Another tool's artifact under the tag (a cosign signature uses the same tag form) holds no
-/// ferry signatures; a ferry set that is unreadable or for another manifest is an error. Envelopes are returned unverified, without duplicates: a [`Policy`] decides what
-/// they are worth.
+/// At most [`MAX_SIGNATURES`] layers are read. A layer that is not a signature layer, too
+/// large, corrupt (its bytes do not match its digest) or without its signature is skipped
+/// with a warning. An index under the tag holds no signatures; a set that is unreadable or
+/// for another manifest is an error. Signatures are returned unverified, without
+/// duplicates: a [`Policy`] decides what they are worth.
 pub async fn fetch_signatures(
     driver: &dyn Driver,
     name: &str,
@@ -127,7 +214,7 @@ pub async fn fetch_signatures(
         Found::Nothing => return Ok(Vec::new()),
         Found::Foreign(what) => {
             tracing::info!(
-                "source {:?}: {name}:{} holds {what}, not ferry signatures",
+                "source {:?}: {name}:{} holds {what}, not a signature set",
                 driver.source_name(),
                 signature_tag(digest)
             );
@@ -154,8 +241,8 @@ pub async fn fetch_signatures(
     Ok(envelopes)
 }
 
-/// Fetches and parses one envelope layer of the signature set of `digest`, checking its size
-/// and digest.
+/// Fetches one signature layer of the signature set of `digest` and reads its signature,
+/// checking its size before and its digest after fetching.
 async fn fetch_envelope(
     driver: &dyn Driver,
     name: &str,
@@ -163,23 +250,19 @@ async fn fetch_envelope(
     layer: &Descriptor,
 ) -> Result<SignatureEnvelope> {
     let source = driver.source_name();
-    let media_type = layer.media_type().to_string();
     let what = format!("signature {} of {name}@{digest}", layer.digest());
     let invalid = |why: String| Error::new(ErrorKind::Invalid, source, format!("{what}: {why}"));
-    if media_type != SIGNATURE_MEDIA_TYPE {
+    let media_type = layer.media_type().to_string();
+    if media_type != PAYLOAD_MEDIA_TYPE {
         return Err(invalid(format!(
-            "media type {media_type:?}, not {SIGNATURE_MEDIA_TYPE:?}"
+            "media type {media_type:?}, not {PAYLOAD_MEDIA_TYPE:?}"
         )));
     }
+    check_layer_size(layer).map_err(invalid)?;
     let size = layer.size();
-    if size > MAX_ENVELOPE_SIZE as u64 {
-        return Err(invalid(format!(
-            "{size} bytes, more than an envelope may have ({MAX_ENVELOPE_SIZE})"
-        )));
-    }
-    let envelope_digest = descriptor_digest(layer).map_err(|e| Error::from_core(source, e))?;
+    let payload_digest = descriptor_digest(layer).map_err(|e| Error::from_core(source, e))?;
     let mut body = driver
-        .fetch_blob(name, &envelope_digest, ByteRange::WHOLE)
+        .fetch_blob(name, &payload_digest, ByteRange::WHOLE)
         .await?;
     let mut bytes = Vec::with_capacity(size as usize);
     while let Some(chunk) = body.stream.next().await {
@@ -192,17 +275,13 @@ async fn fetch_envelope(
         }
         bytes.extend_from_slice(&chunk);
     }
-    let actual = Digest::of(envelope_digest.algorithm(), &bytes);
-    if bytes.len() as u64 != size || actual != envelope_digest {
-        return Err(Error::corrupt(
-            source,
-            format!(
-                "{what}: digest mismatch: {} bytes hashing to {actual}",
-                bytes.len()
-            ),
-        ));
-    }
-    SignatureEnvelope::from_bytes(&bytes).map_err(|e| invalid(e.to_string()))
+    envelope_of_layer(layer, bytes).map_err(|why| {
+        if why.starts_with("digest mismatch") {
+            Error::corrupt(source, format!("{what}: {why}"))
+        } else {
+            invalid(why)
+        }
+    })
 }
 
 /// Where [`push_signature`] left a signature.
@@ -212,20 +291,20 @@ pub struct PushedSignature {
     pub tag: String,
     /// The digest of the signature set's manifest now under the tag.
     pub set_digest: Digest,
-    /// The digest of the envelope blob.
-    pub envelope_digest: Digest,
-    /// False when the set already held this envelope and nothing was written.
+    /// The digest of the signature's layer, its payload.
+    pub payload_digest: Digest,
+    /// False when the set already held this signature and nothing was written.
     pub added: bool,
 }
 
-/// Adds `envelope` to the signature set of the manifest `subject` describes, in image
-/// `name`'s repository at `driver` (SIG-15).
+/// Adds `envelope` as a layer of the signature set of the manifest `subject` describes, in
+/// image `name`'s repository at `driver` (SIG-15).
 ///
-/// Signatures accumulate: the set's existing layers are kept and the envelope is appended
-/// unless the set already holds the same bytes. Blobs are written before the manifest, so
-/// the tag never names a set whose envelopes are missing. Fails, writing nothing, when the
-/// tag holds something that is not a ferry signature set for `subject` (never overwritten),
-/// or a set that already holds [`MAX_SIGNATURES`] layers.
+/// Signatures accumulate: the set's manifest, whoever wrote it (cosign or ferry), is kept as
+/// it is, with the new layer appended, unless it already holds the same signature. Blobs
+/// are written before the manifest, so the tag never names a set whose blobs are missing.
+/// Fails, writing nothing, when the tag holds an index or a set for another manifest, or a
+/// set that already holds [`MAX_SIGNATURES`] layers.
 pub async fn push_signature(
     driver: &dyn Driver,
     name: &str,
@@ -235,102 +314,79 @@ pub async fn push_signature(
     let source = driver.source_name();
     let digest = descriptor_digest(subject).map_err(|e| Error::from_core(source, e))?;
     let tag = signature_tag(&digest);
-    let bytes = envelope.to_bytes();
-    let envelope_digest = Digest::sha256(&bytes);
-    let mut layers = Vec::new();
-    match read_set(driver, name, &digest).await? {
-        Found::Nothing => {}
+    let layer = signature_layer(envelope);
+    let payload_digest = envelope.payload_digest();
+    let invalid = |message: String| Error::new(ErrorKind::Invalid, source, message);
+    let existing = match read_set(driver, name, &digest).await? {
+        Found::Nothing => None,
         Found::Foreign(what) => {
-            return Err(Error::new(
-                ErrorKind::Invalid,
-                source,
-                format!(
-                "{name}:{tag} holds {what}, not a ferry signature set; refusing to overwrite it"
-            ),
-            ))
+            return Err(invalid(format!(
+                "{name}:{tag} holds {what}, not a signature set; refusing to overwrite it"
+            )))
         }
         Found::Set(set) => {
-            if set
-                .layers
-                .iter()
-                .any(|l| descriptor_digest(l).is_ok_and(|d| d == envelope_digest))
-            {
+            if set.layers.contains(&layer) {
                 return Ok(PushedSignature {
                     tag,
                     set_digest: set.digest,
-                    envelope_digest,
+                    payload_digest,
                     added: false,
                 });
             }
             if set.layers.len() >= MAX_SIGNATURES {
-                return Err(Error::new(
-                ErrorKind::Invalid,
-                source,
-                format!(
+                return Err(invalid(format!(
                     "signature set {name}:{tag} already holds {} signatures, the most a set may hold ({MAX_SIGNATURES})",
                     set.layers.len()
-                ),
-            ));
+                )));
             }
-            layers = set.layers;
+            Some(set)
         }
-    }
-    let config_digest = Digest::sha256(SIGNATURE_CONFIG);
-    let size = bytes.len() as u64;
+    };
+    let payload = envelope.payload().to_vec();
     driver
-        .put_blob(name, &envelope_digest, size, one_chunk(bytes))
+        .put_blob(name, &payload_digest, payload.len() as u64, one_chunk(payload))
         .await?;
-    driver
-        .put_blob(
-            name,
-            &config_digest,
-            SIGNATURE_CONFIG.len() as u64,
-            one_chunk(SIGNATURE_CONFIG.to_vec()),
-        )
-        .await?;
-    layers.push(Descriptor::new(
-        SIGNATURE_MEDIA_TYPE.into(),
-        size,
-        ferry_core::oci_spec::image::Digest::from(&envelope_digest),
-    ));
-    let manifest = set_manifest(subject, &config_digest, &layers)?;
+    let manifest = match existing {
+        Some(set) => append_layer(&set.bytes, &layer)
+            .map_err(|e| invalid(format!("signature set {name}:{tag}: {e}")))?,
+        None => {
+            driver
+                .put_blob(
+                    name,
+                    &Digest::sha256(SIGNATURE_CONFIG),
+                    SIGNATURE_CONFIG.len() as u64,
+                    one_chunk(SIGNATURE_CONFIG.to_vec()),
+                )
+                .await?;
+            signature_set_manifest(subject, std::slice::from_ref(envelope))
+        }
+    };
     let set_digest = driver
         .put_manifest(name, Some(&tag), media::OCI_MANIFEST, &manifest)
         .await?;
-    tracing::info!(source, %digest, envelope = %envelope_digest, set = %set_digest, "pushed signature");
+    tracing::info!(source, %digest, payload = %payload_digest, set = %set_digest, "pushed signature");
     Ok(PushedSignature {
         tag,
         set_digest,
-        envelope_digest,
+        payload_digest,
         added: true,
     })
 }
 
-/// The bytes of a signature set manifest (SIG-13).
-fn set_manifest(subject: &Descriptor, config: &Digest, layers: &[Descriptor]) -> Result<Vec<u8>> {
-    let manifest = serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": media::OCI_MANIFEST,
-        "artifactType": SIGNATURE_CONFIG_MEDIA_TYPE,
-        "config": {
-            "mediaType": SIGNATURE_CONFIG_MEDIA_TYPE,
-            "digest": config.to_string(),
-            "size": SIGNATURE_CONFIG.len(),
-        },
-        "layers": layers,
-        "subject": {
-            "mediaType": subject.media_type().to_string(),
-            "digest": subject.digest().to_string(),
-            "size": subject.size(),
-        },
-    });
-    serde_json::to_vec(&manifest).map_err(|e| {
-        Error::new(
-            ErrorKind::Invalid,
-            "",
-            format!("signature set manifest to JSON: {e}"),
-        )
-    })
+/// The set manifest `bytes` with `layer` appended to its layers, every other member kept as
+/// its writer left it (SIG-15).
+fn append_layer(bytes: &[u8], layer: &Descriptor) -> std::result::Result<Vec<u8>, String> {
+    let mut manifest: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+    let layer = serde_json::to_value(layer).map_err(|e| e.to_string())?;
+    match manifest
+        .entry("layers")
+        .or_insert_with(|| serde_json::Value::Array(Vec::new()))
+    {
+        serde_json::Value::Array(layers) => layers.push(layer),
+        _ => return Err("its layers are not an array".into()),
+    }
+    serde_json::to_vec(&manifest).map_err(|e| e.to_string())
 }
 
 /// A byte stream of one chunk.
@@ -374,9 +430,10 @@ pub(crate) async fn gather_signatures(
     all
 }
 
-/// Keeps `envelope` in the store as a signature of manifest `digest`: a blob of media type
-/// `application/vnd.ferry.signature.v1+json` and a `signature` root keyed by `digest`
-/// (SIG-17). Returns the envelope blob's digest.
+/// Keeps `envelope` in the store as a signature of manifest `digest`: the stored envelope
+/// (a blob of media type `application/vnd.ferry.signature.v1+json`, a `signature` root keyed
+/// by `digest`) and its payload (the layer blob, a `signature-payload` root), so the store can
+/// serve the signature set (SIG-17). Returns the envelope blob's digest.
 ///
 /// Holds a store lease while it writes, so a concurrent GC cannot collect the blob before its
 /// root exists.
@@ -397,8 +454,15 @@ pub(crate) fn store_signature_leased(
 ) -> Result<Digest> {
     let bytes = envelope.to_bytes();
     let blob = Digest::sha256(&bytes);
+    let payload = envelope.payload_digest();
     store
-        .put_blob(&blob, &bytes, SIGNATURE_MEDIA_TYPE, None)
+        .put_blob(&payload, envelope.payload(), PAYLOAD_MEDIA_TYPE, None)
+        .map_err(Error::local)?;
+    store
+        .add_root(PAYLOAD_ROOT_KIND, &digest.to_string(), &payload)
+        .map_err(Error::local)?;
+    store
+        .put_blob(&blob, &bytes, ENVELOPE_MEDIA_TYPE, None)
         .map_err(Error::local)?;
     store
         .add_root(ROOT_KIND, &digest.to_string(), &blob)
@@ -435,8 +499,9 @@ pub fn signatures_in_store(store: &Store, digest: &Digest) -> Result<Vec<Signatu
     Ok(envelopes)
 }
 
-/// Drops the `signature` roots of manifests no image record names any more, so the next
-/// GC removes their envelopes (SIG-17). Returns how many manifests' signatures were dropped.
+/// Drops the `signature` and `signature-payload` roots of manifests no image record names
+/// any more, so the next GC removes their envelopes and payloads (SIG-17). Returns how many
+/// manifests' signatures were dropped.
 pub fn prune_signatures(store: &Store) -> Result<usize> {
     let named: HashSet<String> = store
         .images()
@@ -444,18 +509,24 @@ pub fn prune_signatures(store: &Store) -> Result<usize> {
         .into_iter()
         .map(|r| r.digest.to_string())
         .collect();
-    let mut unnamed: Vec<String> = store
-        .roots(ROOT_KIND)
-        .map_err(Error::local)?
-        .into_iter()
-        .map(|(key, _)| key)
-        .filter(|key| !named.contains(key))
-        .collect();
-    unnamed.dedup();
-    for key in &unnamed {
-        store.remove_roots(ROOT_KIND, key).map_err(Error::local)?;
+    let mut dropped = 0;
+    for kind in [ROOT_KIND, PAYLOAD_ROOT_KIND] {
+        let mut unnamed: Vec<String> = store
+            .roots(kind)
+            .map_err(Error::local)?
+            .into_iter()
+            .map(|(key, _)| key)
+            .filter(|key| !named.contains(key))
+            .collect();
+        unnamed.dedup();
+        for key in &unnamed {
+            store.remove_roots(kind, key).map_err(Error::local)?;
+        }
+        if kind == ROOT_KIND {
+            dropped = unnamed.len();
+        }
     }
-    Ok(unnamed.len())
+    Ok(dropped)
 }
 
 /// The policy's verdict on a stored image, from the signatures the store keeps for it.
@@ -641,6 +712,11 @@ mod tests {
         assert!(tag.starts_with(&format!("sha512-{}", &long.hex()[..117])));
         assert!(tag.ends_with(".sig"));
         Reference::parse(&format!("{NAME}:{tag}")).expect("a valid tag");
+        assert_eq!(signature_tag_digest(&signature_tag(&d)), Some(d));
+        assert_eq!(signature_tag_digest(&tag), None, "a cut tag names no digest");
+        for other in ["latest", "sha256-abc.sig", "sha256.sig", "md5-00.sig"] {
+            assert_eq!(signature_tag_digest(other), None, "{other}");
+        }
     }
 
     #[tokio::test]
@@ -705,11 +781,86 @@ mod tests {
         let layers = m["layers"].as_array().unwrap();
         assert_eq!(layers.len(), 2);
         for (layer, envelope) in layers.iter().zip([&first, &second]) {
-            assert_eq!(layer["mediaType"], SIGNATURE_MEDIA_TYPE);
-            let bytes = envelope.to_bytes();
-            assert_eq!(layer["digest"], Digest::sha256(&bytes).to_string().as_str());
-            assert_eq!(layer["size"], bytes.len());
+            assert_eq!(layer["mediaType"], PAYLOAD_MEDIA_TYPE);
+            assert_eq!(
+                layer["digest"],
+                Digest::sha256(envelope.payload()).to_string().as_str()
+            );
+            assert_eq!(layer["size"], envelope.payload().len());
+            assert_eq!(
+                layer["annotations"][SIGNATURE_ANNOTATION],
+                envelope.signature_base64().as_str()
+            );
         }
+        // The layer's blob is the payload itself.
+        let blob = driver
+            .fetch_blob(NAME, &first.payload_digest(), ByteRange::WHOLE)
+            .await
+            .unwrap();
+        let bytes: Vec<Bytes> = blob.stream.map(|c| c.unwrap()).collect().await;
+        assert_eq!(bytes.concat(), first.payload());
+    }
+
+    #[tokio::test]
+    async fn signing_adds_a_layer_to_a_set_another_tool_wrote_and_keeps_it_sig_15() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = keys();
+        let driver = layout(dir.path(), "usb");
+        let subject = put_image(driver.as_ref(), "1", "a").await;
+        let digest = descriptor_digest(&subject).unwrap();
+        // A set as cosign writes it: an OCI config, no subject, a layer with more annotations.
+        let theirs = signature(&keys.other, &format!("{NAME}:1"), &subject);
+        let config = br#"{"architecture":"","os":"","rootfs":{"type":"layers","diff_ids":[]}}"#;
+        let config_digest = Digest::sha256(config);
+        for (d, bytes) in [
+            (&config_digest, config.to_vec()),
+            (&theirs.payload_digest(), theirs.payload().to_vec()),
+        ] {
+            driver
+                .put_blob(NAME, d, bytes.len() as u64, one_chunk(bytes))
+                .await
+                .unwrap();
+        }
+        let mut layer = serde_json::to_value(signature_layer(&theirs)).unwrap();
+        layer["annotations"]["dev.sigstore.cosign/bundle"] = "{}".into();
+        let cosign_set = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": media::OCI_MANIFEST,
+            "config": {"mediaType": media::OCI_CONFIG, "digest": config_digest.to_string(), "size": config.len()},
+            "layers": [layer],
+        }))
+        .unwrap();
+        driver
+            .put_manifest(NAME, Some(&signature_tag(&digest)), media::OCI_MANIFEST, &cosign_set)
+            .await
+            .unwrap();
+        assert_eq!(
+            fetch_signatures(driver.as_ref(), NAME, &digest).await.unwrap(),
+            vec![theirs.clone()]
+        );
+
+        let ours = signature(&keys.team, &format!("{NAME}:1"), &subject);
+        let pushed = push_signature(driver.as_ref(), NAME, &subject, &ours)
+            .await
+            .unwrap();
+        assert!(pushed.added);
+        assert_eq!(
+            fetch_signatures(driver.as_ref(), NAME, &digest).await.unwrap(),
+            vec![theirs, ours]
+        );
+        // Their manifest is kept as they wrote it, one layer longer.
+        let set = driver
+            .fetch_manifest(NAME, &pushed.set_digest)
+            .await
+            .unwrap();
+        let mut m: serde_json::Value = serde_json::from_slice(&set.bytes).unwrap();
+        let layers = m["layers"].as_array_mut().unwrap();
+        assert_eq!(layers.len(), 2);
+        layers.pop();
+        assert_eq!(
+            m,
+            serde_json::from_slice::<serde_json::Value>(&cosign_set).unwrap()
+        );
     }
 
     #[tokio::test]
@@ -720,15 +871,22 @@ mod tests {
         let subject = put_image(driver.as_ref(), "1", "a").await;
         let digest = descriptor_digest(&subject).unwrap();
         let good = signature(&keys.team, &format!("{NAME}:1"), &subject);
-        let bad = signature(&keys.other, &format!("{NAME}:1"), &subject);
+        // Another payload (a signing time): two signatures of the same payload share its blob.
+        let bad = sign(
+            &keys.other,
+            &Reference::parse(&format!("{NAME}:1")).unwrap(),
+            &digest,
+            Some(std::time::UNIX_EPOCH),
+        )
+        .unwrap();
         push_signature(driver.as_ref(), NAME, &subject, &bad)
             .await
             .unwrap();
         push_signature(driver.as_ref(), NAME, &subject, &good)
             .await
             .unwrap();
-        // One byte of the first envelope changes at rest: the source now serves wrong bytes.
-        let bad_digest = Digest::sha256(&bad.to_bytes());
+        // One byte of the first payload changes at rest: the source now serves wrong bytes.
+        let bad_digest = bad.payload_digest();
         let path = dir.path().join("usb/blobs/sha256").join(bad_digest.hex());
         let mut bytes = std::fs::read(&path).unwrap();
         bytes[20] ^= 1;
@@ -742,22 +900,29 @@ mod tests {
             .unwrap();
         assert_eq!(fetched, vec![good.clone()]);
 
-        // Layers that are not envelopes, or too large to be one, are not read at all.
+        // Layers that are not signature layers, too large to be one, or without their
+        // signature annotation are not read at all.
         let Found::Set(set) = read_set(driver.as_ref(), NAME, &digest).await.unwrap() else {
             panic!("no signature set")
         };
-        let mut layers = set.layers.clone();
-        layers.push(Descriptor::new(
-            media::OCI_LAYER_TAR.into(),
-            4,
-            ferry_core::oci_spec::image::Digest::from(&Digest::sha256(b"tar!")),
-        ));
-        layers.push(Descriptor::new(
-            SIGNATURE_MEDIA_TYPE.into(),
-            MAX_ENVELOPE_SIZE as u64 + 1,
-            ferry_core::oci_spec::image::Digest::from(&Digest::sha256(b"huge")),
-        ));
-        let manifest = set_manifest(&subject, &Digest::sha256(SIGNATURE_CONFIG), &layers).unwrap();
+        let mut manifest = set.bytes.to_vec();
+        let mut unsigned = signature_layer(&good);
+        unsigned.set_annotations(None);
+        for layer in [
+            Descriptor::new(
+                media::OCI_LAYER_TAR.into(),
+                4,
+                ferry_core::oci_spec::image::Digest::from(&Digest::sha256(b"tar!")),
+            ),
+            Descriptor::new(
+                PAYLOAD_MEDIA_TYPE.into(),
+                MAX_PAYLOAD_SIZE as u64 + 1,
+                ferry_core::oci_spec::image::Digest::from(&Digest::sha256(b"huge")),
+            ),
+            unsigned,
+        ] {
+            manifest = append_layer(&manifest, &layer).unwrap();
+        }
         driver
             .put_manifest(
                 NAME,
@@ -816,20 +981,20 @@ mod tests {
         .await
         .unwrap_err();
         assert!(e.message.contains("subject"), "{e}");
-        // Another tool's artifact under the tag (here: an image; cosign keeps its signatures
-        // under the same tag form) holds no ferry signatures and is never overwritten.
+        // An index under the tag is no signature set: it holds no signatures and is never
+        // overwritten.
+        let index = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": media::OCI_INDEX,
+            "manifests": [{"mediaType": media::OCI_MANIFEST, "digest": descriptor_digest(&one).unwrap().to_string(), "size": one.size()}],
+        }))
+        .unwrap();
         driver
             .put_manifest(
                 NAME,
                 Some(&signature_tag(&two_digest)),
-                media::OCI_MANIFEST,
-                &{
-                    let m = driver
-                        .fetch_manifest(NAME, &descriptor_digest(&one).unwrap())
-                        .await
-                        .unwrap();
-                    m.bytes
-                },
+                media::OCI_INDEX,
+                &index,
             )
             .await
             .unwrap();
@@ -898,7 +1063,12 @@ mod tests {
         assert_eq!(store_signature(&store, &digest, &envelope).unwrap(), blob);
         assert_eq!(
             store.blob_record(&blob).unwrap().unwrap().media_type,
-            SIGNATURE_MEDIA_TYPE
+            ENVELOPE_MEDIA_TYPE
+        );
+        let payload = envelope.payload_digest();
+        assert_eq!(
+            store.blob_record(&payload).unwrap().unwrap().media_type,
+            PAYLOAD_MEDIA_TYPE
         );
         assert_eq!(
             signatures_in_store(&store, &digest).unwrap(),
@@ -912,6 +1082,7 @@ mod tests {
         assert_eq!(prune_signatures(&store).unwrap(), 0);
         store.gc().unwrap();
         assert!(store.blob_size(&blob).unwrap().is_some());
+        assert!(store.blob_size(&payload).unwrap().is_some());
         assert_eq!(
             signatures_in_store(&store, &digest).unwrap(),
             vec![envelope]
@@ -924,6 +1095,7 @@ mod tests {
         assert_eq!(prune_signatures(&store).unwrap(), 1);
         let report = store.gc().unwrap();
         assert!(report.removed_blobs.contains(&blob), "{report:?}");
+        assert!(report.removed_blobs.contains(&payload), "{report:?}");
         assert!(signatures_in_store(&store, &digest).unwrap().is_empty());
     }
 

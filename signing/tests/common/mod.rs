@@ -52,36 +52,32 @@ pub fn digest(content: &str) -> Digest {
     Digest::sha256(content.as_bytes())
 }
 
-/// An envelope holding arbitrary `payload` bytes signed by the RFC 8410 key, for payloads
+/// A signature of arbitrary `payload` bytes by the RFC 8410 key, for payloads
 /// `ferry_signing::sign` would never make.
-pub fn forge(payload: &[u8], key_id: Option<&str>) -> SignatureEnvelope {
+pub fn forge(payload: &[u8]) -> SignatureEnvelope {
     let key = ed25519_dalek::SigningKey::from_pkcs8_pem(RFC8410_PRIVATE).unwrap();
     let sig = key.sign(payload);
-    envelope(payload, &sig.to_bytes(), key_id)
+    envelope(payload, &sig.to_bytes())
 }
 
-/// An envelope from its parts.
-pub fn envelope(payload: &[u8], signature: &[u8], key_id: Option<&str>) -> SignatureEnvelope {
-    let hint = key_id.map_or(String::new(), |k| format!(r#""key_id":"{k}","#));
-    let json = format!(
-        r#"{{{hint}"payload":"{}","signature":"{}"}}"#,
-        STANDARD.encode(payload),
-        STANDARD.encode(signature)
-    );
-    SignatureEnvelope::from_bytes(json.as_bytes()).unwrap()
+/// A signature from its parts, as a cosign layer carries it.
+pub fn envelope(payload: &[u8], signature: &[u8]) -> SignatureEnvelope {
+    SignatureEnvelope::from_layer(payload.to_vec(), &STANDARD.encode(signature)).unwrap()
 }
 
-/// The payload and signature bytes inside an envelope.
+/// The payload and signature bytes of a signature.
 pub fn parts(e: &SignatureEnvelope) -> (Vec<u8>, Vec<u8>) {
-    let v: serde_json::Value = serde_json::from_slice(&e.to_bytes()).unwrap();
-    let field = |name: &str| STANDARD.decode(v[name].as_str().unwrap()).unwrap();
-    (field("payload"), field("signature"))
+    (
+        e.payload().to_vec(),
+        STANDARD.decode(e.signature_base64()).unwrap(),
+    )
 }
 
-/// The canonical payload for `name:tag` → `digest`, as ferry's spec example writes it.
-pub fn payload(name: &str, tag: &str, digest: &Digest) -> String {
+/// A cosign simple signing payload binding `docker_reference` to `digest`, as cosign (Go)
+/// writes it: members sorted, `optional` null.
+pub fn payload(docker_reference: &str, digest: &Digest) -> String {
     format!(
-        r#"{{"critical":{{"image":{{"name":"{name}","tag":"{tag}"}},"manifest":{{"digest":"{digest}"}},"type":"ferry signature v1"}}}}"#
+        r#"{{"critical":{{"identity":{{"docker-reference":"{docker_reference}"}},"image":{{"docker-manifest-digest":"{digest}"}},"type":"cosign container image signature"}},"optional":null}}"#
     )
 }
 

@@ -16,7 +16,7 @@ use ferry_core::media::{self, Compression};
 use ferry_core::oci_spec::image::{Descriptor, ANNOTATION_REF_NAME};
 use ferry_core::store::ImageRecord;
 use ferry_core::{Digest, Hasher, Manifest, ManifestBlob, Platform, Reference, Store};
-use ferry_signing::{Policy, SignatureEnvelope, MAX_ENVELOPE_SIZE, SIGNATURE_MEDIA_TYPE};
+use ferry_signing::{Policy, SignatureEnvelope, MAX_PAYLOAD_SIZE, PAYLOAD_MEDIA_TYPE};
 use serde::Serialize;
 
 use super::{
@@ -24,8 +24,7 @@ use super::{
     ANNOTATION_CONTAINERD_NAME, MAX_JSON_SIZE, TOC_FILE, TOC_VERSION,
 };
 use crate::transfer::signatures::{
-    signature_tag, signatures_in_store, signing_error, store_signature_leased,
-    SIGNATURE_CONFIG_MEDIA_TYPE,
+    envelope_of_layer, signature_tag, signatures_in_store, signing_error, store_signature_leased,
 };
 use crate::{Error, ErrorKind, Result};
 
@@ -1018,15 +1017,8 @@ impl Loader<'_> {
             let Manifest::Image(m) = &blob.manifest else {
                 continue;
             };
-            if m.config().media_type().to_string() != SIGNATURE_CONFIG_MEDIA_TYPE {
-                tracing::info!(
-                    "{} holds another tool's artifact; not reading it",
-                    set.reference
-                );
-                continue;
-            }
             let subject = m.subject().as_ref().and_then(|s| descriptor_digest(s).ok());
-            if subject.as_ref() != Some(&c.digest) {
+            if m.subject().is_some() && subject.as_ref() != Some(&c.digest) {
                 return Err(invalid(format!(
                     "signature set {} is not for {}",
                     set.reference, c.digest
@@ -1034,17 +1026,17 @@ impl Loader<'_> {
             }
             for layer in m.layers() {
                 let d = descriptor_digest(layer).map_err(local)?;
-                if layer.media_type().to_string() != SIGNATURE_MEDIA_TYPE
-                    || layer.size() > MAX_ENVELOPE_SIZE as u64
+                if layer.media_type().to_string() != PAYLOAD_MEDIA_TYPE
+                    || layer.size() > MAX_PAYLOAD_SIZE as u64
                 {
                     tracing::warn!(
-                        "signature {d} of {}: not an envelope; skipping it",
+                        "signature {d} of {}: not a signature layer; skipping it",
                         c.reference
                     );
                     continue;
                 }
-                match self.json_blob(&d, MAX_ENVELOPE_SIZE as u64)? {
-                    Some(bytes) => match SignatureEnvelope::from_bytes(&bytes) {
+                match self.json_blob(&d, MAX_PAYLOAD_SIZE as u64)? {
+                    Some(bytes) => match envelope_of_layer(layer, bytes) {
                         Ok(e) if !out.contains(&e) => out.push(e),
                         Ok(_) => {}
                         Err(e) => {

@@ -23,7 +23,8 @@ pub(super) struct Planned {
     pub manifests: Vec<ManifestBlob>,
     /// Configs and layers of every image manifest, deduplicated.
     pub blobs: Vec<TocBlob>,
-    /// Envelopes the store keeps for the top manifest, sorted by digest.
+    /// Signatures the store keeps for the top manifest, with their payload (layer) digests,
+    /// sorted by digest.
     pub signatures: Vec<(Digest, SignatureEnvelope)>,
 }
 
@@ -123,7 +124,7 @@ pub(super) fn plan(
     let mut signatures: Vec<(Digest, SignatureEnvelope)> =
         signatures_in_store(store, &record.digest)?
             .into_iter()
-            .map(|e| (Digest::sha256(&e.to_bytes()), e))
+            .map(|e| (e.payload_digest(), e))
             .collect();
     signatures.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(Planned {

@@ -5,7 +5,8 @@ use std::io::Write;
 
 use ferry_core::oci_spec::image::ANNOTATION_REF_NAME;
 use ferry_core::{media, Digest, Reference, Store};
-use ferry_signing::SIGNATURE_MEDIA_TYPE;
+use ferry_core::oci_spec::image::Descriptor;
+use ferry_signing::PAYLOAD_MEDIA_TYPE;
 use serde::Serialize;
 
 use super::plan::{plan, Planned};
@@ -14,7 +15,9 @@ use super::{
     blob_path, docker, invalid, local, Format, HashingReader, StreamCompression, Toc, TocBlob,
     TocImage, ANNOTATION_CONTAINERD_NAME, TOC_FILE, TOC_VERSION,
 };
-use crate::transfer::signatures::{signature_tag, SIGNATURE_CONFIG, SIGNATURE_CONFIG_MEDIA_TYPE};
+use crate::transfer::signatures::{
+    signature_set_manifest, signature_tag, SIGNATURE_CONFIG, SIGNATURE_CONFIG_MEDIA_TYPE,
+};
 use crate::{Error, Result};
 
 /// Content of the `oci-layout` file.
@@ -191,40 +194,25 @@ fn layout(planned: &[Planned], exclude: &HashSet<Digest>) -> Result<Layout> {
             },
             Body::Memory(SIGNATURE_CONFIG.to_vec()),
         );
-        let mut layers = Vec::new();
         for (d, envelope) in &p.signatures {
-            let bytes = envelope.to_bytes();
-            layers.push(serde_json::json!({
-                "mediaType": SIGNATURE_MEDIA_TYPE, "digest": d.to_string(), "size": bytes.len(),
-            }));
             add(
                 TocBlob {
                     digest: d.clone(),
-                    size: bytes.len() as u64,
-                    media_type: SIGNATURE_MEDIA_TYPE.into(),
+                    size: envelope.payload().len() as u64,
+                    media_type: PAYLOAD_MEDIA_TYPE.into(),
                 },
-                Body::Memory(bytes),
+                Body::Memory(envelope.payload().to_vec()),
             );
             signatures += 1;
         }
         let top = &p.manifests[0];
-        let set = serde_json::to_vec(&serde_json::json!({
-            "schemaVersion": 2,
-            "mediaType": media::OCI_MANIFEST,
-            "artifactType": SIGNATURE_CONFIG_MEDIA_TYPE,
-            "config": {
-                "mediaType": SIGNATURE_CONFIG_MEDIA_TYPE,
-                "digest": config.to_string(),
-                "size": SIGNATURE_CONFIG.len(),
-            },
-            "layers": layers,
-            "subject": {
-                "mediaType": top.media_type,
-                "digest": top.digest.to_string(),
-                "size": top.bytes.len(),
-            },
-        }))
-        .map_err(json_error)?;
+        let subject = Descriptor::new(
+            top.media_type.as_str().into(),
+            top.bytes.len() as u64,
+            ferry_core::oci_spec::image::Digest::from(&top.digest),
+        );
+        let envelopes: Vec<_> = p.signatures.iter().map(|(_, e)| e.clone()).collect();
+        let set = signature_set_manifest(&subject, &envelopes);
         let set_digest = Digest::sha256(&set);
         index_entries.push(serde_json::json!({
             "mediaType": media::OCI_MANIFEST,
