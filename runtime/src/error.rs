@@ -125,6 +125,20 @@ pub enum Error {
         /// What went wrong.
         reason: String,
     },
+    /// A container's cgroup cannot be set up as its limits need (RUN-40).
+    #[error("cgroup {path}: {reason}")]
+    Cgroup {
+        /// The cgroup (the spec's `cgroupsPath`).
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Entering the user namespace of a rootless ferry failed (RUN-44).
+    #[error("rootless: {reason}")]
+    Rootless {
+        /// What failed.
+        reason: String,
+    },
     /// A snapshot cannot be removed because a container's overlay uses it.
     #[error("snapshot {path} is in use by a container; remove the container first")]
     SnapshotInUse {

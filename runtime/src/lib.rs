@@ -10,6 +10,7 @@ pub mod snapshot;
 pub mod snapshot_check;
 pub mod spec;
 pub mod unpack;
+pub mod userns;
 
 pub use error::Error;
 

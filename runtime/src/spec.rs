@@ -99,6 +99,8 @@ pub struct RunOptions {
     pub hostname: Option<String>,
     /// Whether the process gets a terminal.
     pub terminal: bool,
+    /// Resource limits, written to `linux.resources` (RUN-40).
+    pub resources: crate::run::cgroup::Resources,
 }
 
 /// Builds the OCI runtime spec for running `config`'s image on the root filesystem `rootfs`.
@@ -180,12 +182,14 @@ pub fn runtime_spec(config: &ImageConfiguration, rootfs: &Path, opts: &RunOption
         .namespaces(namespaces)
         .masked_paths(MASKED_PATHS.map(String::from).to_vec())
         .readonly_paths(READONLY_PATHS.map(String::from).to_vec())
-        .resources(
-            LinuxResourcesBuilder::default()
+        .resources({
+            let mut resources = LinuxResourcesBuilder::default()
                 .devices(vec![deny_all_devices])
                 .build()
-                .map_err(spec_error)?,
-        )
+                .map_err(spec_error)?;
+            opts.resources.apply_to(&mut resources)?;
+            resources
+        })
         .build()
         .map_err(spec_error)?;
 

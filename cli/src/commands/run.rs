@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
+use ferry_runtime::run::cgroup::Resources;
 use ferry_runtime::run::{run, Bundle, RuntimeKind};
 use ferry_runtime::snapshot::prepare;
 use ferry_runtime::spec::{NetMode, RunOptions};
@@ -35,6 +36,8 @@ pub struct Args {
     runtime: String,
     #[command(flatten)]
     limits: LimitArgs,
+    #[command(flatten)]
+    resources: ResourceArgs,
     /// Image reference (pulled first if the store lacks it).
     reference: String,
     /// Command and arguments replacing the image's Cmd.
@@ -64,6 +67,7 @@ pub async fn run_command(cli: &Cli, args: &Args) -> Result<ExitCode> {
         },
         hostname: None,
         terminal: false,
+        resources: args.resources.resources(),
     };
     let kind = if args.runtime == "runc" {
         RuntimeKind::Runc
@@ -89,4 +93,63 @@ pub async fn run_command(cli: &Cli, args: &Args) -> Result<ExitCode> {
     .await
     .context("the container task failed")??;
     Ok(ExitCode::from(code.clamp(0, 255) as u8))
+}
+
+/// The container's resource limits, with `docker run`'s flags and meaning (RUN-40).
+#[derive(clap::Args, Debug)]
+pub struct ResourceArgs {
+    /// Memory limit: bytes, or a number with a unit b, k, m or g (powers of 1024, as docker);
+    /// no swap is allowed beyond it. A container the limit kills exits with 137.
+    #[arg(short = 'm', long, value_name = "SIZE", value_parser = parse_memory)]
+    memory: Option<u64>,
+    /// How many CPUs' worth of time the container may use, e.g. 0.5 or 2.
+    #[arg(long, value_name = "FLOAT", value_parser = parse_cpus)]
+    cpus: Option<f64>,
+    /// Most processes (and threads) at once; 0 or less means no limit.
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pids_limit: Option<i64>,
+}
+
+impl ResourceArgs {
+    /// The limits to put in the container's spec.
+    fn resources(&self) -> Resources {
+        Resources {
+            memory: self.memory,
+            cpus: self.cpus,
+            pids: self.pids_limit.filter(|&n| n > 0).map(|n| n as u64),
+        }
+    }
+}
+
+/// docker's memory sizes: `1024`, `512k`, `64m`, `2g` (also `kb`, `mb`, `gb`, any case).
+fn parse_memory(text: &str) -> Result<u64, String> {
+    let lower = text.trim().to_ascii_lowercase();
+    let digits = lower.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let shift = match &lower[digits.len()..] {
+        "" | "b" => 0,
+        "k" | "kb" => 10,
+        "m" | "mb" => 20,
+        "g" | "gb" => 30,
+        "t" | "tb" => 40,
+        unit => return Err(format!("unknown unit {unit:?}: use b, k, m or g")),
+    };
+    let number: f64 = digits
+        .parse()
+        .ok()
+        .filter(|n: &f64| n.is_finite() && *n > 0.0)
+        .ok_or_else(|| format!("{text:?} is not a positive size such as 512m or 2g"))?;
+    let bytes = (number * (1u64 << shift) as f64) as u64;
+    // The kernel refuses limits too small to start a process.
+    if bytes < 6 << 20 {
+        return Err(format!("{text:?} is below the minimum of 6m"));
+    }
+    Ok(bytes)
+}
+
+/// A positive number of CPUs, at least 0.01 (docker's smallest).
+fn parse_cpus(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(cpus) if cpus.is_finite() && cpus >= 0.01 => Ok(cpus),
+        _ => Err(format!("{text:?} is not a number of CPUs of at least 0.01")),
+    }
 }

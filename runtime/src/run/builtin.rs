@@ -17,6 +17,7 @@ use nix::fcntl::OFlag;
 use nix::sched::CloneFlags;
 use nix::sys::signal::Signal;
 
+use super::cgroup::Cgroup;
 use super::{io_error, wait_exit, SignalForwarder, Stdio};
 use crate::spec::DEFAULT_PATH;
 use crate::{Error, Result};
@@ -92,6 +93,7 @@ const CHILD_STACK: usize = 256 * 1024;
 #[derive(Debug, Clone, Copy)]
 #[repr(u32)]
 enum Step {
+    Join,
     Stdio,
     Signals,
     MakePrivate,
@@ -112,7 +114,8 @@ enum Step {
     Exec,
 }
 
-const STEPS: [Step; 18] = [
+const STEPS: [Step; 19] = [
+    Step::Join,
     Step::Stdio,
     Step::Signals,
     Step::MakePrivate,
@@ -146,6 +149,8 @@ struct MountPlan {
 
 /// Everything the child needs, computed before clone.
 struct Plan {
+    /// Read end of the pipe on which the parent says the child is in its cgroup (RUN-41).
+    hold: Option<OwnedFd>,
     /// Copies of the streams to connect, numbered 3 or above so that dup2 cannot clobber them.
     stdio: [Option<OwnedFd>; 3],
     rootfs: CString,
@@ -173,6 +178,16 @@ struct Plan {
 /// Runs `bundle` with ferry's runtime and returns the container's exit code.
 pub(super) fn run(bundle: &super::Bundle, stdio: Stdio) -> Result<i32> {
     let mut plan = Plan::new(bundle, stdio)?;
+    let cgroup = Cgroup::for_spec(&bundle.spec)?;
+    let release = match &cgroup {
+        Some(_) => {
+            let (hold, release) = nix::unistd::pipe2(OFlag::O_CLOEXEC)
+                .map_err(|e| io_error("pipe", Path::new("container cgroup"), e.into()))?;
+            plan.hold = Some(hold);
+            Some(release)
+        }
+        None => None,
+    };
     let argv: Vec<*const libc::c_char> = plan
         .argv
         .iter()
@@ -232,12 +247,24 @@ pub(super) fn run(bundle: &super::Bundle, stdio: Stdio) -> Result<i32> {
     };
     forwarder.set(child);
     drop(report_write);
+    if let (Some(cgroup), Some(release)) = (&cgroup, release) {
+        if let Err(e) = cgroup.add(child) {
+            let _ = nix::sys::signal::kill(child, Signal::SIGKILL);
+            let _ = wait_exit(child);
+            return Err(e);
+        }
+        nix::unistd::write(&release, &[1])
+            .map_err(|e| io_error("release container", &bundle.rootfs(), e.into()))?;
+    }
     // The container has its streams now; ours must not keep pipes open.
     plan.stdio = Default::default();
 
     let mut record = Vec::with_capacity(12);
     let read = std::fs::File::from(report_read).read_to_end(&mut record);
     let code = wait_exit(child)?;
+    if let Some(cgroup) = cgroup {
+        cgroup.finish(&bundle.id, code)?;
+    }
     read.map_err(|e| io_error("read container setup report", &bundle.rootfs(), e))?;
     if record.len() == 12 {
         let step = u32::from_ne_bytes(record[..4].try_into().expect("4 bytes"));
@@ -312,6 +339,7 @@ impl Plan {
             .find_map(|e| e.strip_prefix("PATH="))
             .unwrap_or(DEFAULT_PATH);
         Ok(Plan {
+            hold: None,
             stdio: [
                 high_fd(stdio.stdin)?,
                 high_fd(stdio.stdout)?,
@@ -374,6 +402,7 @@ impl Plan {
                 .unwrap_or_default()
         };
         match step {
+            Step::Join => "wait to be put in the container's cgroup".into(),
             Step::Stdio => "connect standard streams".into(),
             Step::Signals => "reset signal handling".into(),
             Step::MakePrivate => "make mounts private".into(),
@@ -435,6 +464,18 @@ fn setup_and_exec(
     // SAFETY (whole function): every call is a plain system call on NUL-terminated strings
     // and arrays owned by `plan`, `argv` and `envp`, which live until the exec.
     unsafe {
+        if let Some(hold) = &plan.hold {
+            let mut byte = 0u8;
+            let n = libc::read(hold.as_raw_fd(), (&mut byte as *mut u8).cast(), 1);
+            if n != 1 {
+                let errno = if n < 0 {
+                    nix::errno::Errno::last_raw()
+                } else {
+                    libc::EPIPE
+                };
+                return Err((Step::Join, 0, errno));
+            }
+        }
         for (target, fd) in plan.stdio.iter().enumerate() {
             if let Some(fd) = fd {
                 check(

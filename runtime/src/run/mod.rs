@@ -6,6 +6,7 @@
 //! OCI runtime spec from [`crate::spec`]) and `container.json` (the snapshots it uses).
 
 mod builtin;
+pub mod cgroup;
 mod runc;
 
 use std::fs;
@@ -173,9 +174,15 @@ impl Bundle {
         }
         let upper = self.dir.join("upper");
         let work = self.dir.join("work");
+        // Rootless, overlayfs keeps its metadata in user.overlay.* xattrs (RUN-46).
+        let userxattr = if crate::userns::in_user_namespace() {
+            ",userxattr"
+        } else {
+            ""
+        };
         let layers = |names: Vec<String>| {
             format!(
-                "lowerdir={},upperdir={},workdir={}",
+                "lowerdir={},upperdir={},workdir={}{userxattr}",
                 names.join(":"),
                 upper.display(),
                 work.display()

@@ -7,6 +7,7 @@ use std::process::{Command, Stdio as ProcessStdio};
 
 use nix::unistd::Pid;
 
+use super::cgroup::OomWatch;
 use super::{io_error, wait_exit, Bundle, SignalForwarder, Stdio};
 use crate::{Error, Result};
 
@@ -29,6 +30,7 @@ pub(super) fn run(bundle: &Bundle, stdio: Stdio) -> Result<i32> {
             return Err(io_error("remove old runc log", &log, e));
         }
     }
+    let oom = OomWatch::for_spec(&bundle.spec)?;
     let forwarder = SignalForwarder::start()?;
     let child = Command::new(RUNC)
         .arg("--root")
@@ -67,6 +69,9 @@ pub(super) fn run(bundle: &Bundle, stdio: Stdio) -> Result<i32> {
         }
     }
     let code = code?;
+    if let Some(oom) = oom {
+        oom.finish(&bundle.id, code);
+    }
     if let Some(message) = start_error(&log) {
         return Err(runc_error(&message));
     }

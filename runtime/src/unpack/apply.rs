@@ -77,6 +77,19 @@ fn io_fail(op: impl Into<String>) -> impl FnOnce(io::Error) -> Fail {
     move |source| Fail::Io { op, source }
 }
 
+/// The result of chowning `e`'s file. In a user namespace an owner outside its id map
+/// (EINVAL) leaves the file owned by the namespace's root, with a warning (RUN-47).
+fn owned<T>(chown: io::Result<T>, e: &Entry) -> Result<(), Fail> {
+    match chown {
+        Ok(_) => Ok(()),
+        Err(err) if is(&err, libc::EINVAL) && crate::userns::in_user_namespace() => {
+            tracing::warn!(entry = %String::from_utf8_lossy(&e.path), uid = e.uid, gid = e.gid, "owner outside the user namespace's id map: the file stays root's");
+            Ok(())
+        }
+        Err(err) => Err(io_fail("chown")(err)),
+    }
+}
+
 fn reject<T>(why: impl Into<String>) -> Result<T, Fail> {
     Err(Fail::Reject(why.into()))
 }
@@ -257,8 +270,10 @@ impl Applier {
             )
             .map_err(io_fail("open directory"))?;
             if self.privileged {
-                cvt(unsafe { libc::fchown(fd.as_raw_fd(), e.uid as u32, e.gid as u32) })
-                    .map_err(io_fail("chown"))?;
+                owned(
+                    cvt(unsafe { libc::fchown(fd.as_raw_fd(), e.uid as u32, e.gid as u32) }),
+                    e,
+                )?;
             }
             self.xattrs(XattrTarget::Fd(fd.as_fd()), e)?;
         }
@@ -303,8 +318,10 @@ impl Applier {
             tar.consume(n);
         }
         if self.privileged {
-            cvt(unsafe { libc::fchown(file.as_raw_fd(), e.uid as u32, e.gid as u32) })
-                .map_err(io_fail("chown"))?;
+            owned(
+                cvt(unsafe { libc::fchown(file.as_raw_fd(), e.uid as u32, e.gid as u32) }),
+                e,
+            )?;
         }
         // After chown, which clears setuid and setgid.
         if !direct {
@@ -432,7 +449,7 @@ impl Applier {
                     libc::AT_SYMLINK_NOFOLLOW,
                 )
             };
-            cvt(r).map_err(io_fail("chown"))?;
+            owned(cvt(r), e)?;
         }
         if chmod {
             // A fifo or device is never opened (that could block or touch hardware):
@@ -533,18 +550,13 @@ impl Applier {
                     .root
                     .resolve(parent, libc::O_RDONLY | libc::O_DIRECTORY)
                     .map_err(io_fail("open opaque directory"))?;
+                let xattr = crate::userns::overlay_opaque_xattr();
                 let r = unsafe {
-                    libc::fsetxattr(
-                        fd.as_raw_fd(),
-                        c"trusted.overlay.opaque".as_ptr(),
-                        b"y".as_ptr().cast(),
-                        1,
-                        0,
-                    )
+                    libc::fsetxattr(fd.as_raw_fd(), xattr.as_ptr(), b"y".as_ptr().cast(), 1, 0)
                 };
                 cvt(r)
                     .map(drop)
-                    .map_err(io_fail("set trusted.overlay.opaque (needs root)"))
+                    .map_err(io_fail(format!("set {}", xattr.to_string_lossy())))
             }
         }
     }
