@@ -117,6 +117,26 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A run option (`-v`, `--tmpfs`, `--cap-add`, a seccomp profile, …) is malformed or
+    /// names something that does not exist.
+    #[error("{option}: {reason}")]
+    RunOption {
+        /// The option as given, e.g. `-v /srv:/data:ro` or `seccomp profile /etc/p.json`.
+        option: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The container's command exists but cannot be executed, or does not exist (RUN-38).
+    #[error("container {id}: cannot execute {command:?}: {source}")]
+    Exec {
+        /// The container id.
+        id: String,
+        /// The command (`process.args[0]`).
+        command: String,
+        /// Why: `ENOENT` when it is not found, `EACCES`/`ENOEXEC` when it cannot run.
+        #[source]
+        source: std::io::Error,
+    },
     /// An external OCI runtime (runc) could not be run or failed.
     #[error("{program}: {reason}")]
     ExternalRuntime {

@@ -1,25 +1,27 @@
 //! Image config → OCI runtime spec: command, environment, user, mounts and confinement
-//! (specs/runtime.md, RUN-1…RUN-9).
+//! (specs/runtime.md, RUN-1…RUN-9, RUN-31…RUN-37).
 //!
 //! User and group names are resolved in the image's own `/etc/passwd` and `/etc/group`,
 //! opened with `openat2(RESOLVE_IN_ROOT)` so that no symlink in the image can make ferry
-//! read a host file.
+//! read a host file; mount destinations are resolved the same way.
 
 use std::collections::HashSet;
 use std::io::Read;
-use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use ferry_core::oci_spec::image::ImageConfiguration;
 use ferry_core::oci_spec::runtime::{
     Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxDeviceCgroupBuilder,
-    LinuxNamespaceBuilder, LinuxNamespaceType, LinuxResourcesBuilder, Mount, MountBuilder,
-    ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
+    LinuxNamespaceBuilder, LinuxNamespaceType, LinuxResourcesBuilder, Mount, ProcessBuilder,
+    RootBuilder, Spec, SpecBuilder, UserBuilder,
 };
-use nix::errno::Errno;
-use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
-use nix::sys::stat::Mode;
+use nix::fcntl::OFlag;
 
+use crate::run::init::{init_binary, INIT_PATH};
+use crate::run::mounts::{
+    bind_mount, build_mount, open_in_root, resolve_in_rootfs, tmpfs_mount, Tmpfs, Volume,
+};
+use crate::run::seccomp::{Profile, Seccomp};
 use crate::{Error, Result};
 
 /// `PATH` given to a container whose image and command line set none (RUN-2).
@@ -44,6 +46,51 @@ pub const DEFAULT_CAPABILITIES: [Capability; 14] = [
     Capability::SysChroot,
     Capability::Kill,
     Capability::AuditWrite,
+];
+
+/// Capability names in kernel order: the index is the capability's number (RUN-34).
+pub const CAPABILITY_NAMES: [&str; 41] = [
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_DAC_READ_SEARCH",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETPCAP",
+    "CAP_LINUX_IMMUTABLE",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_NET_BROADCAST",
+    "CAP_NET_ADMIN",
+    "CAP_NET_RAW",
+    "CAP_IPC_LOCK",
+    "CAP_IPC_OWNER",
+    "CAP_SYS_MODULE",
+    "CAP_SYS_RAWIO",
+    "CAP_SYS_CHROOT",
+    "CAP_SYS_PTRACE",
+    "CAP_SYS_PACCT",
+    "CAP_SYS_ADMIN",
+    "CAP_SYS_BOOT",
+    "CAP_SYS_NICE",
+    "CAP_SYS_RESOURCE",
+    "CAP_SYS_TIME",
+    "CAP_SYS_TTY_CONFIG",
+    "CAP_MKNOD",
+    "CAP_LEASE",
+    "CAP_AUDIT_WRITE",
+    "CAP_AUDIT_CONTROL",
+    "CAP_SETFCAP",
+    "CAP_MAC_OVERRIDE",
+    "CAP_MAC_ADMIN",
+    "CAP_SYSLOG",
+    "CAP_WAKE_ALARM",
+    "CAP_BLOCK_SUSPEND",
+    "CAP_AUDIT_READ",
+    "CAP_PERFMON",
+    "CAP_BPF",
+    "CAP_CHECKPOINT_RESTORE",
 ];
 
 /// Paths hidden from the container, as `runc spec` lists them (RUN-7).
@@ -97,8 +144,27 @@ pub struct RunOptions {
     pub net: NetMode,
     /// The container's hostname ([`DEFAULT_HOSTNAME`] when `None`).
     pub hostname: Option<String>,
-    /// Whether the process gets a terminal.
+    /// Whether the process gets a terminal (RUN-30).
     pub terminal: bool,
+    /// Replaces the image's `Entrypoint` and drops its `Cmd`; `Some("")` clears it (RUN-33).
+    pub entrypoint: Option<String>,
+    /// Bind mounts, `-v` (RUN-31).
+    pub volumes: Vec<Volume>,
+    /// tmpfs mounts, `--tmpfs` (RUN-32).
+    pub tmpfs: Vec<Tmpfs>,
+    /// Bind mounts ferry adds itself (the `/etc` files of RUN-37): skipped where a volume or
+    /// tmpfs covers their destination.
+    pub generated_files: Vec<Volume>,
+    /// Root filesystem read-only (RUN-33).
+    pub read_only: bool,
+    /// Capabilities added to Docker's default set; `ALL` adds every one (RUN-34).
+    pub cap_add: Vec<String>,
+    /// Capabilities removed from the set; `ALL` removes every one not added (RUN-34).
+    pub cap_drop: Vec<String>,
+    /// Run a small init as PID 1 that forwards signals and reaps zombies (RUN-35).
+    pub init: bool,
+    /// The seccomp filter (RUN-36).
+    pub seccomp: Seccomp,
     /// Resource limits, written to `linux.resources` (RUN-40).
     pub resources: crate::run::cgroup::Resources,
 }
@@ -106,15 +172,26 @@ pub struct RunOptions {
 /// Builds the OCI runtime spec for running `config`'s image on the root filesystem `rootfs`.
 ///
 /// `rootfs` must be the image's assembled root filesystem: users and groups are looked up
-/// in it. Fails with [`Error::NoCommand`] when neither the image nor `opts` names a command,
-/// and with [`Error::User`] when the user or group cannot be resolved.
+/// in it, and mount destinations resolved inside it. Fails with [`Error::NoCommand`] when
+/// neither the image nor `opts` names a command, with [`Error::User`] when the user or
+/// group cannot be resolved, and with [`Error::RunOption`] for a bad mount or capability.
 pub fn runtime_spec(config: &ImageConfiguration, rootfs: &Path, opts: &RunOptions) -> Result<Spec> {
     let image = config.config().clone().unwrap_or_default();
-    let args = command(
-        image.entrypoint().as_deref().unwrap_or_default(),
-        image.cmd().as_deref().unwrap_or_default(),
-        &opts.args_override,
-    )?;
+    let mut args = match &opts.entrypoint {
+        Some(entrypoint) => command(
+            &[entrypoint.clone()]
+                .into_iter()
+                .filter(|e| !e.is_empty())
+                .collect::<Vec<_>>(),
+            &[],
+            &opts.args_override,
+        )?,
+        None => command(
+            image.entrypoint().as_deref().unwrap_or_default(),
+            image.cmd().as_deref().unwrap_or_default(),
+            &opts.args_override,
+        )?,
+    };
     let user_spec = opts
         .user
         .as_deref()
@@ -131,7 +208,25 @@ pub fn runtime_spec(config: &ImageConfiguration, rootfs: &Path, opts: &RunOption
     );
     let cwd = working_dir(opts.workdir.as_deref().or(image.working_dir().as_deref()));
 
-    let caps: HashSet<Capability> = DEFAULT_CAPABILITIES.into_iter().collect();
+    let mut mounts = default_mounts()?;
+    mounts.extend(option_mounts(rootfs, opts)?);
+    if opts.init {
+        let binary = init_binary()?;
+        mounts.push(build_mount(
+            Path::new(INIT_PATH),
+            "bind",
+            &binary,
+            &["bind", "ro"],
+        )?);
+        args.splice(0..0, [INIT_PATH.to_string(), "--".to_string()]);
+    }
+
+    let caps = capabilities(&opts.cap_add, &opts.cap_drop)?;
+    let seccomp = match &opts.seccomp {
+        Seccomp::Default => Some(Profile::docker_default().to_oci(&caps)?),
+        Seccomp::Unconfined => None,
+        Seccomp::Profile(profile) => Some(profile.to_oci(&caps)?),
+    };
     let process = ProcessBuilder::default()
         .terminal(opts.terminal)
         .user(
@@ -178,7 +273,7 @@ pub fn runtime_spec(config: &ImageConfiguration, rootfs: &Path, opts: &RunOption
         .access("rwm")
         .build()
         .map_err(spec_error)?;
-    let linux = LinuxBuilder::default()
+    let mut linux = LinuxBuilder::default()
         .namespaces(namespaces)
         .masked_paths(MASKED_PATHS.map(String::from).to_vec())
         .readonly_paths(READONLY_PATHS.map(String::from).to_vec())
@@ -189,25 +284,101 @@ pub fn runtime_spec(config: &ImageConfiguration, rootfs: &Path, opts: &RunOption
                 .map_err(spec_error)?;
             opts.resources.apply_to(&mut resources)?;
             resources
-        })
-        .build()
-        .map_err(spec_error)?;
+        });
+    if let Some(seccomp) = seccomp {
+        linux = linux.seccomp(seccomp);
+    }
+    let linux = linux.build().map_err(spec_error)?;
 
     SpecBuilder::default()
         .version("1.0.2")
         .root(
             RootBuilder::default()
                 .path(rootfs)
-                .readonly(false)
+                .readonly(opts.read_only)
                 .build()
                 .map_err(spec_error)?,
         )
-        .mounts(default_mounts()?)
+        .mounts(mounts)
         .process(process)
         .hostname(hostname)
         .linux(linux)
         .build()
         .map_err(spec_error)
+}
+
+/// `--tmpfs` and `-v` mounts, then the generated files no option mount covers; each
+/// destination resolved inside `rootfs`, parents before children (RUN-31, RUN-32, RUN-37).
+fn option_mounts(rootfs: &Path, opts: &RunOptions) -> Result<Vec<Mount>> {
+    let mut mounts: Vec<(PathBuf, Mount)> = Vec::new();
+    for tmpfs in &opts.tmpfs {
+        let shown = format!("--tmpfs {}", tmpfs.container);
+        let dest = resolve_in_rootfs(rootfs, &tmpfs.container, &shown)?;
+        mounts.push((dest.clone(), tmpfs_mount(tmpfs, &dest)?));
+    }
+    for volume in &opts.volumes {
+        let shown = format!("-v {}:{}", volume.host.display(), volume.container);
+        let dest = resolve_in_rootfs(rootfs, &volume.container, &shown)?;
+        mounts.push((dest.clone(), bind_mount(volume, &dest)?));
+    }
+    // Docker's order: fewer path components first, so a mount inside another lands on it.
+    mounts.sort_by_key(|(dest, _)| dest.components().count());
+    let covered: Vec<PathBuf> = mounts.iter().map(|(d, _)| d.clone()).collect();
+    for file in &opts.generated_files {
+        let dest = resolve_in_rootfs(rootfs, &file.container, &file.container)?;
+        if !covered.iter().any(|c| dest.starts_with(c)) {
+            mounts.push((dest.clone(), bind_mount(file, &dest)?));
+        }
+    }
+    Ok(mounts.into_iter().map(|(_, m)| m).collect())
+}
+
+/// Docker's default set with `cap_add` added and `cap_drop` removed (RUN-34).
+///
+/// Names are case-insensitive, with or without `CAP_`. `ALL` in `cap_drop` starts from
+/// nothing; `ALL` in `cap_add` starts from every capability.
+fn capabilities(cap_add: &[String], cap_drop: &[String]) -> Result<HashSet<Capability>> {
+    let parse = |flag: &str, names: &[String]| -> Result<(bool, HashSet<Capability>)> {
+        let mut all = false;
+        let mut caps = HashSet::new();
+        for name in names {
+            let upper = name.to_ascii_uppercase();
+            if upper == "ALL" {
+                all = true;
+                continue;
+            }
+            let full = if upper.starts_with("CAP_") {
+                upper
+            } else {
+                format!("CAP_{upper}")
+            };
+            let cap = CAPABILITY_NAMES
+                .contains(&full.as_str())
+                .then(|| serde_json::from_value::<Capability>(serde_json::Value::String(full)))
+                .and_then(|c| c.ok())
+                .ok_or_else(|| Error::RunOption {
+                    option: format!("{flag} {name}"),
+                    reason: "unknown capability".into(),
+                })?;
+            caps.insert(cap);
+        }
+        Ok((all, caps))
+    };
+    let (add_all, add) = parse("--cap-add", cap_add)?;
+    let (drop_all, drop) = parse("--cap-drop", cap_drop)?;
+    if drop_all {
+        return Ok(add);
+    }
+    let mut caps: HashSet<Capability> = if add_all {
+        CAPABILITY_NAMES
+            .iter()
+            .filter_map(|n| serde_json::from_value(serde_json::Value::String(n.to_string())).ok())
+            .collect()
+    } else {
+        DEFAULT_CAPABILITIES.into_iter().chain(add).collect()
+    };
+    caps.retain(|c| !drop.contains(c));
+    Ok(caps)
 }
 
 fn spec_error(e: impl std::fmt::Display) -> Error {
@@ -318,13 +489,7 @@ fn default_mounts() -> Result<Vec<Mount>> {
     table
         .iter()
         .map(|(destination, typ, source, options)| {
-            MountBuilder::default()
-                .destination(destination)
-                .typ(*typ)
-                .source(source)
-                .options(options.iter().map(|o| o.to_string()).collect::<Vec<_>>())
-                .build()
-                .map_err(spec_error)
+            build_mount(Path::new(destination), typ, Path::new(source), options)
         })
         .collect()
 }
@@ -491,17 +656,15 @@ fn read_account_file(rootfs: &Path, path: &str) -> Result<Option<String>> {
         path: rootfs.to_path_buf(),
         source: e,
     })?;
-    let how = OpenHow::new()
-        .flags(OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOCTTY | OFlag::O_NONBLOCK)
-        .mode(Mode::empty())
-        .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
-    let fd = match openat2(std::os::fd::AsRawFd::as_raw_fd(&root), path, how) {
-        Ok(fd) => fd,
-        Err(Errno::ENOENT) => return Ok(None),
-        Err(e) => return Err(io_err("open in rootfs", e.into())),
+    let file = match open_in_root(
+        &root,
+        path,
+        OFlag::O_RDONLY | OFlag::O_NOCTTY | OFlag::O_NONBLOCK,
+    ) {
+        Ok(Some(fd)) => std::fs::File::from(fd),
+        Ok(None) => return Ok(None),
+        Err(e) => return Err(io_err("open in rootfs", e)),
     };
-    // SAFETY: openat2 just returned this descriptor and nothing else owns it.
-    let file = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
     let meta = file.metadata().map_err(|e| io_err("stat in rootfs", e))?;
     if !meta.is_file() {
         return Err(io_err(

@@ -399,7 +399,8 @@ fn remove_unmounts_and_deletes_the_container() {
     );
 }
 
-/// RUN-13, RUN-14: a command that cannot start is an error naming it, not an exit code.
+/// RUN-13, RUN-14, RUN-38: a command that cannot start is an exec error naming it and its
+/// errno (ENOENT: not found), not an exit code, with both runtimes.
 #[test]
 fn missing_command_is_a_clear_error() {
     if !is_root() {
@@ -415,13 +416,14 @@ fn missing_command_is_a_clear_error() {
         let err = run_bundle(&bundle, runtime).err().expect("no error");
         let msg = err.to_string();
         assert!(msg.contains("no-such-command"), "{runtime:?}: {msg}");
-        match runtime {
-            RuntimeKind::Builtin => {
-                assert!(matches!(err, Error::ContainerSetup { .. }) && msg.contains("No such file"))
+        match &err {
+            Error::Exec {
+                command, source, ..
+            } => {
+                assert_eq!(command, "no-such-command", "{runtime:?}");
+                assert_eq!(source.raw_os_error(), Some(libc::ENOENT), "{runtime:?}");
             }
-            RuntimeKind::Runc => {
-                assert!(matches!(err, Error::ExternalRuntime { .. }) && msg.contains("not found"))
-            }
+            other => panic!("{runtime:?}: not an exec error: {other}"),
         }
         bundle.remove().unwrap();
     }

@@ -5,10 +5,13 @@
 //! multi-threaded process may only make system calls (no allocation, no locks, and no
 //! glibc wrappers that talk to other threads, hence raw `setresuid` & co.). It reports a
 //! failed step through a close-on-exec pipe; end-of-file there means the exec happened.
+//! Bind mounts arrive as detached mount trees cloned in the parent, a terminal is opened in
+//! the container's own `devpts` and its master sent back, and the seccomp filter is compiled
+//! to BPF before the clone and installed right before `execve` (RUN-30…RUN-36).
 
 use std::ffi::CString;
 use std::io::Read;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
@@ -19,53 +22,9 @@ use nix::sys::signal::Signal;
 
 use super::cgroup::Cgroup;
 use super::{io_error, wait_exit, SignalForwarder, Stdio};
-use crate::spec::DEFAULT_PATH;
+use super::{mounts, seccomp, terminal};
+use crate::spec::{CAPABILITY_NAMES, DEFAULT_PATH};
 use crate::{Error, Result};
-
-/// Capability names in kernel order: the index is the capability's number.
-const CAPABILITIES: [&str; 41] = [
-    "CAP_CHOWN",
-    "CAP_DAC_OVERRIDE",
-    "CAP_DAC_READ_SEARCH",
-    "CAP_FOWNER",
-    "CAP_FSETID",
-    "CAP_KILL",
-    "CAP_SETGID",
-    "CAP_SETUID",
-    "CAP_SETPCAP",
-    "CAP_LINUX_IMMUTABLE",
-    "CAP_NET_BIND_SERVICE",
-    "CAP_NET_BROADCAST",
-    "CAP_NET_ADMIN",
-    "CAP_NET_RAW",
-    "CAP_IPC_LOCK",
-    "CAP_IPC_OWNER",
-    "CAP_SYS_MODULE",
-    "CAP_SYS_RAWIO",
-    "CAP_SYS_CHROOT",
-    "CAP_SYS_PTRACE",
-    "CAP_SYS_PACCT",
-    "CAP_SYS_ADMIN",
-    "CAP_SYS_BOOT",
-    "CAP_SYS_NICE",
-    "CAP_SYS_RESOURCE",
-    "CAP_SYS_TIME",
-    "CAP_SYS_TTY_CONFIG",
-    "CAP_MKNOD",
-    "CAP_LEASE",
-    "CAP_AUDIT_WRITE",
-    "CAP_AUDIT_CONTROL",
-    "CAP_SETFCAP",
-    "CAP_MAC_OVERRIDE",
-    "CAP_MAC_ADMIN",
-    "CAP_SYSLOG",
-    "CAP_WAKE_ALARM",
-    "CAP_BLOCK_SUSPEND",
-    "CAP_AUDIT_READ",
-    "CAP_PERFMON",
-    "CAP_BPF",
-    "CAP_CHECKPOINT_RESTORE",
-];
 
 /// Device nodes every container gets in its `/dev`: (name, major, minor), mode 0666.
 const DEVICES: [(&str, u64, u64); 6] = [
@@ -104,17 +63,20 @@ enum Step {
     DevLink,
     Mask,
     ReadOnly,
+    Terminal,
     Hostname,
+    RootReadOnly,
     Capabilities,
     Groups,
     Gid,
     Uid,
     NoNewPrivs,
     Cwd,
+    Seccomp,
     Exec,
 }
 
-const STEPS: [Step; 19] = [
+const STEPS: [Step; 22] = [
     Step::Join,
     Step::Stdio,
     Step::Signals,
@@ -126,13 +88,16 @@ const STEPS: [Step; 19] = [
     Step::DevLink,
     Step::Mask,
     Step::ReadOnly,
+    Step::Terminal,
     Step::Hostname,
+    Step::RootReadOnly,
     Step::Capabilities,
     Step::Groups,
     Step::Gid,
     Step::Uid,
     Step::NoNewPrivs,
     Step::Cwd,
+    Step::Seccomp,
     Step::Exec,
 ];
 
@@ -145,6 +110,10 @@ struct MountPlan {
     data: Option<CString>,
     /// `target` and each of its ancestors, shortest first, to create.
     dirs: Vec<CString>,
+    /// A bind mount's source, cloned as a detached tree, attached with move_mount.
+    tree: Option<OwnedFd>,
+    /// The mount point is a file (a bind mount of a non-directory), not a directory.
+    file: bool,
 }
 
 /// Everything the child needs, computed before clone.
@@ -159,7 +128,12 @@ struct Plan {
     dev_links: Vec<(CString, CString)>,
     masked: Vec<CString>,
     readonly: Vec<CString>,
+    /// The container's end of the socket its terminal's master is sent on, and the
+    /// window size to give it.
+    terminal: Option<(OwnedFd, Option<libc::winsize>)>,
     hostname: CString,
+    /// Make the root filesystem read-only once everything is mounted.
+    readonly_root: bool,
     /// Capability numbers to keep, as a bit mask; `last_cap` is the highest the kernel knows.
     caps: u64,
     last_cap: u32,
@@ -169,6 +143,8 @@ struct Plan {
     no_new_privs: bool,
     cwd: CString,
     cwd_dirs: Vec<CString>,
+    /// Seccomp filters, installed in order right before execve.
+    seccomp: Vec<seccompiler::BpfProgram>,
     /// Paths to try execve on, in order (the `PATH` search done ahead).
     exec_paths: Vec<CString>,
     argv: Vec<CString>,
@@ -177,7 +153,32 @@ struct Plan {
 
 /// Runs `bundle` with ferry's runtime and returns the container's exit code.
 pub(super) fn run(bundle: &super::Bundle, stdio: Stdio) -> Result<i32> {
+    let wants_terminal = bundle
+        .spec
+        .process()
+        .as_ref()
+        .and_then(|p| p.terminal())
+        .unwrap_or(false);
+    // With a terminal the container's streams are the pty; ferry relays its own to it.
+    let (stdio, host) = if wants_terminal {
+        let host = terminal::host_streams(stdio.stdin, stdio.stdout)?;
+        (Stdio::default(), Some(host))
+    } else {
+        (stdio, None)
+    };
     let mut plan = Plan::new(bundle, stdio)?;
+    let mut master_socket = None;
+    if let Some((input, _)) = &host {
+        let (ours, theirs) = nix::sys::socket::socketpair(
+            nix::sys::socket::AddressFamily::Unix,
+            nix::sys::socket::SockType::Stream,
+            None,
+            nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+        )
+        .map_err(|e| io_error("socketpair", Path::new("terminal"), e.into()))?;
+        plan.terminal = Some((theirs, terminal::window_size(input.as_raw_fd())));
+        master_socket = Some(ours);
+    }
     let cgroup = Cgroup::for_spec(&bundle.spec)?;
     let release = match &cgroup {
         Some(_) => {
@@ -258,10 +259,24 @@ pub(super) fn run(bundle: &super::Bundle, stdio: Stdio) -> Result<i32> {
     }
     // The container has its streams now; ours must not keep pipes open.
     plan.stdio = Default::default();
+    plan.terminal = None;
+    let mut relay = None;
+    let mut raw_mode = None;
+    if let (Some(socket), Some((input, output))) = (master_socket, host) {
+        if let Some(master) = terminal::receive_master(&socket)? {
+            raw_mode = terminal::RawMode::enter(input.as_fd())?;
+            relay = Some(terminal::Relay::start(master, input, output)?);
+        }
+    }
 
     let mut record = Vec::with_capacity(12);
     let read = std::fs::File::from(report_read).read_to_end(&mut record);
-    let code = wait_exit(child)?;
+    let code = wait_exit(child);
+    if let Some(relay) = relay {
+        relay.finish();
+    }
+    drop(raw_mode);
+    let code = code?;
     if let Some(cgroup) = cgroup {
         cgroup.finish(&bundle.id, code)?;
     }
@@ -270,12 +285,21 @@ pub(super) fn run(bundle: &super::Bundle, stdio: Stdio) -> Result<i32> {
         let step = u32::from_ne_bytes(record[..4].try_into().expect("4 bytes"));
         let index = u32::from_ne_bytes(record[4..8].try_into().expect("4 bytes")) as usize;
         let errno = i32::from_ne_bytes(record[8..].try_into().expect("4 bytes"));
+        let step = STEPS.get(step as usize).copied().unwrap_or(Step::Exec);
+        if let Step::Exec = step {
+            return Err(Error::Exec {
+                id: bundle.id.clone(),
+                command: plan
+                    .argv
+                    .first()
+                    .map(|a| a.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                source: std::io::Error::from_raw_os_error(errno),
+            });
+        }
         return Err(Error::ContainerSetup {
             id: bundle.id.clone(),
-            step: plan.describe(
-                STEPS.get(step as usize).copied().unwrap_or(Step::Exec),
-                index,
-            ),
+            step: plan.describe(step, index),
             source: std::io::Error::from_raw_os_error(errno),
         });
     }
@@ -298,9 +322,22 @@ impl Plan {
 
         let mut mounts = Vec::new();
         for m in spec.mounts().as_deref().unwrap_or_default() {
-            let (flags, data) = mount_options(m.options().as_deref().unwrap_or_default());
+            let options = m.options().as_deref().unwrap_or_default();
+            let (flags, data) = mount_options(options);
             let target = m.destination();
+            let (tree, file) = match (m.typ().as_deref(), m.source()) {
+                (Some("bind"), Some(source)) => (
+                    Some(mounts::clone_tree(
+                        source,
+                        options.iter().any(|o| o == "ro"),
+                    )?),
+                    !source.is_dir(),
+                ),
+                _ => (None, false),
+            };
             mounts.push(MountPlan {
+                tree,
+                file,
                 source: cstring(
                     m.source()
                         .as_deref()
@@ -330,7 +367,7 @@ impl Plan {
         let last_cap = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
             .ok()
             .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(CAPABILITIES.len() as u32 - 1);
+            .unwrap_or(CAPABILITY_NAMES.len() as u32 - 1);
 
         let user = process.user();
         let cwd = process.cwd();
@@ -374,7 +411,13 @@ impl Plan {
                 .iter()
                 .map(|p| cstring(p.as_bytes()))
                 .collect::<Result<_>>()?,
+            terminal: None,
             hostname: cstring(spec.hostname().as_deref().unwrap_or_default().as_bytes())?,
+            readonly_root: spec
+                .root()
+                .as_ref()
+                .and_then(|r| r.readonly())
+                .unwrap_or(false),
             caps,
             last_cap,
             uid: user.uid(),
@@ -383,6 +426,10 @@ impl Plan {
             no_new_privs: process.no_new_privileges().unwrap_or(true),
             cwd: cstring(cwd.as_os_str().as_bytes())?,
             cwd_dirs: ancestors(cwd)?,
+            seccomp: match linux.seccomp() {
+                Some(profile) => seccomp::compile(profile)?,
+                None => Vec::new(),
+            },
             exec_paths: exec_candidates(&args[0], path)?,
             argv: args
                 .iter()
@@ -428,13 +475,16 @@ impl Plan {
             ),
             Step::Mask => format!("mask {}", show(self.masked.get(index))),
             Step::ReadOnly => format!("make {} read-only", show(self.readonly.get(index))),
+            Step::Terminal => "open the container's terminal".into(),
             Step::Hostname => format!("set hostname {}", show(Some(&self.hostname))),
+            Step::RootReadOnly => "make the root filesystem read-only".into(),
             Step::Capabilities => "set capabilities".into(),
             Step::Groups => format!("set supplementary groups {:?}", self.groups),
             Step::Gid => format!("set gid {}", self.gid),
             Step::Uid => format!("set uid {}", self.uid),
             Step::NoNewPrivs => "set no_new_privs".into(),
             Step::Cwd => format!("change to working directory {}", show(Some(&self.cwd))),
+            Step::Seccomp => "install the seccomp filter".into(),
             Step::Exec => format!("exec {}", show(self.argv.first())),
         }
     }
@@ -532,7 +582,33 @@ fn setup_and_exec(
 
         // From here on, every path resolves inside the container: no symlink leads out.
         for (i, m) in plan.mounts.iter().enumerate() {
-            mkdir_all(&m.dirs, Step::MountDir, i)?;
+            if m.file {
+                mkdir_all(&m.dirs[..m.dirs.len().saturating_sub(1)], Step::MountDir, i)?;
+                let fd = libc::open(
+                    m.target.as_ptr(),
+                    libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC | libc::O_NOFOLLOW,
+                    0o644,
+                );
+                check(fd as c_long, Step::MountDir, i)?;
+                libc::close(fd);
+            } else {
+                mkdir_all(&m.dirs, Step::MountDir, i)?;
+            }
+            if let Some(tree) = &m.tree {
+                check(
+                    libc::syscall(
+                        libc::SYS_move_mount,
+                        tree.as_raw_fd(),
+                        c"".as_ptr(),
+                        libc::AT_FDCWD,
+                        m.target.as_ptr(),
+                        MOVE_MOUNT_F_EMPTY_PATH,
+                    ),
+                    Step::Mount,
+                    i,
+                )?;
+                continue;
+            }
             let data = m
                 .data
                 .as_ref()
@@ -560,6 +636,13 @@ fn setup_and_exec(
             let made = libc::symlink(target.as_ptr(), link.as_ptr());
             if made < 0 && nix::errno::Errno::last() != nix::errno::Errno::EEXIST {
                 return Err((Step::DevLink, i as u32, nix::errno::Errno::last_raw()));
+            }
+        }
+        if let Some((socket, winsize)) = &plan.terminal {
+            if let Err(errno) =
+                terminal::attach_in_container(socket.as_raw_fd(), winsize.as_ref(), plan.uid)
+            {
+                return Err((Step::Terminal, 0, errno));
             }
         }
         for (i, path) in plan.masked.iter().enumerate() {
@@ -630,6 +713,19 @@ fn setup_and_exec(
         )?;
         // Working directories the image lacks are created, as Docker does.
         mkdir_all(&plan.cwd_dirs, Step::Cwd, 0)?;
+        if plan.readonly_root {
+            check(
+                libc::mount(
+                    root.as_ptr(),
+                    root.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY,
+                    std::ptr::null(),
+                ) as c_long,
+                Step::RootReadOnly,
+                0,
+            )?;
+        }
 
         // Credentials: keep capabilities across setuid, then trim them to the plan's set.
         check(
@@ -694,6 +790,21 @@ fn setup_and_exec(
             )?;
         }
         check(libc::chdir(plan.cwd.as_ptr()) as c_long, Step::Cwd, 0)?;
+        for (i, program) in plan.seccomp.iter().enumerate() {
+            let fprog = libc::sock_fprog {
+                len: program.len() as u16,
+                filter: program.as_ptr() as *mut libc::sock_filter,
+            };
+            check(
+                libc::prctl(
+                    libc::PR_SET_SECCOMP,
+                    libc::SECCOMP_MODE_FILTER,
+                    &fprog as *const libc::sock_fprog,
+                ) as c_long,
+                Step::Seccomp,
+                i,
+            )?;
+        }
 
         let mut errno = libc::ENOENT;
         for path in &plan.exec_paths {
@@ -724,6 +835,8 @@ unsafe fn mkdir_all(dirs: &[CString], step: Step, index: usize) -> Result<(), Fa
 }
 
 const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+/// `move_mount(2)`: the source is the descriptor itself.
+const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 4;
 
 /// `struct __user_cap_header_struct`.
 #[repr(C)]
@@ -801,7 +914,7 @@ fn capability_number(cap: Capability) -> Result<u32> {
         .ok()
         .and_then(|v| v.as_str().map(str::to_string))
         .unwrap_or_default();
-    CAPABILITIES
+    CAPABILITY_NAMES
         .iter()
         .position(|c| *c == name)
         .map(|n| n as u32)

@@ -7,7 +7,12 @@
 
 mod builtin;
 pub mod cgroup;
+mod etc_files;
+pub mod init;
+pub mod mounts;
 mod runc;
+pub mod seccomp;
+mod terminal;
 
 use std::fs;
 use std::io;
@@ -29,7 +34,7 @@ use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
-use crate::spec::{runtime_spec, RunOptions};
+use crate::spec::{runtime_spec, NetMode, RunOptions};
 use crate::{Error, Result};
 
 /// Which OCI runtime executes a container.
@@ -75,8 +80,9 @@ impl Bundle {
     /// [`crate::snapshot::prepare`] returns them): its directory under `STORE_ROOT/containers/`,
     /// its mounted overlay rootfs, and its `config.json` from `config` and `opts` (RUN-12).
     ///
-    /// The hostname defaults to the first 12 characters of the container id. Needs root
-    /// ([`Error::NotRoot`]).
+    /// The hostname defaults to the first 12 characters of the container id (the host's
+    /// with the host's network). `/etc/resolv.conf`, `/etc/hosts` and `/etc/hostname` are
+    /// written into the directory and bind-mounted (RUN-37). Needs root ([`Error::NotRoot`]).
     pub fn create(
         store: &Store,
         lowers: &[PathBuf],
@@ -112,8 +118,22 @@ impl Bundle {
             write_json(&bundle.dir.join("container.json"), &record)?;
             bundle.mount_rootfs()?;
             let mut opts = opts.clone();
-            opts.hostname
-                .get_or_insert_with(|| bundle.id[..12].to_string());
+            if opts.hostname.is_none() {
+                opts.hostname = Some(match opts.net {
+                    NetMode::Host => nix::unistd::gethostname()
+                        .map(|h| h.to_string_lossy().into_owned())
+                        .map_err(|e| io_error("gethostname", Path::new("host"), e.into()))?,
+                    NetMode::None => bundle.id[..12].to_string(),
+                });
+            }
+            let hostname = opts.hostname.clone().unwrap_or_default();
+            for (container, host) in etc_files::write(&bundle.dir, opts.net, &hostname)? {
+                opts.generated_files.push(mounts::Volume {
+                    host,
+                    container,
+                    read_only: false,
+                });
+            }
             bundle.spec = runtime_spec(config, &bundle.rootfs(), &opts)?;
             if let Some(linux) = bundle.spec.linux_mut() {
                 linux.set_cgroups_path(Some(PathBuf::from(format!("/ferry/{}", bundle.id))));

@@ -1,4 +1,5 @@
-//! Running a bundle with `runc run` (specs/runtime.md RUN-14).
+//! Running a bundle with `runc run` (specs/runtime.md RUN-14): `runc run` in the foreground
+//! handles the terminal itself when the spec asks for one (RUN-30).
 //!
 //! runc keeps its state in `containers/<id>/runc/` and logs to `containers/<id>/runc.log`
 //! (JSON lines), where ferry finds its error when it fails to start the container.
@@ -15,11 +16,6 @@ const RUNC: &str = "runc";
 
 /// Runs `bundle` with runc and returns the container's exit code.
 pub(super) fn run(bundle: &Bundle, stdio: Stdio) -> Result<i32> {
-    if bundle.spec.process().as_ref().and_then(|p| p.terminal()) == Some(true) {
-        return Err(runc_error(
-            "terminals are not supported with runc yet; use the builtin runtime",
-        ));
-    }
     let state = bundle.dir.join("runc");
     let log = bundle.dir.join("runc.log");
     let stream = |fd: Option<std::os::fd::OwnedFd>| {
@@ -73,7 +69,19 @@ pub(super) fn run(bundle: &Bundle, stdio: Stdio) -> Result<i32> {
         oom.finish(&bundle.id, code);
     }
     if let Some(message) = start_error(&log) {
-        return Err(runc_error(&message));
+        return Err(match exec_errno(&message) {
+            Some(errno) => Error::Exec {
+                id: bundle.id.clone(),
+                command: bundle
+                    .spec
+                    .process()
+                    .as_ref()
+                    .and_then(|p| p.args().as_ref()?.first().cloned())
+                    .unwrap_or_default(),
+                source: std::io::Error::from_raw_os_error(errno),
+            },
+            None => runc_error(&message),
+        });
     }
     Ok(code)
 }
@@ -86,6 +94,22 @@ fn start_error(log: &std::path::Path) -> Option<String> {
         .filter(|entry| entry["level"] == "error")
         .filter_map(|entry| entry["msg"].as_str().map(str::to_string))
         .next_back()
+}
+
+/// The errno behind runc's message when it is the container's `execve` that failed:
+/// `ENOENT` (not found), `EACCES` or `ENOEXEC` (cannot be executed) (RUN-38).
+fn exec_errno(message: &str) -> Option<i32> {
+    let (_, detail) = message.split_once("unable to start container process: exec: ")?;
+    if detail.contains("executable file not found") || detail.contains("no such file or directory")
+    {
+        Some(libc::ENOENT)
+    } else if detail.contains("permission denied") {
+        Some(libc::EACCES)
+    } else if detail.contains("exec format error") {
+        Some(libc::ENOEXEC)
+    } else {
+        None
+    }
 }
 
 fn runc_error(reason: &str) -> Error {
