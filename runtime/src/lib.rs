@@ -5,6 +5,7 @@
 
 mod error;
 pub mod image;
+pub mod one_pass;
 pub mod run;
 pub mod snapshot;
 pub mod snapshot_check;

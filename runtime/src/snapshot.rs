@@ -183,7 +183,10 @@ pub(crate) fn snapshots_root(store: &Store) -> PathBuf {
 }
 
 /// The config's diff_ids, one per manifest layer.
-fn diff_ids(manifest: &ImageManifest, config: &ImageConfiguration) -> Result<Vec<Digest>> {
+pub(crate) fn diff_ids(
+    manifest: &ImageManifest,
+    config: &ImageConfiguration,
+) -> Result<Vec<Digest>> {
     let listed = config.rootfs().diff_ids();
     if listed.len() != manifest.layers().len() {
         return Err(Error::LayerCount {
@@ -206,50 +209,107 @@ fn extract(
     diff_id: &Digest,
     budget: &mut Budget,
 ) -> Result<()> {
-    static TMP_SEQ: AtomicU64 = AtomicU64::new(0);
-    let parent = dir.parent().expect("a snapshot dir has a parent");
-    let hex = dir
-        .file_name()
-        .expect("a snapshot dir has a name")
-        .to_string_lossy();
-    fs::create_dir_all(parent).map_err(|e| io_error("create directory", parent, e))?;
-    let _lock = lock(&parent.join(format!("{hex}.lock")), FlockArg::LockExclusive)?;
-    if dir.exists() {
+    let Some(pending) = Pending::start(dir, FlockArg::LockExclusive)? else {
         return Ok(());
-    }
-    let tmp = parent.join(format!(
-        ".tmp-{hex}-{}-{}",
-        std::process::id(),
-        TMP_SEQ.fetch_add(1, Ordering::Relaxed)
-    ));
-    let result = (|| {
-        fs::create_dir_all(tmp.join("fs")).map_err(|e| io_error("create directory", &tmp, e))?;
-        apply_layer(
-            &tmp.join("fs"),
-            store.open_blob(blob)?,
-            compression,
-            Some(diff_id),
-            Whiteouts::Overlay,
-            budget,
-        )?;
-        match fs::rename(&tmp, dir) {
-            // Another process without our lock (an older ferry) won the race: use its copy.
-            Err(e) if dir.exists() => {
-                tracing::debug!("snapshot {} appeared while extracting: {e}", dir.display());
-                remove_all(&tmp)
-            }
-            other => other.map_err(|e| io_error("rename snapshot into place", dir, e)),
+    };
+    apply_layer(
+        &pending.fs(),
+        store.open_blob(blob)?,
+        compression,
+        Some(diff_id),
+        Whiteouts::Overlay,
+        budget,
+    )?;
+    pending.publish()
+}
+
+/// A snapshot being extracted: its lock, held until it is published or thrown away, and a
+/// temporary directory beside it that becomes the snapshot by one rename (RUN-9).
+/// Dropped unpublished, the temporary directory is removed.
+pub(crate) struct Pending {
+    dir: PathBuf,
+    tmp: PathBuf,
+    published: bool,
+    _lock: Flock<File>,
+}
+
+impl Pending {
+    /// Locks snapshot `dir` with `mode` (exclusive, waiting or not) and creates its
+    /// temporary directory; `None` when the snapshot exists, or when a non-blocking `mode`
+    /// finds another extraction holding the lock.
+    pub(crate) fn start(dir: &Path, mode: FlockArg) -> Result<Option<Pending>> {
+        static TMP_SEQ: AtomicU64 = AtomicU64::new(0);
+        let parent = dir.parent().expect("a snapshot dir has a parent");
+        let hex = dir
+            .file_name()
+            .expect("a snapshot dir has a name")
+            .to_string_lossy();
+        fs::create_dir_all(parent).map_err(|e| io_error("create directory", parent, e))?;
+        let Some(lock) = try_lock(&parent.join(format!("{hex}.lock")), mode)? else {
+            return Ok(None);
+        };
+        if dir.exists() {
+            return Ok(None);
         }
-    })();
-    if result.is_err() {
-        // Best effort: gc removes leftovers too.
-        let _ = remove_all(&tmp);
+        let tmp = parent.join(format!(
+            ".tmp-{hex}-{}-{}",
+            std::process::id(),
+            TMP_SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        let pending = Pending {
+            dir: dir.to_path_buf(),
+            tmp,
+            published: false,
+            _lock: lock,
+        };
+        let fs_dir = pending.fs();
+        fs::create_dir_all(&fs_dir).map_err(|e| io_error("create directory", &fs_dir, e))?;
+        tracing::debug!("extracting snapshot {}", dir.display());
+        Ok(Some(pending))
     }
-    result
+
+    /// The directory the layer's files go into.
+    pub(crate) fn fs(&self) -> PathBuf {
+        self.tmp.join("fs")
+    }
+
+    /// Makes the extraction the snapshot, by renaming it into place.
+    pub(crate) fn publish(mut self) -> Result<()> {
+        match fs::rename(&self.tmp, &self.dir) {
+            // Another process without our lock (an older ferry) won the race: use its copy.
+            Err(e) if self.dir.exists() => {
+                tracing::debug!(
+                    "snapshot {} appeared while extracting: {e}",
+                    self.dir.display()
+                );
+                Ok(())
+            }
+            Err(e) => Err(io_error("rename snapshot into place", &self.dir, e)),
+            Ok(()) => {
+                self.published = true;
+                Ok(())
+            }
+        }
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if !self.published {
+            // Best effort: gc removes leftovers too.
+            let _ = remove_all(&self.tmp);
+        }
+    }
 }
 
 /// Opens (creating) `path` and flocks it, waiting.
 pub(crate) fn lock(path: &Path, mode: FlockArg) -> Result<Flock<File>> {
+    Ok(try_lock(path, mode)?.expect("a waiting lock is always taken"))
+}
+
+/// Opens (creating) `path` and flocks it with `mode`; `None` when a non-blocking mode finds
+/// the lock held.
+fn try_lock(path: &Path, mode: FlockArg) -> Result<Option<Flock<File>>> {
     if let Some(dir) = path.parent() {
         fs::create_dir_all(dir).map_err(|e| io_error("create directory", dir, e))?;
     }
@@ -261,8 +321,9 @@ pub(crate) fn lock(path: &Path, mode: FlockArg) -> Result<Flock<File>> {
         .map_err(|e| io_error("open lock", path, e))?;
     loop {
         match Flock::lock(file, mode) {
-            Ok(lock) => return Ok(lock),
+            Ok(lock) => return Ok(Some(lock)),
             Err((f, Errno::EINTR)) => file = f,
+            Err((_, Errno::EWOULDBLOCK)) => return Ok(None),
             Err((_, e)) => return Err(io_error("lock", path, e.into())),
         }
     }

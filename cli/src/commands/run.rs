@@ -3,11 +3,13 @@
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
+use ferry_drivers::transfer::pull::PullOptions;
 use ferry_runtime::run::cgroup::Resources;
 use ferry_runtime::run::{run, Bundle, RuntimeKind};
 use ferry_runtime::snapshot::prepare;
 use ferry_runtime::spec::{NetMode, RunOptions};
 
+use crate::commands::pull::{pull_into, snapshots_in_one_pass};
 use crate::commands::trust::checked_image;
 use crate::commands::unpack::{explain_limit, LimitArgs};
 use crate::commands::{open_store, parse_reference};
@@ -76,6 +78,14 @@ pub async fn run_command(cli: &Cli, args: &Args) -> Result<ExitCode> {
     };
     let limits = args.limits.limits(cli)?;
     let store = open_store(cli)?;
+    if store.find_image(&reference).is_err() {
+        // Snapshots made as the layers arrive (RUN-20); `prepare` below finds them.
+        let options = PullOptions {
+            layers: Some(snapshots_in_one_pass(&store, limits)),
+            ..PullOptions::default()
+        };
+        pull_into(cli, &store, &reference, &options).await?;
+    }
     let image = checked_image(cli, &store, &reference).await?;
     let store_for_run = store.clone();
     let rm = args.rm;

@@ -121,6 +121,14 @@ impl Ingest {
         Ok(())
     }
 
+    /// Whether every declared byte is there and their digest is the expected one: what
+    /// [`commit`](Ingest::commit) will check, without committing.
+    pub fn verified(&self) -> bool {
+        self.present.is_some()
+            || (self.size.is_none_or(|want| want == self.written)
+                && self.hasher.clone().finish() == self.expected)
+    }
+
     /// Truncates to offset 0 and restarts hashing, for a source that cannot serve ranges.
     pub fn reset(&mut self) -> Result<()> {
         self.truncate()?;

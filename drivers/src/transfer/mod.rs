@@ -6,3 +6,4 @@ pub mod copy;
 pub mod progress;
 pub mod pull;
 pub mod signatures;
+pub mod sink;

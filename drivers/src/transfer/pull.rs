@@ -16,6 +16,7 @@ use futures::{StreamExt, TryStreamExt};
 use crate::site::route::Sources;
 use crate::transfer::progress::{BlobKind, Event, Progress};
 use crate::transfer::signatures::{gather_signatures, signing_error, store_signature_leased};
+use crate::transfer::sink::{LayerResult, LayerSink, LayerSinks, LayerTarget};
 use crate::{ByteRange, Driver, Error, ErrorKind, Result};
 
 /// How many times a blob transfer that broke off is resumed from the same source.
@@ -28,6 +29,8 @@ pub struct PullOptions {
     pub platform: Platform,
     /// How many blobs transfer at once.
     pub concurrency: usize,
+    /// Where layers go as they arrive, beside the store (one pass, STORE-20); none by default.
+    pub layers: Option<Arc<dyn LayerTarget>>,
 }
 
 impl Default for PullOptions {
@@ -35,6 +38,7 @@ impl Default for PullOptions {
         PullOptions {
             platform: Platform::host(),
             concurrency: 4,
+            layers: None,
         }
     }
 }
@@ -62,6 +66,10 @@ pub struct Pulled {
 /// policy accepts wins (POL-9). Blobs already present are not transferred; partial blobs
 /// resume from their offset. The name is set only after every blob is verified and committed,
 /// together with the signatures, which the store keeps with the manifest.
+///
+/// With [`PullOptions::layers`], the config is fetched first, and each layer fetched is
+/// also handed to its sink as it arrives; a layer is committed only when its sink accepts
+/// it, and the sink's result is published only when the layer is committed (STORE-20..23).
 pub async fn pull(
     store: &Arc<Store>,
     sources: &Sources,
@@ -113,21 +121,38 @@ pub async fn pull(
             limit: MAX_CONFIG_SIZE,
         }));
     }
-    let blobs: Vec<(Descriptor, BlobKind)> =
-        std::iter::once((config_desc.clone(), BlobKind::Config))
-            .chain(
-                manifest
-                    .layers()
-                    .iter()
-                    .map(|l| (l.clone(), BlobKind::Layer)),
-            )
-            .collect();
-    size += blobs.iter().map(|(d, _)| d.size()).sum::<u64>();
-    let transferred: Vec<u64> =
-        futures::stream::iter(blobs.iter().map(|(desc, kind)| transfer.blob(desc, *kind)))
-            .buffer_unordered(options.concurrency.max(1))
-            .try_collect()
-            .await?;
+    size += config_desc.size() + manifest.layers().iter().map(|l| l.size()).sum::<u64>();
+    // Sinks need the config before the layers come.
+    let sinks = match &options.layers {
+        Some(target) => {
+            transfer.transferred += transfer.blob(config_desc, BlobKind::Config, None).await?;
+            let config = store
+                .read_blob(&config_digest, MAX_CONFIG_SIZE)
+                .and_then(|bytes| parse_config(&bytes, &config_digest))
+                .map_err(local)?;
+            Some(target.begin(&decision.trusted, &manifest, &config)?)
+        }
+        None => None,
+    };
+    let config_blob = sinks
+        .is_none()
+        .then(|| (config_desc.clone(), BlobKind::Config, None));
+    let blobs: Vec<(Descriptor, BlobKind, Option<Tap>)> = config_blob
+        .into_iter()
+        .chain(manifest.layers().iter().enumerate().map(|(i, l)| {
+            let tap = sinks.as_deref().map(|sinks| Tap::new(sinks, i));
+            (l.clone(), BlobKind::Layer, tap)
+        }))
+        .collect();
+    let each = &transfer;
+    let transferred: Vec<u64> = futures::stream::iter(
+        blobs
+            .into_iter()
+            .map(|(desc, kind, tap)| async move { each.blob(&desc, kind, tap).await }),
+    )
+    .buffer_unordered(options.concurrency.max(1))
+    .try_collect()
+    .await?;
     transfer.transferred += transferred.iter().sum::<u64>();
 
     let (record, config) = name_image(
@@ -447,7 +472,7 @@ pub async fn fetch_blob(
     progress: &dyn Progress,
 ) -> Result<u64> {
     Transfer::new(store, sources, name, progress)
-        .blob(desc, kind)
+        .blob(desc, kind, None)
         .await
 }
 
@@ -528,8 +553,14 @@ impl<'a> Transfer<'a> {
         ))
     }
 
-    /// Makes one blob present in the store; returns the bytes transferred.
-    async fn blob(&self, desc: &Descriptor, kind: BlobKind) -> Result<u64> {
+    /// Makes one blob present in the store, through `tap` when it is a layer with a sink;
+    /// returns the bytes transferred.
+    async fn blob(
+        &self,
+        desc: &Descriptor,
+        kind: BlobKind,
+        mut tap: Option<Tap<'_>>,
+    ) -> Result<u64> {
         let local = Error::local;
         let digest = descriptor_digest(desc).map_err(local)?;
         let size = desc.size();
@@ -562,6 +593,9 @@ impl<'a> Transfer<'a> {
             size,
             resumed_from: ingest.offset(),
         });
+        if let Some(tap) = &mut tap {
+            tap.open(self.store, &digest, ingest.offset())?;
+        }
         let mut failures = Vec::new();
         let mut transferred = 0;
         for source in &self.sources.content {
@@ -571,6 +605,7 @@ impl<'a> Transfer<'a> {
                     &digest,
                     size,
                     &mut ingest,
+                    &mut tap,
                     &mut transferred,
                 )
                 .await
@@ -583,7 +618,21 @@ impl<'a> Transfer<'a> {
                 }
                 Err(e) => return Err(e),
             }
-            // The bytes are all there: verify and make them visible.
+            // The bytes are all there: the sink's verdict, then verify and make them visible.
+            let (result, failure) = match &mut tap {
+                Some(tap) => match tap.finish() {
+                    Ok(result) => (result, None),
+                    Err(e) if e.kind == ErrorKind::Corrupt && ingest.verified() => {
+                        // The blob the manifest names, but not the layer the config describes:
+                        // neither the blob nor the sink's result is kept (STORE-21).
+                        ingest.reset().map_err(local)?;
+                        return Err(e);
+                    }
+                    // Corrupt bytes may be why the sink failed: the commit tells.
+                    Err(e) => (None, Some(e)),
+                },
+                None => (None, None),
+            };
             let commit = {
                 let source_name = source.source_name().to_string();
                 let media_type = media_type.clone();
@@ -606,6 +655,12 @@ impl<'a> Transfer<'a> {
                         present: false,
                         source: Some(source.source_name().to_string()),
                     });
+                    if let Some(e) = failure {
+                        return Err(e);
+                    }
+                    if let Some(result) = result {
+                        result.publish()?;
+                    }
                     Ok(transferred)
                 }
                 Err(e) => {
@@ -631,7 +686,8 @@ impl<'a> Transfer<'a> {
                         return Err(exhausted(&format!("blob {}@{digest}", self.name), failures));
                     }
                     let retry = Transfer::new(self.store, &rest, self.name, self.progress);
-                    match Box::pin(retry.blob(desc, kind)).await {
+                    let tap = tap.map(Tap::again);
+                    match Box::pin(retry.blob(desc, kind, tap)).await {
                         Ok(n) => Ok(transferred + n),
                         Err(last) => {
                             failures.push(last);
@@ -667,6 +723,7 @@ impl<'a> Transfer<'a> {
         digest: &Digest,
         size: u64,
         ingest: &mut ferry_core::store::Ingest,
+        tap: &mut Option<Tap<'_>>,
         transferred: &mut u64,
     ) -> Result<()> {
         let mut attempts = 0;
@@ -681,6 +738,9 @@ impl<'a> Transfer<'a> {
                 self.restart(ingest, digest, size)?;
                 ByteRange::WHOLE
             };
+            if let Some(tap) = tap {
+                tap.follow(self.store, digest, ingest.offset())?;
+            }
             let result: Result<()> = async {
                 let mut body = source.fetch_blob(self.name, digest, range).await?;
                 while let Some(chunk) = body.stream.next().await {
@@ -689,6 +749,9 @@ impl<'a> Transfer<'a> {
                         .write_all(&chunk)
                         .map_err(|e| Error::from_core(source.source_name(), e))?;
                     *transferred += chunk.len() as u64;
+                    if let Some(tap) = tap.as_mut() {
+                        tap.feed(chunk);
+                    }
                     self.progress.event(&Event::BlobProgress {
                         digest: digest.to_string(),
                         done: ingest.offset(),
@@ -726,6 +789,124 @@ impl<'a> Transfer<'a> {
                 Err(e) => return Err(e),
             }
         }
+    }
+}
+
+/// A layer's sink while the layer's bytes flow into the ingest: the sink sees exactly the
+/// bytes of the ingest, from the first, or is dropped (STORE-20).
+struct Tap<'s> {
+    sinks: &'s dyn LayerSinks,
+    index: usize,
+    sink: Option<Box<dyn LayerSink>>,
+    /// Bytes the sink has taken.
+    fed: u64,
+    /// Why the sink stopped, if it did.
+    failed: Option<Error>,
+}
+
+impl<'s> Tap<'s> {
+    fn new(sinks: &'s dyn LayerSinks, index: usize) -> Self {
+        Tap {
+            sinks,
+            index,
+            sink: None,
+            fed: 0,
+            failed: None,
+        }
+    }
+
+    /// The same layer's tap, fresh, for another try at the blob.
+    fn again(self) -> Self {
+        Tap::new(self.sinks, self.index)
+    }
+
+    /// Opens the sink, and hands it the bytes a previous pull left in the ingest.
+    fn open(&mut self, store: &Store, digest: &Digest, offset: u64) -> Result<()> {
+        self.discard();
+        self.fed = 0;
+        self.sink = self.sinks.open(self.index)?;
+        if offset == 0 || self.sink.is_none() {
+            return Ok(());
+        }
+        let io = |e| {
+            Error::new(
+                ErrorKind::Invalid,
+                "store",
+                format!("reading the partial of {digest}: {e}"),
+            )
+        };
+        let Some(mut partial) = store.open_partial(digest).map_err(Error::local)? else {
+            self.discard();
+            return Ok(());
+        };
+        while self.fed < offset && self.sink.is_some() {
+            let mut buf = vec![0; (offset - self.fed).min(1 << 20) as usize];
+            std::io::Read::read_exact(&mut partial, &mut buf).map_err(io)?;
+            self.feed(bytes::Bytes::from(buf));
+        }
+        Ok(())
+    }
+
+    /// Before writing at `offset` of the ingest: a sink that is not there (the ingest was
+    /// emptied) starts over, or is dropped when it cannot.
+    fn follow(&mut self, store: &Store, digest: &Digest, offset: u64) -> Result<()> {
+        if self.fed == offset && (self.sink.is_some() || self.failed.is_some()) {
+            return Ok(());
+        }
+        if offset == 0 {
+            return self.open(store, digest, 0);
+        }
+        self.discard();
+        Ok(())
+    }
+
+    /// Hands on bytes just written into the ingest.
+    fn feed(&mut self, chunk: bytes::Bytes) {
+        let Some(sink) = &mut self.sink else { return };
+        let len = chunk.len() as u64;
+        if blocking(|| sink.write(chunk)).is_ok() {
+            self.fed += len;
+            return;
+        }
+        let sink = self.sink.take().expect("a sink");
+        self.failed = Some(match blocking(|| sink.finish()) {
+            Err(e) => e,
+            Ok(_) => Error::new(ErrorKind::Invalid, "", "a layer sink stopped taking bytes"),
+        });
+    }
+
+    /// Drops the sink (which waits for its consumer to stop) and what it said.
+    fn discard(&mut self) {
+        self.failed = None;
+        if let Some(sink) = self.sink.take() {
+            blocking(|| drop(sink));
+        }
+    }
+
+    /// Every byte is in the ingest: the sink's result, or why it failed.
+    fn finish(&mut self) -> Result<Option<Box<dyn LayerResult>>> {
+        if let Some(e) = self.failed.take() {
+            return Err(e);
+        }
+        match self.sink.take() {
+            Some(sink) => blocking(|| sink.finish()).map(Some),
+            None => Ok(None),
+        }
+    }
+}
+
+impl Drop for Tap<'_> {
+    fn drop(&mut self) {
+        self.discard();
+    }
+}
+
+/// Runs `f`, which may block, from async code: on a multi-threaded runtime its other tasks
+/// move to other threads meanwhile.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
     }
 }
 

@@ -96,6 +96,26 @@ impl Budget {
     pub fn entries_left(&self) -> u64 {
         self.entries_left
     }
+
+    /// Takes what `layer` used when it was applied with a copy of this budget, beside other
+    /// layers: fails when the layers taken so far together went past a limit.
+    pub(crate) fn charge(&mut self, layer: &Digest, used: &LayerSummary) -> Result<()> {
+        let over = |what, limit| Error::UnpackLimit {
+            layer: layer.to_string(),
+            what,
+            limit,
+            entry: "(the image's layers together)".to_string(),
+        };
+        self.bytes_left = self
+            .bytes_left
+            .checked_sub(used.bytes)
+            .ok_or_else(|| over("max-bytes", self.limits.max_bytes))?;
+        self.entries_left = self
+            .entries_left
+            .checked_sub(used.entries)
+            .ok_or_else(|| over("max-entries", self.limits.max_entries))?;
+        Ok(())
+    }
 }
 
 /// What applying one layer did.
