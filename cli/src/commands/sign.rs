@@ -21,7 +21,8 @@ use crate::Cli;
 pub struct Args {
     /// Image reference as stored (`NAME:TAG`); the signature binds NAME:TAG to its digest.
     reference: String,
-    /// The private key file (`NAME.key` from `ferry key generate`).
+    /// The private key file, Ed25519 or ECDSA P-256 PKCS#8 (`NAME.key` from `ferry key
+    /// generate` or `ferry key import`).
     #[arg(long)]
     key: PathBuf,
     /// Also write the signature next to the image: to the route's first writable source,
@@ -51,7 +52,8 @@ pub async fn run(cli: &Cli, args: &Args) -> Result<ExitCode> {
     let named = Reference::with_name(&record.name, Some(tag), None)?;
     let key = PrivateKey::load(&args.key)?;
     let envelope = sign(&key, &named, &record.digest, Some(SystemTime::now()))?;
-    let blob = store_signature(&store, &record.digest, &envelope)?;
+    store_signature(&store, &record.digest, &envelope)?;
+    let signature = envelope.payload_digest();
 
     let mut pushed = None;
     if args.push {
@@ -84,19 +86,22 @@ pub async fn run(cli: &Cli, args: &Args) -> Result<ExitCode> {
                 "image": named.to_string(),
                 "digest": record.digest,
                 "key_id": key.id().to_string(),
-                "signature": blob,
+                "key_algorithm": key.public_key().algorithm(),
+                "signature": signature,
                 "pushed": pushed.as_ref().map(|(source, p)| serde_json::json!({
                     "source": source,
                     "tag": p.tag,
                     "set_digest": p.set_digest,
+                    "payload_digest": p.payload_digest,
                     "added": p.added,
                 })),
             })
         );
     } else {
         println!(
-            "signed {named}@{} with key {} (signature {blob})",
+            "signed {named}@{} with {} key {} (signature {signature})",
             record.digest,
+            key.public_key().algorithm(),
             key.id()
         );
         if let Some((source, p)) = &pushed {

@@ -1,10 +1,10 @@
 //! `ferry verify REF`: the trust policy's verdict on a stored image, from the signatures the
-//! store keeps for it.
+//! store keeps for it, each listed with the policy key that made it.
 
 use std::process::ExitCode;
 
 use anyhow::Result;
-use ferry_core::Digest;
+use ferry_core::{Digest, Reference};
 use ferry_drivers::transfer::signatures::{signatures_in_store, verify_in_store};
 use ferry_drivers::ErrorKind;
 use ferry_signing::{Acceptance, Policy};
@@ -19,20 +19,32 @@ pub struct Args {
     reference: String,
 }
 
-/// Prints each stored signature's key id and the policy's verdict; exits 1 when it rejects.
+/// One stored signature as `ferry verify` lists it.
+struct Listed {
+    /// The payload (layer) digest.
+    digest: Digest,
+    /// The key of the policy rule that made it, if any.
+    key_id: Option<String>,
+    /// The `docker-reference` the payload claims (unverified unless a key made it).
+    identity: Option<String>,
+}
+
+/// Prints each stored signature (the policy key that made it, what it names) and the
+/// policy's verdict; exits 1 when it rejects.
 pub fn run(cli: &Cli, args: &Args) -> Result<ExitCode> {
     let reference = parse_reference(&args.reference)?;
     let store = open_store(cli)?;
     let policy = Policy::load_default(cli.policy.as_deref())?;
     let record = store.find_image(&reference)?;
     let signatures = signatures_in_store(&store, &record.digest)?;
-    let listed: Vec<(Option<String>, Digest)> = signatures
+    let named = Reference::with_name(&record.name, record.tag.as_deref(), None)?;
+    let keys = policy.keys_for(&named);
+    let listed: Vec<Listed> = signatures
         .iter()
-        .map(|s| {
-            (
-                s.key_id_hint().map(ToString::to_string),
-                Digest::sha256(&s.to_bytes()),
-            )
+        .map(|s| Listed {
+            digest: s.payload_digest(),
+            key_id: s.signer(keys).map(|k| k.id().to_string()),
+            identity: s.claimed_identity(),
         })
         .collect();
     let outcome = match verify_in_store(&store, &policy, &reference) {
@@ -47,14 +59,15 @@ pub fn run(cli: &Cli, args: &Args) -> Result<ExitCode> {
             "tag": record.tag,
             "digest": record.digest,
             "policy": policy_file,
-            "signatures": listed.iter().map(|(key_id, digest)| serde_json::json!({
-                "key_id": key_id, "digest": digest,
+            "signatures": listed.iter().map(|l| serde_json::json!({
+                "key_id": l.key_id, "digest": l.digest, "identity": l.identity,
             })).collect::<Vec<_>>(),
         });
         match &outcome {
             Ok(trusted) => {
                 out["verdict"] = "accepted".into();
                 out["image"] = trusted.reference().to_string().into();
+                out["proves_tag"] = trusted.proves_tag().into();
                 out["signed_by"] = match trusted.how() {
                     Acceptance::SignedBy(keys) => keys.iter().map(ToString::to_string).collect(),
                     Acceptance::Unsigned => Vec::<String>::new(),
@@ -71,11 +84,13 @@ pub fn run(cli: &Cli, args: &Args) -> Result<ExitCode> {
         if listed.is_empty() {
             println!("no signatures in the store for {}", record.digest);
         }
-        for (i, (key_id, digest)) in listed.iter().enumerate() {
+        for (i, l) in listed.iter().enumerate() {
             println!(
-                "signature {}: key id {} ({digest})",
+                "signature {}: key id {}, names {} ({})",
                 i + 1,
-                key_id.as_deref().unwrap_or("(none given)")
+                l.key_id.as_deref().unwrap_or("(no key of the policy rule)"),
+                l.identity.as_deref().unwrap_or("(unreadable payload)"),
+                l.digest
             );
         }
         let by = policy_file.as_deref().unwrap_or("no policy file");
@@ -88,6 +103,12 @@ pub fn run(cli: &Cli, args: &Args) -> Result<ExitCode> {
                         trusted.reference(),
                         keys.join(", ")
                     );
+                    if !trusted.proves_tag() {
+                        println!(
+                            "note: the signatures name the repository {} without a tag: they prove the digest and the repository, not the tag",
+                            record.name
+                        );
+                    }
                 }
                 Acceptance::Unsigned => {
                     println!(
