@@ -120,9 +120,10 @@ fn a_fork_bomb_stops_at_the_pids_limit() {
 
 #[test]
 fn half_a_cpu_gives_about_half_a_core_of_cpu_time() {
-    // RUN-40: a busy loop for 2 s of wall time under --cpus 0.5 gets about 1 s of CPU time
-    // (busybox time reports the loop's user time). The band is wide: this checks the
-    // quota, not the machine's speed; without a limit the loop gets a whole core.
+    // RUN-40: a busy loop for 2 s of wall time under --cpus 0.5 gets at most about 1 s of
+    // CPU time (busybox time reports the loop's user time); without a limit it gets a whole
+    // core when the machine is idle. The band is wide and open below: on a busy 2-core
+    // machine the loop may get less than its quota; this checks the quota, not the speed.
     let Some(env) = env() else { return };
     let script = "busybox time busybox timeout 2 sh -c 'while :; do :; done'";
     for runtime in RUNTIMES {
@@ -139,7 +140,7 @@ fn half_a_cpu_gives_about_half_a_core_of_cpu_time() {
         };
         let share = user(&err) / 2.0;
         assert!(
-            (0.25..=0.7).contains(&share),
+            (0.1..=0.65).contains(&share),
             "{runtime}: {share:.2} of a core under --cpus 0.5 ({err})"
         );
     }
@@ -174,13 +175,23 @@ fn the_container_runs_in_its_own_cgroup_which_is_removed_when_it_exits() {
         assert_eq!(ids.len(), 1, "{runtime}: one container");
         let id = &ids[0];
         let inside = stdout(&out);
-        let path = format!(":/ferry/{id}\n");
-        let v1 = ["memory", "pids", "cpu"].iter().all(|c| {
-            inside
-                .lines()
-                .any(|l| l.contains(c) && l.ends_with(&path[..path.len() - 1]))
-        });
-        let v2 = inside.contains(&format!("0::/ferry/{id}\n"));
+        // Lines are HIERARCHY-ID:CONTROLLERS:PATH; v2's is 0::PATH.
+        let cgroup_of = |controller: &str| {
+            inside.lines().find_map(|line| {
+                let mut fields = line.splitn(3, ':').skip(1);
+                let controllers = fields.next()?;
+                let path = fields.next()?;
+                controllers
+                    .split(',')
+                    .any(|c| c == controller)
+                    .then(|| path.to_string())
+            })
+        };
+        let expected = format!("/ferry/{id}");
+        let v1 = ["memory", "pids", "cpu"]
+            .iter()
+            .all(|c| cgroup_of(c).as_deref() == Some(expected.as_str()));
+        let v2 = cgroup_of("").as_deref() == Some(expected.as_str());
         assert!(v1 || v2, "{runtime}: not in /ferry/{id}: {inside}");
         for dir in cgroup_dirs(id) {
             assert!(!dir.exists(), "{runtime}: {} is left", dir.display());
@@ -199,7 +210,7 @@ fn bad_limits_are_refused_before_anything_runs() {
         ("--cpus", "many"),
         ("--pids-limit", "x"),
     ] {
-        let out = env.run("builtin", &[flag, value], "true");
+        let out = env.run("builtin", &[&format!("{flag}={value}")], "true");
         assert_eq!(
             out.status.code(),
             Some(125),
