@@ -734,7 +734,7 @@ mod tests {
             );
         }
         let dir = root.path().join("ferry/abc");
-        assert_eq!(cgroup.dirs(), [dir.clone()]);
+        assert_eq!(cgroup.dirs(), std::slice::from_ref(&dir));
         assert_eq!(read(&dir.join("memory.max")), "33554432");
         assert_eq!(read(&dir.join("memory.swap.max")), "0");
         assert_eq!(read(&dir.join("cpu.max")), "50000 100000");
