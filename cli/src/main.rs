@@ -48,11 +48,13 @@ enum Command {
     /// Write an image's root filesystem into a directory (layers applied, verified).
     Unpack(commands::unpack::Args),
     /// Run an image in a container, in the foreground (needs root).
-    Run(commands::run::Args),
+    Run(Box<commands::run::Args>),
     /// Check the site config, or explain how a name travels.
     Config(commands::config::Args),
-    /// Store registry credentials in the docker config file (password from stdin).
+    /// Check registry credentials and store them (docker config's helper or file; password from stdin).
     Login(commands::login::Args),
+    /// Remove stored registry credentials for a host.
+    Logout(commands::logout::Args),
     /// Generate signing keys.
     Key(commands::key::Args),
     /// Sign a stored image's NAME:TAG as naming its digest; --push puts the signature next to it.
@@ -71,6 +73,11 @@ enum Command {
     Load(commands::load::Args),
     /// Look into the store itself (e.g. list its blob digests).
     Store(commands::store::Args),
+    /// Print the shell completion script (bash, zsh, fish, …).
+    Completions(commands::completions::Args),
+    /// Write the man pages (ferry.1, ferry-COMMAND.1) into a directory (for packaging).
+    #[command(hide = true)]
+    Manpages(commands::completions::ManArgs),
 }
 
 fn main() -> ExitCode {

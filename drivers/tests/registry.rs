@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use ferry_core::{media, Digest};
 use ferry_drivers::sources::registry::{
-    check_login, Credentials, DockerConfig, RegistryConfig, RegistryDriver,
+    check_login, credentials::Login, Credentials, DockerConfig, RegistryConfig, RegistryDriver,
 };
 use ferry_drivers::{ByteRange, ByteStream, Driver, ErrorKind};
 use ferry_testkit::registry::{closed_port, flip_bytes, Registry, RegistryOptions};
@@ -698,11 +698,20 @@ async fn docker_config_round_trips_and_feeds_basic_auth() {
     cfg.set_auth(&reg.host(), USER, PASS).unwrap();
 
     let again = DockerConfig::load_from(&path).unwrap();
-    let (u, p) = again.credentials(&reg.host()).unwrap().unwrap();
+    let Some(Login::Password {
+        username: u,
+        password: p,
+    }) = again.credentials(&reg.host()).unwrap()
+    else {
+        panic!("no password stored for {}", reg.host());
+    };
     assert_eq!((u.as_str(), p.as_str()), (USER, PASS));
     assert_eq!(
         again.credentials("other.example.com").unwrap(),
-        Some(("x".into(), "y".into()))
+        Some(Login::Password {
+            username: "x".into(),
+            password: "y".into()
+        })
     );
     let raw: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
     assert_eq!(raw["credsStore"], "none");

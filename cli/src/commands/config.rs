@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use ferry_drivers::site::config::SiteConfig;
+use ferry_drivers::sources::registry::default_url;
 
 use crate::commands::parse_reference;
 use crate::Cli;
@@ -52,9 +53,12 @@ pub fn run(cli: &Cli, args: &Args) -> Result<ExitCode> {
             let reference = parse_reference(name)?;
             let name = reference.name();
             let Some(route) = config.route_for(&name) else {
+                // The URL ferry really contacts (Docker Hub's API host for docker.io,
+                // plain http for loopback hosts).
+                let base = default_url(reference.registry())?;
                 let direct = format!(
-                    "https://{}/v2/{} (loopback hosts: http)",
-                    reference.registry(),
+                    "{}/v2/{}",
+                    base.as_str().trim_end_matches('/'),
                     reference.repository()
                 );
                 if cli.json {

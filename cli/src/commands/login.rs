@@ -1,4 +1,5 @@
-//! `ferry login HOST -u USER` (password from stdin, never argv).
+//! `ferry login HOST -u USER` (password from stdin, never argv): checked at the registry,
+//! then stored through the docker config's credential helper for HOST, or in the file.
 
 use std::io::BufRead;
 use std::process::ExitCode;
@@ -32,11 +33,10 @@ pub async fn run(args: &Args) -> Result<ExitCode> {
         );
     }
     check_login(&args.host, &args.username, password).await?;
-    let path = DockerConfig::store_auth(&args.host, &args.username, password)?;
+    let place = DockerConfig::store_auth(&args.host, &args.username, password)?;
     println!(
-        "login succeeded: credentials for {} saved in {}",
-        args.host,
-        path.display()
+        "login succeeded: credentials for {} saved in {place}",
+        args.host
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -1,5 +1,6 @@
 //! One module per subcommand; each has an `Args` struct and a `run` function.
 
+pub mod completions;
 pub mod config;
 pub mod copy;
 pub mod gc;
@@ -8,6 +9,7 @@ pub mod inspect;
 pub mod key;
 pub mod load;
 pub mod login;
+pub mod logout;
 pub mod pull;
 pub mod push;
 pub mod rm;
@@ -40,6 +42,7 @@ pub async fn dispatch(cli: &Cli) -> Result<ExitCode> {
         Command::Run(args) => run::run_command(cli, args).await,
         Command::Config(args) => config::run(cli, args),
         Command::Login(args) => login::run(args).await,
+        Command::Logout(args) => logout::run(cli, args),
         Command::Key(args) => key::run(cli, args),
         Command::Sign(args) => sign::run(cli, args).await,
         Command::Verify(args) => verify::run(cli, args),
@@ -49,6 +52,8 @@ pub async fn dispatch(cli: &Cli) -> Result<ExitCode> {
         Command::Save(args) => save::run(cli, args).await,
         Command::Load(args) => load::run(cli, args).await,
         Command::Store(args) => store::run(cli, args).await,
+        Command::Completions(args) => completions::run(args),
+        Command::Manpages(args) => completions::manpages(args),
     }
 }
 

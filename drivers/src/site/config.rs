@@ -147,7 +147,8 @@ pub enum DriverConfig {
 pub enum CredentialsConfig {
     /// None.
     Anonymous,
-    /// `auths.<host>.auth` of the docker config file (`ferry login` writes it).
+    /// The host's entry in podman's and docker's auth files, or their credential helper
+    /// (`ferry login` writes it; `specs/credentials.md`).
     DockerConfig,
     /// A user and a file holding the password.
     PasswordFile {
@@ -163,7 +164,7 @@ impl CredentialsConfig {
     pub fn describe(&self) -> String {
         match self {
             CredentialsConfig::Anonymous => "anonymous".into(),
-            CredentialsConfig::DockerConfig => "docker config (auths.<host> in $DOCKER_CONFIG/config.json or ~/.docker/config.json)".into(),
+            CredentialsConfig::DockerConfig => "auth files (podman's auth.json, then docker's config.json; credential helpers; specs/credentials.md)".into(),
             CredentialsConfig::PasswordFile { username, password_file } => {
                 format!("user {username:?}, password from {}", password_file.display())
             }
@@ -473,7 +474,9 @@ pub fn prefix_matches(prefix: &str, name: &str) -> bool {
         || (name.starts_with(prefix) && matches!(name.as_bytes().get(prefix.len()), Some(b'/')))
 }
 
-fn validate_prefix(prefix: &str) -> std::result::Result<(), String> {
+/// Checks that `prefix` is a route prefix the file accepts (SITE-3): `*`, or a registry
+/// host then path components, without tag, digest, spaces or empty parts.
+pub fn validate_prefix(prefix: &str) -> std::result::Result<(), String> {
     if prefix == DEFAULT_PREFIX {
         return Ok(());
     }

@@ -400,17 +400,27 @@ fn check_media_types(manifest: &ImageManifest) -> ferry_core::Result<()> {
 /// Resolves `name:tag` with the first resolver that knows it.
 pub async fn resolve(resolvers: &[Arc<dyn Driver>], name: &str, tag: &str) -> Result<Descriptor> {
     let mut failures = Vec::new();
-    for source in resolvers {
+    for (i, source) in resolvers.iter().enumerate() {
         match source.resolve(name, tag).await {
             Ok(desc) => return Ok(desc),
             Err(e) if falls_back(&e) => {
-                tracing::warn!("{e}; trying the next source");
+                warn_fallback(&e, i, resolvers.len());
                 failures.push(e);
             }
             Err(e) => return Err(e),
         }
     }
     Err(exhausted(&format!("{name}:{tag}"), failures))
+}
+
+/// Logs a failure that falls back, saying "trying the next source" only when source
+/// `i` of `count` is not the last.
+fn warn_fallback(e: &Error, i: usize, count: usize) {
+    if i + 1 < count {
+        tracing::warn!("{e}; trying the next source");
+    } else {
+        tracing::warn!("{e}");
+    }
 }
 
 /// Whether the next source should be tried after this failure.
@@ -511,7 +521,8 @@ impl<'a> Transfer<'a> {
             return ManifestBlob::parse(bytes, None, Some(digest)).map_err(local);
         }
         let mut failures = Vec::new();
-        for source in &self.sources.content {
+        let count = self.sources.content.len();
+        for (i, source) in self.sources.content.iter().enumerate() {
             let fetched = source
                 .fetch_manifest(self.name, digest)
                 .await
@@ -541,7 +552,7 @@ impl<'a> Transfer<'a> {
                     return Ok(blob);
                 }
                 Err(e) if falls_back(&e) => {
-                    tracing::warn!("{e}; trying the next source");
+                    warn_fallback(&e, i, count);
                     failures.push(e);
                 }
                 Err(e) => return Err(e),
@@ -598,7 +609,8 @@ impl<'a> Transfer<'a> {
         }
         let mut failures = Vec::new();
         let mut transferred = 0;
-        for source in &self.sources.content {
+        let count = self.sources.content.len();
+        for (i, source) in self.sources.content.iter().enumerate() {
             match self
                 .stream_into(
                     source.as_ref(),
@@ -612,7 +624,7 @@ impl<'a> Transfer<'a> {
             {
                 Ok(()) => {}
                 Err(e) if falls_back(&e) => {
-                    tracing::warn!("{e}; trying the next source");
+                    warn_fallback(&e, i, count);
                     failures.push(e);
                     continue;
                 }
@@ -669,7 +681,7 @@ impl<'a> Transfer<'a> {
                         return Err(e);
                     }
                     // The commit removed the bad bytes; start over with the next source.
-                    tracing::warn!("{e}; trying the next source");
+                    warn_fallback(&e, i, count);
                     failures.push(e);
                     let rest = Sources {
                         content: self

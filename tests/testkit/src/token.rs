@@ -232,6 +232,8 @@ pub struct TokenPolicy {
     pub user_actions: Vec<String>,
     /// Actions granted without credentials (intersected with what is asked).
     pub anonymous_actions: Vec<String>,
+    /// A refresh token the OAuth2 POST grant accepts in place of the user's password.
+    pub refresh_token: Option<String>,
 }
 
 impl TokenPolicy {
@@ -242,7 +244,15 @@ impl TokenPolicy {
             password: password.to_string(),
             user_actions: vec!["pull".into(), "push".into()],
             anonymous_actions: vec!["pull".into()],
+            refresh_token: None,
         }
+    }
+
+    /// The same policy also accepting `token` in the OAuth2 refresh-token grant
+    /// (`POST /token`, distribution's token spec) for the user's actions.
+    pub fn refresh_token(mut self, token: &str) -> Self {
+        self.refresh_token = Some(token.to_string());
+        self
     }
 
     /// The same policy granting the user only `actions` (e.g. `["pull"]` to test denial).
@@ -258,10 +268,12 @@ impl TokenPolicy {
     }
 }
 
-/// A running token server: `GET /token?service=…&scope=…` with optional Basic credentials.
+/// A running token server: `GET /token?service=…&scope=…` with optional Basic credentials,
+/// and `POST /token` with the OAuth2 refresh-token grant when the policy has a refresh token.
 pub struct TokenServer {
     server: HttpServer,
     requests: Arc<AtomicUsize>,
+    grants: Arc<AtomicUsize>,
 }
 
 impl TokenServer {
@@ -273,12 +285,21 @@ impl TokenServer {
             .map_err(|e| io::Error::other(format!("{}: {e}", key_pem.display())))?;
         let cert_der = pem_body(&std::fs::read_to_string(cert_pem)?)?;
         let requests = Arc::new(AtomicUsize::new(0));
-        let counter = requests.clone();
+        let grants = Arc::new(AtomicUsize::new(0));
+        let (counter, granted) = (requests.clone(), grants.clone());
         let server = HttpServer::start(move |req| {
             counter.fetch_add(1, Ordering::SeqCst);
-            issue(req, &policy, &key, &cert_der)
+            let resp = issue(req, &policy, &key, &cert_der);
+            if req.method == "POST" && resp.status == 200 {
+                granted.fetch_add(1, Ordering::SeqCst);
+            }
+            resp
         })?;
-        Ok(TokenServer { server, requests })
+        Ok(TokenServer {
+            server,
+            requests,
+            grants,
+        })
     }
 
     /// The realm URL to put in the registry config.
@@ -289,6 +310,11 @@ impl TokenServer {
     /// How many token requests were served so far.
     pub fn requests(&self) -> usize {
         self.requests.load(Ordering::SeqCst)
+    }
+
+    /// How many tokens were granted for a refresh token (`POST /token`) so far.
+    pub fn refresh_grants(&self) -> usize {
+        self.grants.load(Ordering::SeqCst)
     }
 }
 
@@ -343,19 +369,56 @@ fn issue(
     if req.path() != "/token" {
         return HttpResponse::new(404, "no such endpoint");
     }
-    let allowed = match (req.header("authorization"), req.basic_credentials()) {
-        (None, _) => &policy.anonymous_actions,
-        (Some(_), Some((u, p))) if u == policy.username && p == policy.password => {
-            &policy.user_actions
+    let json = |status: u16, body: &str| {
+        HttpResponse::new(status, body.to_string()).header("Content-Type", "application/json")
+    };
+    // The OAuth2 grant (POST, form body) names its scopes space-separated in one `scope`;
+    // the GET flow repeats `scope=` in the query.
+    let (allowed, scopes, subject): (&Vec<String>, Vec<String>, String) = if req.method == "POST" {
+        let form: Vec<(String, String)> = url::form_urlencoded::parse(&req.body)
+            .into_owned()
+            .collect();
+        let field = |name: &str| {
+            form.iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.as_str())
+        };
+        if field("grant_type") != Some("refresh_token")
+            || field("client_id").is_none_or(str::is_empty)
+            || field("service") != Some(SERVICE)
+        {
+            return json(400, r#"{"error":"invalid_request"}"#);
         }
-        _ => {
-            return HttpResponse::new(401, r#"{"details":"invalid credentials"}"#)
-                .header("Content-Type", "application/json")
+        match (&policy.refresh_token, field("refresh_token")) {
+            (Some(want), Some(got)) if want == got => {}
+            _ => return json(401, r#"{"error":"invalid_grant"}"#),
         }
+        let scopes = field("scope")
+            .unwrap_or_default()
+            .split(' ')
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect();
+        (&policy.user_actions, scopes, policy.username.clone())
+    } else {
+        let allowed = match (req.header("authorization"), req.basic_credentials()) {
+            (None, _) => &policy.anonymous_actions,
+            (Some(_), Some((u, p))) if u == policy.username && p == policy.password => {
+                &policy.user_actions
+            }
+            _ => return json(401, r#"{"details":"invalid credentials"}"#),
+        };
+        let scopes = req
+            .query()
+            .into_iter()
+            .filter(|(k, _)| k == "scope")
+            .map(|(_, v)| v)
+            .collect();
+        let subject = req.basic_credentials().map(|(u, _)| u).unwrap_or_default();
+        (allowed, scopes, subject)
     };
     let mut access = Vec::new();
-    let query = req.query();
-    for (_, scope) in query.iter().filter(|(k, _)| k == "scope") {
+    for scope in &scopes {
         // `repository:NAME:a,b` (NAME has no ':' in our tests; a port would not be there).
         let mut parts = scope.rsplitn(2, ':');
         let (Some(actions), Some(rest)) = (parts.next(), parts.next()) else {
@@ -379,7 +442,7 @@ fn issue(
         serde_json::json!({"typ": "JWT", "alg": "ES256", "x5c": [STANDARD.encode(cert_der)]});
     let claims = serde_json::json!({
         "iss": ISSUER,
-        "sub": req.basic_credentials().map(|(u, _)| u).unwrap_or_default(),
+        "sub": subject,
         "aud": SERVICE,
         "exp": now + 300,
         "nbf": now - 10,

@@ -14,6 +14,7 @@ use reqwest::{Method, Response, StatusCode};
 use url::Url;
 
 use super::auth::{parse_challenges, AuthState, Challenge, Scheme, Scope, Token};
+use super::credentials::Login;
 use crate::{ByteStream, Error, ErrorKind, Result};
 
 /// Attempts per request on connection errors, 5xx and 429 (the first try included).
@@ -92,7 +93,7 @@ pub(crate) struct Client {
     /// `host[:port]` of the registry, for messages.
     pub host: String,
     insecure: bool,
-    credentials: Option<(String, String)>,
+    credentials: Option<Login>,
     auth: Mutex<AuthState>,
 }
 
@@ -102,7 +103,7 @@ impl Client {
         source: &str,
         base: Url,
         insecure: bool,
-        credentials: Option<(String, String)>,
+        credentials: Option<Login>,
     ) -> Result<Self> {
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
@@ -324,14 +325,16 @@ impl Client {
         }
     }
 
+    /// The `Basic` value for a username and password (an identity token has none).
     fn basic(&self) -> Option<String> {
         use base64::Engine as _;
-        self.credentials.as_ref().map(|(u, p)| {
-            format!(
+        match &self.credentials {
+            Some(Login::Password { username, password }) => Some(format!(
                 "Basic {}",
-                base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"))
-            )
-        })
+                base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}"))
+            )),
+            _ => None,
+        }
     }
 
     /// Learns the scheme from a 401's challenges and gets what the retry needs.
@@ -389,7 +392,7 @@ impl Client {
             return Ok(());
         }
         if challenges.iter().any(|c| c.scheme == "basic") {
-            if self.credentials.is_none() {
+            if self.basic().is_none() {
                 return Err(self.unauthorized(&format!("{what}: credentials required{detail}")));
             }
             if sent_auth {
@@ -408,8 +411,9 @@ impl Client {
         ))
     }
 
-    /// Gets a token for `scope` from `realm` (with Basic credentials when configured) and
-    /// caches it.
+    /// Gets a token for `scope` from `realm` and caches it: with an identity token by the
+    /// OAuth2 POST refresh-token grant (CRED-5), else by GET with Basic credentials when
+    /// configured.
     async fn fetch_token(
         &self,
         realm: &Url,
@@ -417,7 +421,11 @@ impl Client {
         scope: &Scope,
     ) -> Result<String> {
         let mut url = realm.clone();
-        {
+        let refresh = match &self.credentials {
+            Some(Login::IdentityToken(token)) => Some(token.as_str()),
+            _ => None,
+        };
+        if refresh.is_none() {
             let mut q = url.query_pairs_mut();
             if let Some(s) = service {
                 q.append_pair("service", s);
@@ -429,10 +437,16 @@ impl Client {
         let what = format!("token from {realm}");
         let mut attempt = 0;
         let resp = loop {
-            let mut rb = self.http.get(url.clone());
-            if let Some(b) = self.basic() {
-                rb = rb.header(AUTHORIZATION, b);
-            }
+            let rb = match refresh {
+                Some(token) => self
+                    .http
+                    .post(url.clone())
+                    .form(&super::credentials::refresh_form(token, service, scope)),
+                None => match self.basic() {
+                    Some(b) => self.http.get(url.clone()).header(AUTHORIZATION, b),
+                    None => self.http.get(url.clone()),
+                },
+            };
             match rb.send().await {
                 Ok(r)
                     if (r.status().is_server_error()
@@ -445,7 +459,14 @@ impl Client {
                 Err(e) if attempt + 1 < MAX_ATTEMPTS && (e.is_connect() || e.is_timeout()) => {
                     tokio::time::sleep(backoff(attempt)).await;
                 }
-                Err(e) => return Err(self.transport_error(&Method::GET, realm, &e)),
+                Err(e) => {
+                    let method = if refresh.is_some() {
+                        Method::POST
+                    } else {
+                        Method::GET
+                    };
+                    return Err(self.transport_error(&method, realm, &e));
+                }
             }
             attempt += 1;
         };

@@ -1,4 +1,5 @@
-//! The docker CLI's `config.json`, as far as ferry uses it: `auths.<host>.auth`.
+//! The docker CLI's `config.json` (and podman's `auth.json`, the same format), as far as
+//! ferry uses it: `auths.<host>`, `credHelpers`, `credsStore` (`specs/credentials.md`).
 
 use std::ffi::OsString;
 use std::io::Write as _;
@@ -8,16 +9,18 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use serde_json::{Map, Value};
 
+use crate::sources::registry::credentials::{CredentialHelper, Login};
 use crate::{Error, ErrorKind, Result};
 
 /// Source name used in errors about the config file itself.
 const SOURCE: &str = "docker-config";
 
-/// A docker `config.json`: read for registry credentials, written by `ferry login`.
+/// A docker `config.json` or podman `auth.json`: read for registry credentials, written
+/// by `ferry login` and `ferry logout`.
 ///
-/// Only `auths` entries with an `auth` (base64 `user:password`) or `username`/`password`
-/// are used; credential helpers (`credsStore`, `credHelpers`) are not. Other keys are kept
-/// as they are when the file is written back.
+/// `auths` entries with an `auth` (base64 `user:password`), `username`/`password` or an
+/// `identitytoken` are read; `credHelpers`/`credsStore` name the helper for a host. Other
+/// keys are kept as they are when the file is written back.
 #[derive(Clone)]
 pub struct DockerConfig {
     path: PathBuf,
@@ -72,11 +75,12 @@ impl DockerConfig {
         &self.path
     }
 
-    /// `(username, password)` stored for registry `host` (`host[:port]`), if any.
+    /// The credentials in this file's `auths` entry for registry `host` (`host[:port]`),
+    /// if any: an identity token when the entry has an `identitytoken`.
     ///
     /// Keys written as URLs (`https://host/v1/`) match too; `docker.io` also matches the
     /// docker CLI's `https://index.docker.io/v1/` entry.
-    pub fn credentials(&self, host: &str) -> Result<Option<(String, String)>> {
+    pub fn credentials(&self, host: &str) -> Result<Option<Login>> {
         let Some(Value::Object(auths)) = self.doc.get("auths") else {
             return Ok(None);
         };
@@ -88,6 +92,13 @@ impl DockerConfig {
         else {
             return Ok(None);
         };
+        if let Some(token) = entry
+            .get("identitytoken")
+            .and_then(Value::as_str)
+            .filter(|t| !t.is_empty())
+        {
+            return Ok(Some(Login::IdentityToken(token.to_string())));
+        }
         if let Some(auth) = entry
             .get("auth")
             .and_then(Value::as_str)
@@ -104,18 +115,77 @@ impl DockerConfig {
                     &format!("auths.{host}.auth is not user:password"),
                 )
             })?;
-            return Ok(Some((user.to_string(), pass.to_string())));
+            return Ok(Some(Login::from_parts(user, pass)));
         }
-        let field = |name: &str| entry.get(name).and_then(Value::as_str).map(str::to_string);
-        Ok(field("username").zip(field("password")))
+        let field = |name: &str| entry.get(name).and_then(Value::as_str);
+        Ok(field("username")
+            .zip(field("password"))
+            .map(|(u, p)| Login::from_parts(u, p)))
     }
 
-    /// Stores `username`/`password` for `host` in the default config file (see
-    /// [`DockerConfig::set_auth`]) and returns that file's path.
-    pub fn store_auth(host: &str, username: &str, password: &str) -> Result<PathBuf> {
+    /// The credential helper this file names for registry `host`: its `credHelpers`
+    /// entry, else its `credsStore` (CRED-2).
+    pub fn helper_for(&self, host: &str) -> Option<String> {
+        let wanted = canonical_host(host);
+        let named = |v: &Value| v.as_str().filter(|s| !s.is_empty()).map(str::to_string);
+        if let Some(Value::Object(helpers)) = self.doc.get("credHelpers") {
+            if let Some(name) = helpers
+                .iter()
+                .find(|(key, _)| canonical_host(key) == wanted)
+                .and_then(|(_, v)| named(v))
+            {
+                return Some(name);
+            }
+        }
+        self.doc.get("credsStore").and_then(named)
+    }
+
+    /// Stores `username`/`password` for `host` as the default config file says (CRED-6):
+    /// through its credential helper for `host` if it names one (and any plain `auths`
+    /// entry for `host` is removed), else in the file itself. Returns where they went.
+    pub fn store_auth(host: &str, username: &str, password: &str) -> Result<String> {
         let mut config = Self::load()?;
+        if let Some(helper) = config.helper_for(host) {
+            let helper = CredentialHelper::new(&helper);
+            helper.store(host, &Login::from_parts(username, password))?;
+            config.remove_auth(host)?;
+            return Ok(format!("credential helper {}", helper.program()));
+        }
         config.set_auth(host, username, password)?;
-        Ok(config.path)
+        Ok(config.path.display().to_string())
+    }
+
+    /// Erases the credentials for `host` from the default config file and its credential
+    /// helper (CRED-6); returns where they were erased from (empty when nowhere).
+    pub fn erase_auth(host: &str) -> Result<Vec<String>> {
+        let mut config = Self::load()?;
+        let mut erased = Vec::new();
+        if let Some(helper) = config.helper_for(host) {
+            let helper = CredentialHelper::new(&helper);
+            if helper.erase(host)? {
+                erased.push(format!("credential helper {}", helper.program()));
+            }
+        }
+        if config.remove_auth(host)? {
+            erased.push(config.path.display().to_string());
+        }
+        Ok(erased)
+    }
+
+    /// Removes the `auths` entry for `host` (whatever form its key has) and writes the
+    /// file if there was one; `false` when there was none.
+    pub fn remove_auth(&mut self, host: &str) -> Result<bool> {
+        let Some(Value::Object(auths)) = self.doc.get_mut("auths") else {
+            return Ok(false);
+        };
+        let wanted = canonical_host(host);
+        let before = auths.len();
+        auths.retain(|key, _| canonical_host(key) != wanted);
+        if auths.len() == before {
+            return Ok(false);
+        }
+        self.write()?;
+        Ok(true)
     }
 
     /// Sets `auths.<host>.auth` (base64 `user:password`) and writes this config's file
@@ -277,10 +347,56 @@ mod tests {
         let cfg = DockerConfig::load_from(&path).unwrap();
         assert_eq!(
             cfg.credentials("a.example.com").unwrap(),
-            Some(("u".into(), "p".into()))
+            Some(Login::Password {
+                username: "u".into(),
+                password: "p".into()
+            })
         );
         let err = cfg.credentials("b.example.com").unwrap_err().to_string();
         assert!(err.contains("not base64"), "{err}");
         assert_eq!(cfg.credentials("c.example.com").unwrap(), None);
+    }
+
+    #[test]
+    fn identity_tokens_and_helpers_are_read_per_host() {
+        // CRED-2, CRED-5
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        std::fs::write(
+            &path,
+            r#"{"credsStore":"pass","credHelpers":{"gcr.example.com":"gcloud"},
+               "auths":{"t.example.com":{"auth":"PHRva2VuPjo=","identitytoken":"rt-1"},
+                        "h.example.com":{"auth":"PHRva2VuPjpydC0y"}}}"#,
+        )
+        .unwrap();
+        let cfg = DockerConfig::load_from(&path).unwrap();
+        assert_eq!(
+            cfg.credentials("t.example.com").unwrap(),
+            Some(Login::IdentityToken("rt-1".into()))
+        );
+        assert_eq!(
+            cfg.credentials("h.example.com").unwrap(),
+            Some(Login::IdentityToken("rt-2".into()))
+        );
+        assert_eq!(cfg.helper_for("gcr.example.com").as_deref(), Some("gcloud"));
+        assert_eq!(cfg.helper_for("other.example.com").as_deref(), Some("pass"));
+    }
+
+    #[test]
+    fn remove_auth_drops_the_entry_in_any_key_form() {
+        // CRED-6
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        std::fs::write(
+            &path,
+            r#"{"auths":{"https://index.docker.io/v1/":{"auth":"dTpw"},"b.example.com":{"auth":"dTpw"}}}"#,
+        )
+        .unwrap();
+        let mut cfg = DockerConfig::load_from(&path).unwrap();
+        assert!(cfg.remove_auth("docker.io").unwrap());
+        assert!(!cfg.remove_auth("docker.io").unwrap());
+        let again = DockerConfig::load_from(&path).unwrap();
+        assert_eq!(again.credentials("docker.io").unwrap(), None);
+        assert!(again.credentials("b.example.com").unwrap().is_some());
     }
 }

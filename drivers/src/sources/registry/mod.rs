@@ -15,6 +15,7 @@
 
 mod auth;
 mod client;
+pub mod credentials;
 mod docker_config;
 mod upload;
 
@@ -58,8 +59,9 @@ pub enum Credentials {
     /// No credentials (anonymous tokens where the registry hands them out).
     #[default]
     Anonymous,
-    /// The entry for the registry's host in the docker config (see [`DockerConfig`]);
-    /// anonymous if there is none.
+    /// The first credentials for the registry's host in the auth files podman and docker
+    /// keep, and their credential helpers (see [`credentials::AuthFiles`]); anonymous if
+    /// there are none.
     DockerConfig,
     /// This username and password.
     Basic {
@@ -139,11 +141,12 @@ impl RegistryDriver {
         let host = host_port(&base);
         let credentials = match config.credentials {
             Credentials::Anonymous => None,
-            Credentials::Basic { username, password } => Some((username, password)),
-            Credentials::DockerConfig => match DockerConfig::default_path() {
-                Some(path) => DockerConfig::load_from(path)?.credentials(&host)?,
-                None => None,
-            },
+            Credentials::Basic { username, password } => {
+                Some(credentials::Login::Password { username, password })
+            }
+            Credentials::DockerConfig => credentials::AuthFiles::from_env()
+                .lookup(&host)?
+                .map(|(login, _)| login),
         };
         let client = Client::new(source, base, config.insecure, credentials)?;
         client
