@@ -8,8 +8,8 @@ use axum::body::Body;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use ferry_core::manifest::MAX_MANIFEST_SIZE;
-use ferry_core::{media, Digest, ManifestBlob, Store};
 use ferry_core::oci_spec::image::Descriptor;
+use ferry_core::{media, Digest, ManifestBlob, Store};
 use ferry_drivers::transfer::signatures::{
     signature_set_manifest, signatures_in_store, SIGNATURE_CONFIG,
 };

@@ -83,7 +83,11 @@ pub(crate) fn encrypt(der: &[u8], passphrase: &[u8]) -> Result<Zeroizing<String>
     let sealed = Sealed {
         kdf: Kdf {
             name: KDF_NAME.into(),
-            params: Params { n: N_LOW, r: R, p: P },
+            params: Params {
+                n: N_LOW,
+                r: R,
+                p: P,
+            },
             salt: STANDARD.encode(salt),
         },
         cipher: Cipher {
@@ -94,8 +98,7 @@ pub(crate) fn encrypt(der: &[u8], passphrase: &[u8]) -> Result<Zeroizing<String>
     };
     let json = serde_json::to_vec(&sealed).expect("a key file of strings serializes");
     Ok(Zeroizing::new(
-        pem::encode_string(LABEL, pem::LineEnding::LF, &json)
-            .expect("JSON always encodes as PEM"),
+        pem::encode_string(LABEL, pem::LineEnding::LF, &json).expect("JSON always encodes as PEM"),
     ))
 }
 

@@ -358,8 +358,8 @@ mod tests {
         assert!(err(&big).contains("larger than the limit"));
         let just_fits = vec![b' '; MAX_ENVELOPE_SIZE];
         assert!(!err(&just_fits).contains("limit"));
-        let e = SignatureEnvelope::from_layer(vec![b'x'; MAX_PAYLOAD_SIZE + 1], &sig64())
-            .unwrap_err();
+        let e =
+            SignatureEnvelope::from_layer(vec![b'x'; MAX_PAYLOAD_SIZE + 1], &sig64()).unwrap_err();
         assert!(e.to_string().contains("payload of 65537 bytes"), "{e}");
     }
 

@@ -207,8 +207,9 @@ impl PrivateKey {
             });
         }
         // The parse error of a secret must not echo the secret; name only the kind of error.
-        let (label, der) = ed25519_dalek::pkcs8::spki::der::pem::decode_vec(pem.trim_start().as_bytes())
-            .map_err(|e| invalid(WHAT, path, format!("not a PEM file ({e})")))?;
+        let (label, der) =
+            ed25519_dalek::pkcs8::spki::der::pem::decode_vec(pem.trim_start().as_bytes())
+                .map_err(|e| invalid(WHAT, path, format!("not a PEM file ({e})")))?;
         let der = Zeroizing::new(der);
         if label != "PRIVATE KEY" {
             return Err(invalid(
@@ -314,8 +315,12 @@ fn write_pair(dir: &Path, name: &str, key: Signing, what: &'static str) -> Resul
     }
     let key = PrivateKey::from_signing(key, &private_path);
     let private_pem = Zeroizing::new(
-        ed25519_dalek::pkcs8::spki::der::pem::encode_string("PRIVATE KEY", LF, &key.key.to_pkcs8_der())
-            .expect("PKCS#8 DER always encodes as PEM"),
+        ed25519_dalek::pkcs8::spki::der::pem::encode_string(
+            "PRIVATE KEY",
+            LF,
+            &key.key.to_pkcs8_der(),
+        )
+        .expect("PKCS#8 DER always encodes as PEM"),
     );
     write_new(
         dir,
@@ -440,10 +445,7 @@ mod tests {
         // The example of SIG-3: RFC 8410 §10.1's public key.
         let raw = hex::decode("19bf44096984cdfe8541bac167dc3b96c85086aa30b6b6cb0c5c38ad703166e1")
             .unwrap();
-        assert_eq!(
-            KeyId::of_raw(&raw).to_string(),
-            "e744c0791320c328"
-        );
+        assert_eq!(KeyId::of_raw(&raw).to_string(), "e744c0791320c328");
     }
 
     #[test]

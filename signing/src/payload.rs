@@ -307,9 +307,16 @@ mod tests {
                 1,
             ),
             c.replacen(r#""optional":null"#, r#""optional":{"a":1,"a":1}"#, 1),
-            c.replacen(r#""optional":null"#, r#""optional":null,"optional":null"#, 1),
+            c.replacen(
+                r#""optional":null"#,
+                r#""optional":null,"optional":null"#,
+                1,
+            ),
         ] {
-            assert!(reason(bytes.as_bytes()).contains("duplicate key"), "{bytes}");
+            assert!(
+                reason(bytes.as_bytes()).contains("duplicate key"),
+                "{bytes}"
+            );
         }
     }
 
@@ -330,10 +337,16 @@ mod tests {
             ),
             c.replacen(r#"{"critical""#, r#"{"aaa":1,"critical""#, 1),
         ] {
-            assert!(reason(bytes.as_bytes()).contains("unknown field"), "{bytes}");
+            assert!(
+                reason(bytes.as_bytes()).contains("unknown field"),
+                "{bytes}"
+            );
         }
         let not_object = c.replacen(r#""optional":null"#, r#""optional":"x""#, 1);
-        assert!(reason(not_object.as_bytes()).contains("map"), "{not_object}");
+        assert!(
+            reason(not_object.as_bytes()).contains("map"),
+            "{not_object}"
+        );
     }
 
     #[test]

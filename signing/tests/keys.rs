@@ -10,8 +10,8 @@ use common::*;
 use ferry_signing::{
     generate_key, import_cosign_key, sign, Error, IdentityMatch, PrivateKey, PublicKey,
 };
-use IdentityMatch::Exact;
 use sha2::{Digest as _, Sha256};
+use IdentityMatch::Exact;
 
 fn mode(path: &std::path::Path) -> u32 {
     std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
@@ -353,7 +353,9 @@ fn keys_cross_with_openssl_both_ways_sig_1() {
     ]);
     let from_openssl = envelope(&payload, &signature);
     let trusted = [their_public];
-    assert!(from_openssl.verify(&trusted, &image, &manifest, Exact).is_ok());
+    assert!(from_openssl
+        .verify(&trusted, &image, &manifest, Exact)
+        .is_ok());
     let mut forged = signature.clone();
     forged[0] ^= 1;
     assert!(envelope(&payload, &forged)
@@ -363,7 +365,13 @@ fn keys_cross_with_openssl_both_ways_sig_1() {
     // ECDSA P-256, cosign's key type: openssl's key loads in ferry; what ferry signs openssl
     // verifies (DER over SHA-256), and what openssl signs ferry verifies.
     ok(&[
-        "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", "ec.key",
+        "genpkey",
+        "-algorithm",
+        "EC",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-out",
+        "ec.key",
     ]);
     ok(&["pkey", "-in", "ec.key", "-pubout", "-out", "ec.pub"]);
     std::fs::set_permissions(
@@ -379,7 +387,13 @@ fn keys_cross_with_openssl_both_ways_sig_1() {
     std::fs::write(dir.path().join("payload"), &payload).unwrap();
     std::fs::write(dir.path().join("sig"), &signature).unwrap();
     ok(&[
-        "dgst", "-sha256", "-verify", "ec.pub", "-signature", "sig", "payload",
+        "dgst",
+        "-sha256",
+        "-verify",
+        "ec.pub",
+        "-signature",
+        "sig",
+        "payload",
     ]);
     let cosign_payload = common::payload("registry.example.com/team/app", &manifest);
     std::fs::write(dir.path().join("payload"), &cosign_payload).unwrap();
@@ -414,11 +428,19 @@ fn cosign_key_files_export_and_import_sig_19() {
     assert_eq!(mode(&files.private_key), 0o600);
     let imported = PrivateKey::load(&files.private_key).unwrap();
     assert_eq!(imported.public_key(), original.public_key());
-    assert_eq!(PublicKey::load(&files.public_key).unwrap(), *original.public_key());
+    assert_eq!(
+        PublicKey::load(&files.public_key).unwrap(),
+        *original.public_key()
+    );
     let image = reference("registry.example.com/team/app:1");
     let e = sign(&imported, &image, &digest("m"), None).unwrap();
     assert!(e
-        .verify(std::slice::from_ref(original.public_key()), &image, &digest("m"), Exact)
+        .verify(
+            std::slice::from_ref(original.public_key()),
+            &image,
+            &digest("m"),
+            Exact
+        )
         .is_ok());
     let again = import_cosign_key(dir.path(), "imported", &sealed, b"s3cret").unwrap_err();
     assert!(matches!(again, Error::KeyExists { .. }), "{again}");
@@ -426,6 +448,7 @@ fn cosign_key_files_export_and_import_sig_19() {
     // Ed25519 keys travel the same way.
     let ed = generate_key(dir.path(), "ed").unwrap();
     let ed_key = PrivateKey::load(&ed.private_key).unwrap();
-    let files = import_cosign_key(dir.path(), "ed2", &ed_key.to_cosign_pem(b"").unwrap(), b"").unwrap();
+    let files =
+        import_cosign_key(dir.path(), "ed2", &ed_key.to_cosign_pem(b"").unwrap(), b"").unwrap();
     assert_eq!(files.id, ed.id);
 }

@@ -521,7 +521,10 @@ fn repository_sig(key: &TestKey, name: &str, manifest: &str) -> SignatureEnvelop
     use ed25519_dalek::pkcs8::DecodePrivateKey as _;
     use ed25519_dalek::Signer as _;
     let signing = ed25519_dalek::SigningKey::from_pkcs8_pem(&pem).unwrap();
-    envelope(payload.as_bytes(), &signing.sign(payload.as_bytes()).to_bytes())
+    envelope(
+        payload.as_bytes(),
+        &signing.sign(payload.as_bytes()).to_bytes(),
+    )
 }
 
 const REPOSITORY_MATCH: &str = r#"
@@ -547,7 +550,11 @@ fn match_repository_accepts_a_repository_signature_without_proving_the_tag_pol_1
     let p = s.policy(REPOSITORY_MATCH);
     let repo = repository_sig(&s.a, "reg.io/team/app", "m1");
     let trusted = p
-        .check(&reference("reg.io/team/app:1"), &digest("m1"), &[repo.clone()])
+        .check(
+            &reference("reg.io/team/app:1"),
+            &digest("m1"),
+            std::slice::from_ref(&repo),
+        )
         .unwrap();
     assert_eq!(
         trusted.how(),
@@ -556,11 +563,19 @@ fn match_repository_accepts_a_repository_signature_without_proving_the_tag_pol_1
     assert!(!trusted.proves_tag());
     // Any tag of the repository naming that digest is accepted: the tag is not proven.
     assert!(p
-        .check(&reference("reg.io/team/app:2"), &digest("m1"), &[repo.clone()])
+        .check(
+            &reference("reg.io/team/app:2"),
+            &digest("m1"),
+            std::slice::from_ref(&repo)
+        )
         .is_ok());
     // Not another digest, not another repository, not by another key.
     assert!(p
-        .check(&reference("reg.io/team/app:1"), &digest("m2"), &[repo.clone()])
+        .check(
+            &reference("reg.io/team/app:1"),
+            &digest("m2"),
+            std::slice::from_ref(&repo)
+        )
         .is_err());
     assert!(p
         .check(&reference("reg.io/team/other:1"), &digest("m1"), &[repo])
@@ -587,7 +602,12 @@ fn the_default_match_is_exact_and_refuses_repository_signatures_pol_11() {
     let s = site();
     let p = s.policy(REPOSITORY_MATCH);
     let repo = repository_sig(&s.a, "reg.io/exact/app", "m1");
-    let reason = rejected(verdict(&p, "reg.io/exact/app:1", "m1", &[repo.clone()]));
+    let reason = rejected(verdict(
+        &p,
+        "reg.io/exact/app:1",
+        "m1",
+        std::slice::from_ref(&repo),
+    ));
     assert!(
         reason.contains("is for reg.io/exact/app, not reg.io/exact/app:1"),
         "{reason}"
@@ -600,7 +620,10 @@ fn the_default_match_is_exact_and_refuses_repository_signatures_pol_11() {
     ));
     // `match` belongs to signed-by rules only, and takes only its two values.
     let e = s.policy_err("[default]\naction = \"accept\"\nmatch = \"repository\"\n");
-    assert!(e.contains("line 3") && e.contains("match only applies"), "{e}");
+    assert!(
+        e.contains("line 3") && e.contains("match only applies"),
+        "{e}"
+    );
     let e = s.policy_err(
         "[default]\naction = \"signed-by\"\nkeys = [\"keys/a.pub\"]\nmatch = \"prefix\"\n",
     );

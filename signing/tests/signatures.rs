@@ -101,7 +101,9 @@ fn a_signature_for_another_name_is_rejected_sig_10() {
         .verify(
             std::slice::from_ref(&f.signer.public),
             &reference(APP1),
-            &digest("m1"), Exact)
+            &digest("m1"),
+            Exact,
+        )
         .unwrap_err();
     match &err {
         Error::IdentityMismatch {
@@ -122,7 +124,9 @@ fn a_signature_for_another_digest_is_rejected_sig_10() {
         .verify(
             std::slice::from_ref(&f.signer.public),
             &reference(APP1),
-            &digest("m2"), Exact)
+            &digest("m2"),
+            Exact,
+        )
         .unwrap_err();
     match &err {
         Error::DigestMismatch {
@@ -143,7 +147,9 @@ fn a_signature_by_an_unknown_key_is_rejected_sig_10() {
         .verify(
             &[f.other.public.clone(), f.rfc.clone()],
             &reference(APP1),
-            &digest("m1"), Exact)
+            &digest("m1"),
+            Exact,
+        )
         .unwrap_err();
     match &err {
         Error::UntrustedSignature { tried, .. } => {
@@ -337,7 +343,10 @@ fn duplicate_key_payloads_are_rejected_though_correctly_signed_sig_6() {
         ),
         base.replacen(
             r#""docker-manifest-digest":"#,
-            &format!(r#""docker-manifest-digest":"{}","docker-manifest-digest":"#, digest("m2")),
+            &format!(
+                r#""docker-manifest-digest":"{}","docker-manifest-digest":"#,
+                digest("m2")
+            ),
             1,
         ),
         base.replacen(r#""optional":null"#, r#""optional":null,"optional":{}"#, 1),
@@ -383,7 +392,9 @@ fn a_repository_only_signature_counts_only_under_repository_match_sig_10() {
         matches!(&r, Err(Error::IdentityMismatch { signed, .. }) if signed == "registry.example.com/team/app"),
         "{r:?}"
     );
-    assert!(repo.verify(&trusted, &reference(APP1), &d, Repository).is_ok());
+    assert!(repo
+        .verify(&trusted, &reference(APP1), &d, Repository)
+        .is_ok());
     // Another tag is another claim, under either match.
     let other_tag = forge(payload("registry.example.com/team/app:2", &d).as_bytes());
     for m in [Exact, Repository] {
@@ -433,16 +444,28 @@ fn ecdsa_p256_signatures_verify_with_their_key_only_sig_10() {
     let (p, sig) = parts(&e);
     // ASN.1 DER: a SEQUENCE of two INTEGERs.
     assert_eq!(sig[0], 0x30, "{sig:02x?}");
-    assert!(e.verify(std::slice::from_ref(&public), &reference(APP1), &d, Exact).is_ok());
+    assert!(e
+        .verify(std::slice::from_ref(&public), &reference(APP1), &d, Exact)
+        .is_ok());
     // A raw (r || s) signature of the same bytes is not DER and is refused.
     let signing = p256::ecdsa::SigningKey::from(&secret);
     let raw: p256::ecdsa::Signature = p256::ecdsa::signature::Signer::sign(&signing, &p);
-    let r = envelope(&p, &raw.to_bytes()).verify(std::slice::from_ref(&public), &reference(APP1), &d, Exact);
+    let r = envelope(&p, &raw.to_bytes()).verify(
+        std::slice::from_ref(&public),
+        &reference(APP1),
+        &d,
+        Exact,
+    );
     assert!(matches!(r, Err(Error::UntrustedSignature { .. })), "{r:?}");
     // Not by an Ed25519 key, and an Ed25519 signature not by it.
     let f = fixture();
     assert!(matches!(
-        e.verify(&[f.signer.public.clone()], &reference(APP1), &d, Exact),
+        e.verify(
+            std::slice::from_ref(&f.signer.public),
+            &reference(APP1),
+            &d,
+            Exact
+        ),
         Err(Error::UntrustedSignature { .. })
     ));
     let ed = signed(&f, APP1, "m1");

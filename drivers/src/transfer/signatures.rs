@@ -344,7 +344,12 @@ pub async fn push_signature(
     };
     let payload = envelope.payload().to_vec();
     driver
-        .put_blob(name, &payload_digest, payload.len() as u64, one_chunk(payload))
+        .put_blob(
+            name,
+            &payload_digest,
+            payload.len() as u64,
+            one_chunk(payload),
+        )
         .await?;
     let manifest = match existing {
         Some(set) => append_layer(&set.bytes, &layer)
@@ -713,7 +718,11 @@ mod tests {
         assert!(tag.ends_with(".sig"));
         Reference::parse(&format!("{NAME}:{tag}")).expect("a valid tag");
         assert_eq!(signature_tag_digest(&signature_tag(&d)), Some(d));
-        assert_eq!(signature_tag_digest(&tag), None, "a cut tag names no digest");
+        assert_eq!(
+            signature_tag_digest(&tag),
+            None,
+            "a cut tag names no digest"
+        );
         for other in ["latest", "sha256-abc.sig", "sha256.sig", "md5-00.sig"] {
             assert_eq!(signature_tag_digest(other), None, "{other}");
         }
@@ -831,11 +840,18 @@ mod tests {
         }))
         .unwrap();
         driver
-            .put_manifest(NAME, Some(&signature_tag(&digest)), media::OCI_MANIFEST, &cosign_set)
+            .put_manifest(
+                NAME,
+                Some(&signature_tag(&digest)),
+                media::OCI_MANIFEST,
+                &cosign_set,
+            )
             .await
             .unwrap();
         assert_eq!(
-            fetch_signatures(driver.as_ref(), NAME, &digest).await.unwrap(),
+            fetch_signatures(driver.as_ref(), NAME, &digest)
+                .await
+                .unwrap(),
             vec![theirs.clone()]
         );
 
@@ -845,7 +861,9 @@ mod tests {
             .unwrap();
         assert!(pushed.added);
         assert_eq!(
-            fetch_signatures(driver.as_ref(), NAME, &digest).await.unwrap(),
+            fetch_signatures(driver.as_ref(), NAME, &digest)
+                .await
+                .unwrap(),
             vec![theirs, ours]
         );
         // Their manifest is kept as they wrote it, one layer longer.

@@ -83,7 +83,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let mut client = client()?;
             let (sig_image, digest) = client.triangulate(&image, &Auth::Anonymous).await?;
             let mut layer = SignatureLayer::new_unsigned(&image, &digest)?;
-            let pem = Zeroizing::new(std::fs::read(&key).with_context(|| key.display().to_string())?);
+            let pem =
+                Zeroizing::new(std::fs::read(&key).with_context(|| key.display().to_string())?);
             let signer = PrivateKeySigner::new_with_raw(
                 pem,
                 Zeroizing::new(password.into_bytes()),

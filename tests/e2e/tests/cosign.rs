@@ -70,7 +70,12 @@ impl Scene {
         for pair in ["cosign", "other"] {
             let at = dir.path().join(pair);
             std::fs::create_dir(&at).unwrap();
-            run_ok(peer().arg("generate").arg(&at).args(["--password", PASSWORD]));
+            run_ok(
+                peer()
+                    .arg("generate")
+                    .arg(&at)
+                    .args(["--password", PASSWORD]),
+            );
         }
         run_ok(
             fy(dir.path(), None)
@@ -101,7 +106,10 @@ impl Scene {
 
     /// The key id ferry gives a public key file.
     fn key_id(&self, public: &str) -> String {
-        PublicKey::load(&self.path(public)).unwrap().id().to_string()
+        PublicKey::load(&self.path(public))
+            .unwrap()
+            .id()
+            .to_string()
     }
 
     /// The sigstore client signs the image with the cosign key pair `pair`.
@@ -220,10 +228,16 @@ fn ferry_sign_push_adds_to_a_set_sigstore_wrote_and_both_verify_sig_15() {
         "{verify}"
     );
     assert!(!verify.contains("not the tag"), "{verify}");
-    let verify = json(&run_ok(
-        fy(root.path(), Some(&both)).args(["verify", "--json", &s.image()]),
-    ));
-    assert_eq!(verify["signatures"].as_array().unwrap().len(), 2, "{verify}");
+    let verify = json(&run_ok(fy(root.path(), Some(&both)).args([
+        "verify",
+        "--json",
+        &s.image(),
+    ])));
+    assert_eq!(
+        verify["signatures"].as_array().unwrap().len(),
+        2,
+        "{verify}"
+    );
     assert_eq!(verify["proves_tag"], true);
 }
 
@@ -245,7 +259,11 @@ fn an_imported_cosign_key_signs_and_sigstore_verifies_sig_19() {
         .stdin(std::fs::File::open(s.path("cosign/cosign.pub")).unwrap());
     let out = output(&mut wrong);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("wrong passphrase"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("wrong passphrase"),
+        "{}",
+        stderr(&out)
+    );
     assert!(!keys.join("imported.key").exists());
 
     let out = json(&run_ok(

@@ -1,13 +1,19 @@
-//! Signature envelopes (SIG-8) and their verification (SIG-10) against one fixed trusted
-//! key, for the fixed image `registry.example.com/team/app:v1` and manifest digest.
+//! Signatures in cosign's form (SIG-6 to SIG-10, SIG-14): stored envelopes, signature
+//! layers, and verification against two fixed trusted keys (Ed25519 and ECDSA P-256), for the
+//! fixed image `registry.example.com/team/app:v1` and manifest digest.
 //!
 //! Input: one byte choosing the mode, then
-//! - 0: envelope bytes from anywhere: they parse, print back to themselves, and verify
-//!   only if they are the genuine signature;
-//! - 1: edits (position, xor) to the genuine envelope's payload and signature: any real
-//!   change must fail verification;
-//! - 2: a payload the trusted key signs: it verifies only if it binds the image to the
-//!   manifest digest (the payload parser sees only signed bytes, SIG-10).
+//! - 0: stored envelope bytes from anywhere: they parse, print back to themselves, and verify
+//!   only if they are one of the genuine signatures;
+//! - 1, 2: edits (position, xor) to the genuine Ed25519 (1) or P-256 (2) signature's payload
+//!   and signature bytes: any real change must fail verification;
+//! - 3: a payload the trusted Ed25519 key signs: it verifies under `match = "exact"` only if
+//!   it names `registry.example.com/team/app:v1` and the digest, and under
+//!   `match = "repository"` also if it names the repository without a tag (the payload
+//!   parser sees only signed bytes, SIG-10);
+//! - 4: a layer descriptor (JSON), a 0 byte, then the layer's blob: a signature is read from
+//!   it only if it is a cosign signature layer whose digest and size are the blob's, and its
+//!   layer prints back to the same digest, size and signature.
 #![no_main]
 
 use std::os::unix::fs::PermissionsExt;
@@ -15,40 +21,50 @@ use std::sync::LazyLock;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
-use ed25519_dalek::pkcs8::{EncodePrivateKey, EncodePublicKey};
+use ed25519_dalek::pkcs8::EncodePrivateKey;
 use ed25519_dalek::{Signer as _, SigningKey};
+use ferry_core::manifest::descriptor_digest;
+use ferry_core::oci_spec::image::Descriptor;
 use ferry_core::{Digest, Reference};
-use ferry_signing::{sign, PrivateKey, PublicKey, SignatureEnvelope, PAYLOAD_TYPE};
+use ferry_drivers::transfer::signatures::{envelope_of_layer, signature_layer};
+use ferry_signing::{
+    sign, IdentityMatch, PrivateKey, PublicKey, SignatureEnvelope, PAYLOAD_MEDIA_TYPE,
+    PAYLOAD_TYPE, SIGNATURE_ANNOTATION,
+};
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 
-/// The trusted key, its secret for mode 2, the image, and its genuine signature.
+/// The trusted keys, the Ed25519 secret for mode 3, the image, and the genuine signatures.
 struct Fixed {
     trusted: Vec<PublicKey>,
     secret: SigningKey,
     reference: Reference,
     digest: Digest,
-    genuine: SignatureEnvelope,
+    genuine: [SignatureEnvelope; 2],
+}
+
+/// Writes `pem` as a private key file and loads it.
+fn load(dir: &std::path::Path, name: &str, pem: &str) -> PrivateKey {
+    let path = dir.join(name);
+    std::fs::write(&path, pem).expect("write key");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    PrivateKey::load(&path).expect("private key loads")
 }
 
 static FIXED: LazyLock<Fixed> = LazyLock::new(|| {
     let dir = tempfile::tempdir().expect("temporary directory");
     let secret = SigningKey::from_bytes(&[7u8; 32]);
-    let (private, public) = (dir.path().join("k.key"), dir.path().join("k.pub"));
     let pem = secret.to_pkcs8_pem(Default::default()).expect("PKCS#8");
-    std::fs::write(&private, pem.as_bytes()).expect("write key");
-    std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o600)).expect("chmod");
-    let pem = secret
-        .verifying_key()
-        .to_public_key_pem(Default::default())
-        .expect("SPKI");
-    std::fs::write(&public, pem).expect("write public key");
-    let key = PrivateKey::load(&private).expect("private key loads");
+    let ed = load(dir.path(), "ed.key", &pem);
+    let ec_secret = p256::SecretKey::from_slice(&[7u8; 32]).expect("a valid P-256 scalar");
+    let pem = p256::pkcs8::EncodePrivateKey::to_pkcs8_pem(&ec_secret, Default::default())
+        .expect("PKCS#8");
+    let ec = load(dir.path(), "ec.key", &pem);
     let reference: Reference = "registry.example.com/team/app:v1".parse().expect("valid");
     let digest = Digest::sha256(b"the manifest");
-    let genuine = sign(&key, &reference, &digest, None).expect("sign");
+    let genuine = [&ed, &ec].map(|k| sign(k, &reference, &digest, None).expect("sign"));
     Fixed {
-        trusted: vec![PublicKey::load(&public).expect("public key loads")],
+        trusted: vec![ed.public_key().clone(), ec.public_key().clone()],
         secret,
         reference,
         digest,
@@ -56,23 +72,19 @@ static FIXED: LazyLock<Fixed> = LazyLock::new(|| {
     }
 });
 
-/// The payload and signature of an envelope's JSON form, decoded.
-fn parts(envelope: &SignatureEnvelope) -> (Vec<u8>, Vec<u8>) {
-    let wire: Value = serde_json::from_slice(&envelope.to_bytes()).expect("envelope JSON");
-    let field = |name: &str| {
-        STANDARD
-            .decode(wire[name].as_str().expect("string member"))
-            .expect("base64")
-    };
-    (field("payload"), field("signature"))
+fn verifies(envelope: &SignatureEnvelope, identity: IdentityMatch) -> bool {
+    let fixed = &*FIXED;
+    envelope
+        .verify(&fixed.trusted, &fixed.reference, &fixed.digest, identity)
+        .is_ok()
 }
 
-fn envelope_json(payload: &[u8], signature: &[u8]) -> Vec<u8> {
-    serde_json::to_vec(&serde_json::json!({
-        "payload": STANDARD.encode(payload),
-        "signature": STANDARD.encode(signature),
-    }))
-    .expect("JSON")
+/// The payload and signature bytes of a signature.
+fn parts(envelope: &SignatureEnvelope) -> (Vec<u8>, Vec<u8>) {
+    let signature = STANDARD
+        .decode(envelope.signature_base64())
+        .expect("base64");
+    (envelope.payload().to_vec(), signature)
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -80,12 +92,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let fixed = &*FIXED;
-    let verify = |envelope: &SignatureEnvelope| {
-        envelope
-            .verify(&fixed.trusted, &fixed.reference, &fixed.digest)
-            .is_ok()
-    };
-    match mode % 3 {
+    match mode % 5 {
         0 => {
             let Ok(envelope) = SignatureEnvelope::from_bytes(rest) else {
                 return;
@@ -93,16 +100,15 @@ fuzz_target!(|data: &[u8]| {
             let again = SignatureEnvelope::from_bytes(&envelope.to_bytes())
                 .expect("printed envelope parses");
             assert_eq!(again, envelope);
-            if verify(&envelope) {
-                assert_eq!(
-                    parts(&envelope),
-                    parts(&fixed.genuine),
-                    "accepted a forged envelope"
+            if verifies(&envelope, IdentityMatch::Exact) {
+                assert!(
+                    fixed.genuine.contains(&envelope),
+                    "accepted a forged signature"
                 );
             }
         }
-        1 => {
-            let (payload, signature) = parts(&fixed.genuine);
+        m @ (1 | 2) => {
+            let (payload, signature) = parts(&fixed.genuine[usize::from(m - 1)]);
             let mut bytes = [payload.as_slice(), signature.as_slice()].concat();
             for edit in rest.chunks_exact(3) {
                 let at = usize::from(u16::from_le_bytes([edit[0], edit[1]])) % bytes.len();
@@ -110,32 +116,79 @@ fuzz_target!(|data: &[u8]| {
             }
             let (p, s) = bytes.split_at(payload.len());
             let changed = p != payload.as_slice() || s != signature.as_slice();
-            let envelope =
-                SignatureEnvelope::from_bytes(&envelope_json(p, s)).expect("well-formed");
-            if changed {
-                assert!(!verify(&envelope), "accepted a mutated signature");
-            } else {
-                assert!(verify(&envelope), "refused the genuine signature");
+            let Ok(envelope) = SignatureEnvelope::from_layer(p.to_vec(), &STANDARD.encode(s))
+            else {
+                assert!(changed, "the genuine signature does not parse");
+                return;
+            };
+            for identity in [IdentityMatch::Exact, IdentityMatch::Repository] {
+                assert_eq!(
+                    verifies(&envelope, identity),
+                    !changed,
+                    "changed {changed}, {identity:?}"
+                );
             }
         }
-        _ => {
-            if rest.is_empty() {
-                return;
-            }
+        3 => {
             let signature = fixed.secret.sign(rest).to_bytes();
-            let envelope = SignatureEnvelope::from_bytes(&envelope_json(rest, &signature))
-                .expect("well-formed");
-            if verify(&envelope) {
+            let Ok(envelope) =
+                SignatureEnvelope::from_layer(rest.to_vec(), &STANDARD.encode(signature))
+            else {
+                return;
+            };
+            let exact = verifies(&envelope, IdentityMatch::Exact);
+            let repository = verifies(&envelope, IdentityMatch::Repository);
+            assert!(
+                !exact || repository,
+                "exact accepted what repository refused"
+            );
+            if repository {
                 let claims: Value = serde_json::from_slice(rest).expect("accepted payload is JSON");
                 let critical = &claims["critical"];
                 assert_eq!(critical["type"], PAYLOAD_TYPE);
-                assert_eq!(critical["image"]["name"], fixed.reference.name().as_str());
-                assert_eq!(critical["image"]["tag"], "v1");
                 assert_eq!(
-                    critical["manifest"]["digest"],
+                    critical["image"]["docker-manifest-digest"],
                     fixed.digest.to_string().as_str()
                 );
+                let named = critical["identity"]["docker-reference"]
+                    .as_str()
+                    .expect("a string reference");
+                let parsed = Reference::parse(named).expect("accepted reference parses");
+                assert_eq!(parsed.name(), fixed.reference.name());
+                assert_eq!(parsed.digest(), None);
+                let has_tag = named.rsplit('/').next().unwrap_or_default().contains(':');
+                if exact {
+                    assert!(has_tag && parsed.tag() == Some("v1"), "{named}");
+                } else {
+                    assert!(!has_tag, "repository match accepted a tag: {named}");
+                }
             }
+        }
+        _ => {
+            let Some(split) = rest.iter().position(|&b| b == 0) else {
+                return;
+            };
+            let (json, blob) = (&rest[..split], &rest[split + 1..]);
+            let Ok(layer) = serde_json::from_slice::<Descriptor>(json) else {
+                return;
+            };
+            let Ok(envelope) = envelope_of_layer(&layer, blob.to_vec()) else {
+                return;
+            };
+            assert_eq!(layer.media_type().to_string(), PAYLOAD_MEDIA_TYPE);
+            assert_eq!(layer.size(), blob.len() as u64);
+            let digest = descriptor_digest(&layer).expect("an accepted layer has a digest");
+            assert_eq!(digest, Digest::of(digest.algorithm(), blob));
+            assert_eq!(envelope.payload(), blob);
+            let again = signature_layer(&envelope);
+            assert_eq!(again.digest().to_string(), Digest::sha256(blob).to_string());
+            assert_eq!(again.size(), layer.size());
+            let annotation = |d: &Descriptor| {
+                d.annotations()
+                    .as_ref()
+                    .and_then(|a| a.get(SIGNATURE_ANNOTATION).cloned())
+            };
+            assert_eq!(annotation(&again), annotation(&layer));
         }
     }
 });

@@ -3,9 +3,9 @@
 use std::collections::HashSet;
 use std::io::Write;
 
+use ferry_core::oci_spec::image::Descriptor;
 use ferry_core::oci_spec::image::ANNOTATION_REF_NAME;
 use ferry_core::{media, Digest, Reference, Store};
-use ferry_core::oci_spec::image::Descriptor;
 use ferry_signing::PAYLOAD_MEDIA_TYPE;
 use serde::Serialize;
 
