@@ -270,6 +270,7 @@ impl Cgroup {
             path: PathBuf::new(),
             reason: "the spec sets resource limits but no linux.cgroupsPath".into(),
         })?;
+        refuse_rootless(&path)?;
         Cgroup::create(&Hierarchy::detect()?, &path, &limits).map(Some)
     }
 
@@ -438,6 +439,7 @@ impl OomWatch {
         let (Some(path), Some(_)) = (linux.cgroups_path(), limits.memory) else {
             return Ok(None);
         };
+        refuse_rootless(path)?;
         let hierarchy = Hierarchy::detect()?;
         if matches!(hierarchy, Hierarchy::V2 { .. }) {
             return Ok(None);
@@ -501,6 +503,19 @@ impl OomWatch {
             warn_oom(id, self.cgroup.memory_limit);
         }
     }
+}
+
+/// Rootless ferry has no cgroup of its own to put limits in (RUN-48).
+fn refuse_rootless(path: &Path) -> Result<()> {
+    if !crate::userns::in_user_namespace() {
+        return Ok(());
+    }
+    Err(Error::Cgroup {
+        path: path.to_path_buf(),
+        reason: "--memory, --cpus and --pids-limit need root: no cgroup is delegated to \
+                 rootless ferry"
+            .into(),
+    })
 }
 
 fn warn_oom(id: &str, limit: Option<i64>) {

@@ -27,12 +27,15 @@ pub(super) fn run(bundle: &Bundle, stdio: Stdio) -> Result<i32> {
         }
     }
     let oom = OomWatch::for_spec(&bundle.spec)?;
+    let rootless = crate::userns::in_user_namespace();
     let forwarder = SignalForwarder::start()?;
     let child = Command::new(RUNC)
         .arg("--root")
         .arg(&state)
         .arg("--log")
         .arg(&log)
+        // In rootless ferry's user namespace runc is root but owns no cgroup (RUN-46).
+        .args(["--rootless", if rootless { "true" } else { "false" }])
         .args(["--log-format", "json", "run", "--bundle"])
         .arg(&bundle.dir)
         .arg(&bundle.id)
