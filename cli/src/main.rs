@@ -82,7 +82,7 @@ enum Command {
 
 fn main() -> ExitCode {
     set_sigpipe(libc::SIG_DFL);
-    let cli = Cli::parse();
+    let cli = Cli::try_parse().unwrap_or_else(|e| exit_usage(e));
     if matches!(cli.command, Command::Serve(_)) {
         // A client that goes away must not end the server: its writes fail instead.
         set_sigpipe(libc::SIG_IGN);
@@ -101,9 +101,7 @@ fn main() -> ExitCode {
     match runtime.block_on(commands::dispatch(&cli)) {
         Ok(code) => code,
         Err(e) => {
-            // One line: the whole context chain, outermost first.
-            let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
-            eprintln!("ferry: {}", dedup_chain(&chain).join(": "));
+            report_error(&e);
             ExitCode::FAILURE
         }
     }
@@ -112,6 +110,38 @@ fn main() -> ExitCode {
 /// Sets the disposition of SIGPIPE. With the default one, writing to a closed pipe
 /// (`ferry images | head -1`) ends ferry quietly, as it ends coreutils, instead of failing
 /// every `println!` with "Broken pipe".
+/// Prints `e` on one line: the whole context chain, outermost first.
+pub(crate) fn report_error(e: &anyhow::Error) {
+    let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+    eprintln!("ferry: {}", dedup_chain(&chain).join(": "));
+}
+
+/// Exits for a command line clap refused: help and version as clap does, usage errors with
+/// 2, or with 125 for `ferry run` as `docker run` does (specs/runtime.md RUN-38).
+fn exit_usage(e: clap::Error) -> ! {
+    if e.use_stderr() && invoked_subcommand().as_deref() == Some("run") {
+        let _ = e.print();
+        std::process::exit(125);
+    }
+    e.exit()
+}
+
+/// The subcommand named on the command line: the first argument that is not a global flag
+/// or a global flag's value.
+fn invoked_subcommand() -> Option<String> {
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--root" | "--config" | "--policy" => {
+                args.next();
+            }
+            a if a.starts_with('-') => {}
+            a => return Some(a.to_string()),
+        }
+    }
+    None
+}
+
 fn set_sigpipe(handler: libc::sighandler_t) {
     // SAFETY: signal(2) with SIG_DFL or SIG_IGN installs no handler code; nothing else
     // runs yet (no threads are started before this).

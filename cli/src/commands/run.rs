@@ -1,11 +1,19 @@
-//! `ferry run [--rm] [-e K=V]… [-w DIR] [-u USER] [--net host|none] [--runtime builtin|runc] REF [CMD ARG…]`.
+//! `ferry run [--rm] [-e K=V]… [-w DIR] [-u USER] [--net host|none] [--runtime builtin|runc]
+//! [-i] [-t] [-v HOST:CTR[:ro]]… [--tmpfs CTR[:OPTS]]… [--entrypoint CMD] [--hostname NAME]
+//! [--read-only] [--cap-add CAP]… [--cap-drop CAP]… [--init] [--security-opt seccomp=…]
+//! REF [CMD ARG…]`.
+//!
+//! Exit codes as docker's (specs/runtime.md RUN-38): 125 when ferry fails, 126 when the
+//! command cannot be executed, 127 when it is not found, else the container's.
 
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use ferry_drivers::transfer::pull::PullOptions;
 use ferry_runtime::run::cgroup::Resources;
-use ferry_runtime::run::{run, Bundle, RuntimeKind};
+use ferry_runtime::run::mounts::{Tmpfs, Volume};
+use ferry_runtime::run::seccomp::{Profile, Seccomp};
+use ferry_runtime::run::{run_with_stdio, Bundle, RuntimeKind, Stdio};
 use ferry_runtime::snapshot::prepare;
 use ferry_runtime::spec::{NetMode, RunOptions};
 
@@ -40,6 +48,8 @@ pub struct Args {
     limits: LimitArgs,
     #[command(flatten)]
     resources: ResourceArgs,
+    #[command(flatten)]
+    container: ContainerArgs,
     /// Image reference (pulled first if the store lacks it).
     reference: String,
     /// Command and arguments replacing the image's Cmd.
@@ -47,8 +57,35 @@ pub struct Args {
     command: Vec<String>,
 }
 
-/// Runs the image in the foreground; ferry exits with the container's exit code.
+/// Runs the image in the foreground; ferry exits with the container's exit code, or with
+/// 125, 126 or 127 when it fails (RUN-38).
 pub async fn run_command(cli: &Cli, args: &Args) -> Result<ExitCode> {
+    match run_container(cli, args).await {
+        Ok(code) => Ok(code),
+        Err(e) => {
+            crate::report_error(&e);
+            Ok(ExitCode::from(failure_code(&e)))
+        }
+    }
+}
+
+/// docker's exit code for a run that failed: 127 when the command does not exist, 126 when
+/// it cannot be executed, 125 for everything else (ferry's own failure).
+fn failure_code(e: &anyhow::Error) -> u8 {
+    let exec = e
+        .chain()
+        .find_map(|c| match c.downcast_ref::<ferry_runtime::Error>() {
+            Some(ferry_runtime::Error::Exec { source, .. }) => Some(source.raw_os_error()),
+            _ => None,
+        });
+    match exec {
+        Some(Some(libc::ENOENT | libc::ENOTDIR)) => 127,
+        Some(_) => 126,
+        None => 125,
+    }
+}
+
+async fn run_container(cli: &Cli, args: &Args) -> Result<ExitCode> {
     let reference = parse_reference(&args.reference)?;
     let mut env = Vec::new();
     for kv in &args.env {
@@ -67,10 +104,12 @@ pub async fn run_command(cli: &Cli, args: &Args) -> Result<ExitCode> {
         } else {
             NetMode::None
         },
-        hostname: None,
-        terminal: false,
+        hostname: args.container.hostname.clone(),
+        terminal: args.container.tty,
         resources: args.resources.resources(),
+        ..args.container.options()?
     };
+    let stdio = args.container.stdio()?;
     let kind = if args.runtime == "runc" {
         RuntimeKind::Runc
     } else {
@@ -94,7 +133,7 @@ pub async fn run_command(cli: &Cli, args: &Args) -> Result<ExitCode> {
             .map_err(explain_limit)
             .with_context(|| format!("preparing the snapshots of {reference}"))?;
         let bundle = Bundle::create(&store_for_run, &lowers, image.config(), &options)?;
-        let code = run(&bundle, kind);
+        let code = run_with_stdio(&bundle, kind, stdio);
         if rm {
             bundle.remove().context("removing the container")?;
         }
@@ -161,5 +200,96 @@ fn parse_cpus(text: &str) -> Result<f64, String> {
     match text.trim().parse::<f64>() {
         Ok(cpus) if cpus.is_finite() && cpus >= 0.01 => Ok(cpus),
         _ => Err(format!("{text:?} is not a number of CPUs of at least 0.01")),
+    }
+}
+
+/// `docker run`'s options for daily use: terminal, mounts, entrypoint, hostname, read-only
+/// root, capabilities, init and seccomp (RUN-30…RUN-36).
+#[derive(clap::Args, Debug)]
+pub struct ContainerArgs {
+    /// Keep standard input open and forward it (without it the container reads /dev/null).
+    #[arg(short = 'i', long)]
+    interactive: bool,
+    /// Give the container a pseudo-terminal (raw mode on ours while it runs).
+    #[arg(short = 't', long)]
+    tty: bool,
+    /// Bind-mount a host path: HOST:CONTAINER[:ro|rw] (repeatable).
+    #[arg(short = 'v', long = "volume", value_name = "HOST:CTR[:ro]")]
+    volumes: Vec<String>,
+    /// Mount an empty tmpfs: CONTAINER[:size=…,mode=…] (repeatable).
+    #[arg(long, value_name = "CTR[:OPTS]")]
+    tmpfs: Vec<String>,
+    /// Replace the image's Entrypoint (and drop its Cmd); "" clears it.
+    #[arg(long, value_name = "CMD")]
+    entrypoint: Option<String>,
+    /// The container's hostname.
+    #[arg(long)]
+    hostname: Option<String>,
+    /// Mount the container's root filesystem read-only.
+    #[arg(long)]
+    read_only: bool,
+    /// Add a capability to docker's default set (`ALL` for every one; repeatable).
+    #[arg(long, value_name = "CAP")]
+    cap_add: Vec<String>,
+    /// Remove a capability (`ALL` for every one not added; repeatable).
+    #[arg(long, value_name = "CAP")]
+    cap_drop: Vec<String>,
+    /// Run an init as PID 1 that forwards signals and reaps zombies.
+    #[arg(long)]
+    init: bool,
+    /// `seccomp=unconfined` or `seccomp=PROFILE.json` (docker's profile format).
+    #[arg(long, value_name = "OPT")]
+    security_opt: Vec<String>,
+    /// Log details to stderr (repeat for more); in `run`, `-v` is `--volume`.
+    #[arg(id = "verbose", long = "verbose", action = clap::ArgAction::Count)]
+    _verbose: u8,
+}
+
+impl ContainerArgs {
+    /// The run options these flags set.
+    fn options(&self) -> Result<RunOptions> {
+        let mut seccomp = Seccomp::Default;
+        for opt in &self.security_opt {
+            seccomp = match opt.split_once(['=', ':']) {
+                Some(("seccomp", "unconfined")) => Seccomp::Unconfined,
+                Some(("seccomp", file)) => Seccomp::Profile(Profile::load(file.as_ref())?),
+                _ => bail!(
+                    "--security-opt {opt}: only seccomp=unconfined and seccomp=FILE are supported"
+                ),
+            };
+        }
+        Ok(RunOptions {
+            entrypoint: self.entrypoint.clone(),
+            volumes: self
+                .volumes
+                .iter()
+                .map(|v| Volume::parse(v))
+                .collect::<Result<_, _>>()?,
+            tmpfs: self
+                .tmpfs
+                .iter()
+                .map(|t| Tmpfs::parse(t))
+                .collect::<Result<_, _>>()?,
+            read_only: self.read_only,
+            cap_add: self.cap_add.clone(),
+            cap_drop: self.cap_drop.clone(),
+            init: self.init,
+            seccomp,
+            ..RunOptions::default()
+        })
+    }
+
+    /// The container's standard streams: ours, except standard input without `-i`.
+    fn stdio(&self) -> Result<Stdio> {
+        let mut stdio = Stdio::default();
+        if self.interactive {
+            if self.tty && !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+                bail!("-it: the input device is not a TTY");
+            }
+        } else {
+            let null = std::fs::File::open("/dev/null").context("opening /dev/null")?;
+            stdio.stdin = Some(null.into());
+        }
+        Ok(stdio)
     }
 }

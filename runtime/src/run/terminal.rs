@@ -28,7 +28,8 @@ extern "C" fn on_winch(_: libc::c_int) {
 
 /// ferry's terminal in raw mode while this lives; dropping it restores the saved settings.
 pub(crate) struct RawMode {
-    fd: RawFd,
+    /// A descriptor of its own, valid however long the caller keeps the one it passed.
+    fd: OwnedFd,
     saved: Termios,
 }
 
@@ -44,18 +45,16 @@ impl RawMode {
         cfmakeraw(&mut raw);
         tcsetattr(fd, SetArg::TCSANOW, &raw)
             .map_err(|e| io_error("set raw mode", Path::new("terminal"), e.into()))?;
-        Ok(Some(RawMode {
-            fd: fd.as_raw_fd(),
-            saved,
-        }))
+        let fd = fd
+            .try_clone_to_owned()
+            .map_err(|e| io_error("duplicate", Path::new("terminal"), e))?;
+        Ok(Some(RawMode { fd, saved }))
     }
 }
 
 impl Drop for RawMode {
     fn drop(&mut self) {
-        // SAFETY: the descriptor outlives the guard (ferry's stdin, or the caller's).
-        let fd = unsafe { BorrowedFd::borrow_raw(self.fd) };
-        if let Err(e) = tcsetattr(fd, SetArg::TCSAFLUSH, &self.saved) {
+        if let Err(e) = tcsetattr(&self.fd, SetArg::TCSAFLUSH, &self.saved) {
             tracing::warn!("restoring the terminal: {e}");
         }
     }
