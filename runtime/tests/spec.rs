@@ -434,3 +434,60 @@ fn spec_confines_the_container_like_docker_and_runc() {
     );
     assert_eq!(ns.len(), 4);
 }
+
+/// RUN-31, RUN-32, RUN-33, RUN-35, RUN-36: options land in the one spec both runtimes run.
+#[test]
+fn run_options_become_part_of_the_spec() {
+    use ferry_runtime::run::init::INIT_PATH;
+    use ferry_runtime::run::mounts::{Tmpfs, Volume};
+    use ferry_runtime::run::seccomp::Seccomp;
+
+    let root = rootfs(None, None);
+    symlink("/etc", root.path().join("data")).unwrap();
+    let host = tempfile::tempdir().unwrap();
+    let mut opts = RunOptions {
+        entrypoint: Some("/bin/echo".into()),
+        args_override: strings(&["hi"]),
+        volumes: vec![Volume::parse(&format!("{}:/data:ro", host.path().display())).unwrap()],
+        tmpfs: vec![Tmpfs::parse("/run/x:size=1m").unwrap()],
+        read_only: true,
+        ..Default::default()
+    };
+    let s = spec_with(serde_json::json!({"Cmd": ["ignored"]}), root.path(), &opts);
+    assert_eq!(args(&s), strings(&["/bin/echo", "hi"]));
+    assert_eq!(s.root().as_ref().unwrap().readonly(), Some(true));
+    let mounts = s.mounts().as_ref().unwrap();
+    let tail: Vec<(String, String)> = mounts[mounts.len() - 2..]
+        .iter()
+        .map(|m| {
+            (
+                m.destination().display().to_string(),
+                m.options().clone().unwrap().join(","),
+            )
+        })
+        .collect();
+    // The image's /data -> /etc resolves to the container's /etc; tmpfs is deeper, so later.
+    assert_eq!(
+        tail,
+        [
+            ("/etc".to_string(), "rbind,rprivate,ro".to_string()),
+            (
+                "/run/x".to_string(),
+                "nosuid,nodev,noexec,size=1m".to_string()
+            ),
+        ]
+    );
+    let seccomp = s.linux().as_ref().unwrap().seccomp().as_ref().unwrap();
+    assert_eq!(seccomp.default_errno_ret(), Some(1));
+
+    // --init needs the host's static tini (Debian's tini, which docker.io depends on).
+    opts.seccomp = Seccomp::Unconfined;
+    opts.volumes.clear();
+    opts.init = true;
+    let s = spec_with(serde_json::json!({}), root.path(), &opts);
+    assert!(s.linux().as_ref().unwrap().seccomp().is_none());
+    assert_eq!(args(&s)[..3], strings(&[INIT_PATH, "--", "/bin/echo"]));
+    let last = s.mounts().as_ref().unwrap().last().unwrap();
+    assert_eq!(last.destination().display().to_string(), INIT_PATH);
+    assert_eq!(last.options().clone().unwrap(), strings(&["bind", "ro"]));
+}
