@@ -263,9 +263,17 @@ pub(super) fn run(bundle: &super::Bundle, stdio: Stdio) -> Result<i32> {
     let mut relay = None;
     let mut raw_mode = None;
     if let (Some(socket), Some((input, output))) = (master_socket, host) {
-        if let Some(master) = terminal::receive_master(&socket)? {
-            raw_mode = terminal::RawMode::enter(input.as_fd())?;
-            relay = Some(terminal::Relay::start(master, input, output)?);
+        let started = (|| -> Result<()> {
+            if let Some(master) = terminal::receive_master(&socket)? {
+                raw_mode = terminal::RawMode::enter(input.as_fd())?;
+                relay = Some(terminal::Relay::start(master, input, output)?);
+            }
+            Ok(())
+        })();
+        if let Err(e) = started {
+            let _ = nix::sys::signal::kill(child, Signal::SIGKILL);
+            let _ = wait_exit(child);
+            return Err(e);
         }
     }
 

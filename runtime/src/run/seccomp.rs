@@ -332,10 +332,10 @@ impl Profile {
 
 /// Compiles `linux.seccomp` into BPF programs for x86_64, to be installed together (RUN-36).
 ///
-/// seccompiler gives each filter one action on match: the first program allows every
-/// system call some rule names (under its conditions) and applies the default action to the
-/// rest; each further program applies one other action to its rules' system calls and
-/// allows everything else. The kernel takes the strictest answer, so a rule's action wins
+/// seccompiler gives each filter one action on match: one program per action other than
+/// allow applies it to its rules' system calls and allows everything else; the last program
+/// allows every system call some rule names (under its conditions) and applies the default
+/// action to the rest. The kernel takes the strictest answer, so a rule's action wins
 /// over the allowance and the default applies where no rule matches. Names this kernel
 /// table does not know are skipped, as runc (libseccomp) skips them.
 pub(crate) fn compile(seccomp: &LinuxSeccomp) -> Result<Vec<BpfProgram>> {
@@ -370,11 +370,12 @@ pub(crate) fn compile(seccomp: &LinuxSeccomp) -> Result<Vec<BpfProgram>> {
         }
     }
     let mut programs = Vec::new();
-    if default != SeccompAction::Allow {
-        programs.push(program(every, default, SeccompAction::Allow)?);
-    }
     for (act, rules) in by_action {
         programs.push(program(rules, SeccompAction::Allow, act)?);
+    }
+    // Last: once it is in place, a profile that does not allow prctl(2) allows no more.
+    if default != SeccompAction::Allow {
+        programs.push(program(every, default, SeccompAction::Allow)?);
     }
     Ok(programs)
 }
