@@ -1,9 +1,12 @@
-//! `ferry config check|explain`: validate the site config and show how a name travels.
+//! `ferry config check|explain|import`: validate the site config, show how a name travels,
+//! and write ferry's files from podman's and containerd's.
 
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use ferry_drivers::site::config::SiteConfig;
+use ferry_drivers::site::import::import_path;
 use ferry_drivers::sources::registry::default_url;
 
 use crate::commands::parse_reference;
@@ -25,10 +28,32 @@ enum Sub {
         /// An image name or reference.
         name: String,
     },
+    /// Write the sites.toml (and policy.toml) equivalent to podman's registries.conf and
+    /// policy.json, or containerd's certs.d hosts.toml files; list what cannot be carried.
+    Import {
+        /// registries.conf, policy.json, hosts.toml, a certs.d directory, or a directory
+        /// holding registries.conf and policy.json (e.g. /etc/containers).
+        path: PathBuf,
+        /// Write the result here instead of stdout.
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// Write the trust policy here when PATH also gives one (blocked registries,
+        /// policy.json beside registries.conf).
+        #[arg(long, value_name = "FILE")]
+        policy_out: Option<PathBuf>,
+    },
 }
 
 /// Runs `ferry config …`.
 pub fn run(cli: &Cli, args: &Args) -> Result<ExitCode> {
+    if let Sub::Import {
+        path,
+        output,
+        policy_out,
+    } = &args.command
+    {
+        return import(path, output.as_deref(), policy_out.as_deref());
+    }
     let config = SiteConfig::load(cli.config.as_deref())?;
     let file = config.path.as_ref().map_or_else(
         || "no site config file".to_string(),
@@ -49,6 +74,7 @@ pub fn run(cli: &Cli, args: &Args) -> Result<ExitCode> {
                 );
             }
         }
+        Sub::Import { .. } => unreachable!("handled above: it needs no site config"),
         Sub::Explain { name } => {
             let reference = parse_reference(name)?;
             let name = reference.name();
@@ -130,4 +156,47 @@ pub fn run(cli: &Cli, args: &Args) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `ferry config import`: writes what `path` converts to; every note goes to stderr (and
+/// is a comment in the output); exit 1 when a note is an error (SITE-9, POL-12).
+fn import(path: &Path, output: Option<&Path>, policy_out: Option<&Path>) -> Result<ExitCode> {
+    let imported = import_path(path)?;
+    let (first, second) = match (imported.site, imported.policy) {
+        (Some(site), Some(policy)) => {
+            let Some(policy_out) = policy_out else {
+                bail!(
+                    "{} also gives a trust policy (blocked registries or policy.json): name its file with --policy-out FILE",
+                    path.display()
+                );
+            };
+            ((site, output), Some((policy, policy_out)))
+        }
+        (Some(text), None) | (None, Some(text)) => ((text, output), None),
+        (None, None) => bail!("{}: nothing to import", path.display()),
+    };
+    for (text, to) in [Some((first.0, first.1)), second.map(|(t, p)| (t, Some(p)))]
+        .into_iter()
+        .flatten()
+    {
+        match to {
+            Some(file) => {
+                std::fs::write(file, text).with_context(|| format!("writing {}", file.display()))?
+            }
+            None => print!("{text}"),
+        }
+    }
+    for note in &imported.notes {
+        let kind = if note.error {
+            "error"
+        } else {
+            "not carried over"
+        };
+        eprintln!("ferry: {kind}: {note}");
+    }
+    Ok(if imported.notes.iter().any(|n| n.error) {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }

@@ -1,0 +1,496 @@
+//! `ferry config import`: the site config and trust policy equivalent to what a machine
+//! already has for podman (`registries.conf`, `policy.json`) or containerd (`certs.d`
+//! directories of `hosts.toml`).
+//!
+//! Rules: `specs/site-config.md` (SITE-9 … SITE-12) and `specs/policy.md` (POL-12). What
+//! cannot be carried over is returned as [`Note`]s, never dropped.
+
+mod hosts_toml;
+mod policy_json;
+mod registries_conf;
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use self::hosts_toml::import_certs_d;
+use self::policy_json::import_policy_json;
+use self::registries_conf::import_registries_conf;
+use crate::site::config::{validate_prefix, SiteConfig};
+use crate::{Error, ErrorKind, Result};
+
+/// Most bytes read from one imported file.
+const MAX_IMPORT_FILE: u64 = 4 << 20;
+
+/// Something of the imported files that ferry's files do not carry as it was.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Note {
+    /// Whether ferry's result is weaker than the original (a signature requirement that
+    /// became `reject`): `ferry config import` then exits 1.
+    pub error: bool,
+    /// Where: `FILE: KEY`.
+    pub place: String,
+    /// What was not carried over and what ferry does instead.
+    pub text: String,
+}
+
+impl std::fmt::Display for Note {
+    /// One line, whatever keys and values the imported file held.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", one_line(&self.place), one_line(&self.text))
+    }
+}
+
+/// The result of an import: a site config, a trust policy, or both, as file text.
+#[derive(Debug, Clone, Default)]
+pub struct Imported {
+    /// `sites.toml` text, validated by [`SiteConfig::parse`].
+    pub site: Option<String>,
+    /// `policy.toml` text.
+    pub policy: Option<String>,
+    /// What was not carried over, in file order.
+    pub notes: Vec<Note>,
+}
+
+/// Imports `path`: a `registries.conf` or `hosts.toml` file, a `policy.json`, a
+/// containerd `certs.d` directory, or a containers directory (`/etc/containers`: its
+/// `registries.conf` and `policy.json`) (SITE-9).
+pub fn import_path(path: &Path) -> Result<Imported> {
+    let meta = std::fs::metadata(path).map_err(|e| bad_file(path, &e.to_string()))?;
+    if meta.is_dir() {
+        let registries = path.join("registries.conf");
+        let policy = path.join("policy.json");
+        if registries.is_file() || policy.is_file() {
+            let mut out = Imported::default();
+            let mut blocked = Vec::new();
+            if registries.is_file() {
+                let site = import_registries_conf(&registries, &read_text(&registries)?)?;
+                out.site = Some(site.text);
+                out.notes.extend(site.notes);
+                blocked = site.blocked;
+            }
+            let mut policy_draft = if policy.is_file() {
+                import_policy_json(&policy, &read_text(&policy)?)?
+            } else {
+                PolicyDraft::accept_by_default()
+            };
+            if !blocked.is_empty() || policy.is_file() {
+                policy_draft.add_blocked(&blocked);
+                out.policy = Some(policy_draft.render(&policy_sources(&registries, &policy)));
+                out.notes.extend(policy_draft.notes);
+            }
+            return Ok(out);
+        }
+        let site = import_certs_d(path)?;
+        return Ok(Imported {
+            site: Some(site.0),
+            policy: None,
+            notes: site.1,
+        });
+    }
+    import_text(Format::of_file(path), path, &read_text(path)?)
+}
+
+/// The formats of single files `ferry config import` reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// containers-registries.conf(5), version 2.
+    RegistriesConf,
+    /// containerd's `REGISTRY/hosts.toml`.
+    HostsToml,
+    /// containers-policy.json(5).
+    PolicyJson,
+}
+
+impl Format {
+    /// The format a file's name says: `*.json` is a policy, `hosts.toml` containerd's,
+    /// anything else a `registries.conf`.
+    pub fn of_file(path: &Path) -> Format {
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if name.ends_with(".json") {
+            Format::PolicyJson
+        } else if name == "hosts.toml" {
+            Format::HostsToml
+        } else {
+            Format::RegistriesConf
+        }
+    }
+}
+
+/// Imports `text`, read from `path` (named in messages; for `hosts.toml` its directory
+/// names the registry), as `format` (SITE-9).
+pub fn import_text(format: Format, path: &Path, text: &str) -> Result<Imported> {
+    match format {
+        Format::PolicyJson => {
+            let mut draft = import_policy_json(path, text)?;
+            let policy = draft.render(&[path.to_path_buf()]);
+            Ok(Imported {
+                site: None,
+                policy: Some(policy),
+                notes: std::mem::take(&mut draft.notes),
+            })
+        }
+        Format::HostsToml => {
+            let (site, notes) = hosts_toml::import_hosts_file(path, text)?;
+            Ok(Imported {
+                site: Some(site),
+                policy: None,
+                notes,
+            })
+        }
+        Format::RegistriesConf => {
+            let site = import_registries_conf(path, text)?;
+            let mut out = Imported {
+                site: Some(site.text),
+                policy: None,
+                notes: site.notes,
+            };
+            if !site.blocked.is_empty() {
+                let mut draft = PolicyDraft::accept_by_default();
+                draft.add_blocked(&site.blocked);
+                out.policy = Some(draft.render(&[path.to_path_buf()]));
+                out.notes.extend(draft.notes);
+            }
+            Ok(out)
+        }
+    }
+}
+
+fn policy_sources(registries: &Path, policy: &Path) -> Vec<PathBuf> {
+    [registries, policy]
+        .into_iter()
+        .filter(|p| p.is_file())
+        .map(Path::to_path_buf)
+        .collect()
+}
+
+/// Reads a file to import (at most [`MAX_IMPORT_FILE`] bytes, UTF-8).
+pub(crate) fn read_text(path: &Path) -> Result<String> {
+    use std::io::Read as _;
+    let file = std::fs::File::open(path).map_err(|e| bad_file(path, &e.to_string()))?;
+    let mut bytes = Vec::new();
+    file.take(MAX_IMPORT_FILE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| bad_file(path, &e.to_string()))?;
+    if bytes.len() as u64 > MAX_IMPORT_FILE {
+        return Err(bad_file(
+            path,
+            &format!("larger than {} MiB", MAX_IMPORT_FILE >> 20),
+        ));
+    }
+    String::from_utf8(bytes).map_err(|_| bad_file(path, "not UTF-8 text"))
+}
+
+/// An error about an imported file, on one line: `FILE: why`.
+pub(crate) fn bad_file(path: &Path, why: &str) -> Error {
+    Error::new(
+        ErrorKind::Invalid,
+        "",
+        format!("{}: {}", path.display(), one_line(why)),
+    )
+}
+
+/// `text` on one line: newlines become `; `, other control characters are escaped.
+pub(crate) fn one_line(text: &str) -> String {
+    text.trim_end()
+        .replace('\n', "; ")
+        .chars()
+        .flat_map(|c| {
+            if c.is_control() {
+                c.escape_default().collect::<Vec<_>>()
+            } else {
+                vec![c]
+            }
+        })
+        .collect()
+}
+
+/// A parse error in an imported TOML file, on one line naming the file, the line and,
+/// where toml says, the key.
+pub(crate) fn toml_error(path: &Path, text: &str, e: &toml::de::Error) -> Error {
+    let at = e.span().map_or_else(String::new, |span| {
+        let start = span.start.min(text.len());
+        let line = text[..start].matches('\n').count() + 1;
+        // The key is what the line holds before its `=`, if it holds one.
+        let line_text = text[start..].lines().next().unwrap_or("");
+        let line_text = text[..start]
+            .rsplit('\n')
+            .next()
+            .map_or(line_text.to_string(), |head| format!("{head}{line_text}"));
+        match line_text.split_once('=') {
+            Some((key, _)) if !key.trim().is_empty() && !key.contains('[') => {
+                format!("line {line}: {}: ", key.trim())
+            }
+            _ => format!("line {line}: "),
+        }
+    });
+    bad_file(path, &format!("{at}{}", e.message()))
+}
+
+/// TOML text of a string value (quoted and escaped).
+pub(crate) fn quoted(s: &str) -> String {
+    toml::Value::String(s.to_string()).to_string()
+}
+
+/// A registry (or one of its mirrors) as the imported files name it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Endpoint {
+    /// Base URL of the registry API (what ferry appends `v2/…` to).
+    pub url: url::Url,
+    /// Other URLs of the same content, tried after `url` (podman's insecure fallback).
+    pub fallback: Option<url::Url>,
+    /// Plain http or unverified TLS allowed.
+    pub insecure: bool,
+    /// Where names live at the endpoint (`mirror/{name}`), `None` for the name's own path.
+    pub repository: Option<String>,
+}
+
+/// A route in the making: sources and resolvers by index into [`SiteDraft::sources`].
+#[derive(Debug, Default)]
+pub(crate) struct RouteDraft {
+    pub prefix: String,
+    content: Vec<usize>,
+    resolve: Vec<usize>,
+    /// Comment lines written above the route.
+    pub comments: Vec<String>,
+}
+
+impl RouteDraft {
+    /// Adds `source` for content (pull by digest) and/or for tags, once each.
+    pub fn add(&mut self, source: usize, content: bool, resolve: bool) {
+        if content && !self.content.contains(&source) {
+            self.content.push(source);
+        }
+        if resolve && !self.resolve.contains(&source) {
+            self.resolve.push(source);
+        }
+    }
+
+    /// Whether no source gives content.
+    pub fn has_no_content(&self) -> bool {
+        self.content.is_empty()
+    }
+}
+
+/// A site config in the making.
+#[derive(Debug, Default)]
+pub(crate) struct SiteDraft {
+    pub routes: Vec<RouteDraft>,
+    sources: Vec<(String, Endpoint)>,
+}
+
+impl SiteDraft {
+    /// The index of the source for `endpoint`, added under a name made from its host if
+    /// no source has the same endpoint yet.
+    pub fn source(&mut self, endpoint: Endpoint) -> usize {
+        if let Some(i) = self.sources.iter().position(|(_, e)| *e == endpoint) {
+            return i;
+        }
+        let base = endpoint
+            .url
+            .host_str()
+            .map(|h| match endpoint.url.port() {
+                Some(p) => format!("{h}-{p}"),
+                None => h.to_string(),
+            })
+            .unwrap_or_else(|| "source".into());
+        let mut name = base.clone();
+        let mut n = 2;
+        while self.sources.iter().any(|(s, _)| *s == name) {
+            name = format!("{base}-{n}");
+            n += 1;
+        }
+        self.sources.push((name, endpoint));
+        self.sources.len() - 1
+    }
+
+    /// Whether `prefix` can be a route prefix; a [`Note`] saying why not otherwise.
+    pub fn check_prefix(prefix: &str, place: &str) -> std::result::Result<(), Note> {
+        if prefix.contains('*') && prefix != "*" {
+            return Err(Note {
+                error: false,
+                place: place.to_string(),
+                text: format!(
+                    "prefix {prefix:?} is a wildcard; ferry's routes match name prefixes only: not carried over"
+                ),
+            });
+        }
+        validate_prefix(prefix).map_err(|why| Note {
+            error: false,
+            place: place.to_string(),
+            text: format!("{why}: not carried over"),
+        })
+    }
+
+    /// The `sites.toml` text: a header naming `from`, the notes as comments, the routes
+    /// and sources; checked by [`SiteConfig::parse`].
+    pub fn render(&self, from: &[PathBuf], notes: &[Note]) -> Result<String> {
+        let mut out = header("site config", from, notes);
+        for route in &self.routes {
+            out.push('\n');
+            for c in &route.comments {
+                let _ = writeln!(out, "# {c}");
+            }
+            let names = |list: &[usize]| {
+                list.iter()
+                    .map(|&i| quoted(&self.sources[i].0))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            let _ = writeln!(out, "[[route]]");
+            let _ = writeln!(out, "prefix = {}", quoted(&route.prefix));
+            let _ = writeln!(out, "sources = [{}]", names(&route.content));
+            let _ = writeln!(out, "resolve = [{}]", names(&route.resolve));
+        }
+        // Only sources a route uses: a route left out leaves its sources out too.
+        let used = |i: &usize| {
+            self.routes
+                .iter()
+                .any(|r| r.content.contains(i) || r.resolve.contains(i))
+        };
+        for (_, (name, e)) in self.sources.iter().enumerate().filter(|(i, _)| used(i)) {
+            out.push('\n');
+            let _ = writeln!(out, "[source.{}]", quoted(name));
+            match &e.fallback {
+                None => {
+                    let _ = writeln!(out, "driver = \"registry\"");
+                    let _ = writeln!(out, "url = {}", quoted(e.url.as_str()));
+                }
+                Some(second) => {
+                    let _ = writeln!(out, "driver = \"mirror\"");
+                    let _ = writeln!(
+                        out,
+                        "endpoints = [{}, {}]",
+                        quoted(e.url.as_str()),
+                        quoted(second.as_str())
+                    );
+                }
+            }
+            if e.insecure {
+                let _ = writeln!(out, "insecure = true");
+            }
+            if let Some(r) = &e.repository {
+                let _ = writeln!(out, "repository = {}", quoted(r));
+            }
+        }
+        SiteConfig::parse(&out, "imported site config").map_err(|e| {
+            Error::new(
+                ErrorKind::Invalid,
+                "",
+                format!("the imported site config is not valid (a bug in the importer): {e}"),
+            )
+        })?;
+        Ok(out)
+    }
+}
+
+/// The comment block opening an imported file.
+fn header(what: &str, from: &[PathBuf], notes: &[Note]) -> String {
+    let mut out = String::new();
+    let files: Vec<String> = from.iter().map(|p| p.display().to_string()).collect();
+    let _ = writeln!(
+        out,
+        "# ferry {what} imported by `ferry config import` from {}.",
+        files.join(", ")
+    );
+    if notes.is_empty() {
+        let _ = writeln!(out, "# Everything was carried over.");
+    } else {
+        let _ = writeln!(out, "# Not carried over as it was:");
+        for n in notes {
+            let _ = writeln!(
+                out,
+                "#   {}{}",
+                if n.error { "error: " } else { "" },
+                one_line(&n.to_string())
+            );
+        }
+    }
+    out
+}
+
+/// A policy action ferry's `policy.toml` has for imported entries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Action {
+    Accept,
+    Reject,
+}
+
+impl Action {
+    fn as_str(self) -> &'static str {
+        match self {
+            Action::Accept => "accept",
+            Action::Reject => "reject",
+        }
+    }
+}
+
+/// A trust policy in the making.
+#[derive(Debug)]
+pub(crate) struct PolicyDraft {
+    pub default: Action,
+    /// Rules: prefix, action, comment.
+    pub rules: Vec<(String, Action, Option<String>)>,
+    /// What was not carried over.
+    pub notes: Vec<Note>,
+}
+
+impl PolicyDraft {
+    /// A policy accepting every image, as ferry does without a policy file (POL-10).
+    pub fn accept_by_default() -> Self {
+        PolicyDraft {
+            default: Action::Accept,
+            rules: Vec::new(),
+            notes: Vec::new(),
+        }
+    }
+
+    /// Adds a `reject` rule per blocked prefix (registries.conf `blocked = true`),
+    /// replacing a rule for the same prefix.
+    pub fn add_blocked(&mut self, blocked: &[(String, String)]) {
+        for (prefix, place) in blocked {
+            if let Some(rule) = self.rules.iter_mut().find(|r| r.0 == *prefix) {
+                if rule.1 != Action::Reject {
+                    self.notes.push(Note {
+                        error: false,
+                        place: place.clone(),
+                        text: format!(
+                            "blocked: the policy's {} rule for {prefix:?} becomes reject",
+                            rule.1.as_str()
+                        ),
+                    });
+                }
+                rule.1 = Action::Reject;
+                rule.2 = Some(format!("blocked in {place}"));
+            } else {
+                self.rules.push((
+                    prefix.clone(),
+                    Action::Reject,
+                    Some(format!("blocked in {place}")),
+                ));
+            }
+        }
+    }
+
+    /// The `policy.toml` text.
+    pub fn render(&self, from: &[PathBuf]) -> String {
+        let mut out = header("trust policy", from, &self.notes);
+        let _ = writeln!(
+            out,
+            "\n[default]\naction = {}",
+            quoted(self.default.as_str())
+        );
+        for (prefix, action, comment) in &self.rules {
+            out.push('\n');
+            if let Some(c) = comment {
+                let _ = writeln!(out, "# {}", one_line(c));
+            }
+            let _ = writeln!(
+                out,
+                "[[rule]]\nprefix = {}\naction = {}",
+                quoted(prefix),
+                quoted(action.as_str())
+            );
+        }
+        out
+    }
+}
