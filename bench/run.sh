@@ -11,7 +11,7 @@ push busybox
 mkdir -p "$WORK/t" && mount -t tmpfs -o size=1g tmpfs "$WORK/t"
 mkdir -p "$WORK/t/share" && echo bench > "$WORK/t/share/file"
 ref=$REGISTRY/bench/busybox:latest
-"$FERRY" --root "$WORK/t/store" pull "$ref" >/dev/null
+"$FERRY" --root "$WORK/t/store" pull "$ref" >/dev/null 2>&1
 LIMITS=(--memory 256m --cpus 1 --pids-limit 100)
 OPTS="-v $WORK/t/share:/data:ro ${LIMITS[*]}"
 # Warm the snapshots, and fail early if an option is not supported.
