@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! cosign-peer generate DIR --password P    DIR/cosign.key (encrypted, cosign's form), DIR/cosign.pub
-//! cosign-peer sign --key KEY --password P IMAGE
+//! cosign-peer sign --key KEY --password P [--identity REF] IMAGE
 //! cosign-peer verify --key PUB IMAGE       exit 0 iff a signature of IMAGE verifies with PUB
 //! ```
 //!
@@ -46,6 +46,10 @@ enum Command {
         key: PathBuf,
         #[arg(long, default_value = "")]
         password: String,
+        /// The payload's `docker-reference` (default: IMAGE as given); the repository alone
+        /// is what cosign (Go) writes.
+        #[arg(long)]
+        identity: Option<String>,
         image: OciReference,
     },
     /// Verify that a signature of IMAGE was made by the public key KEY.
@@ -78,11 +82,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Sign {
             key,
             password,
+            identity,
             image,
         } => {
             let mut client = client()?;
             let (sig_image, digest) = client.triangulate(&image, &Auth::Anonymous).await?;
             let mut layer = SignatureLayer::new_unsigned(&image, &digest)?;
+            if let Some(identity) = identity {
+                layer.simple_signing.critical.identity.docker_reference = identity;
+            }
             let pem =
                 Zeroizing::new(std::fs::read(&key).with_context(|| key.display().to_string())?);
             let signer = PrivateKeySigner::new_with_raw(

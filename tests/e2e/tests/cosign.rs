@@ -364,3 +364,53 @@ fn both_signatures_cross_the_air_gap_and_sigstore_verifies_after_push_arc_5() {
     assert!(sigstore_verifies(&s.path("keys/ferry.pub"), &pushed));
     assert!(!sigstore_verifies(&s.path("other/cosign.pub"), &pushed));
 }
+
+#[test]
+fn a_repository_only_signature_counts_only_under_match_repository_pol_11() {
+    let s = Scene::new();
+    // cosign's usual form: the payload names the repository, no tag.
+    run_ok(
+        peer()
+            .arg("sign")
+            .arg("--key")
+            .arg(s.path("cosign/cosign.key"))
+            .args(["--password", PASSWORD, "--identity", &s.name(), &s.image()]),
+    );
+    assert!(sigstore_verifies(&s.path("cosign/cosign.pub"), &s.image()));
+
+    // The default (exact) match refuses it, naming what it is for.
+    let exact = s.policy("exact.toml", &["cosign/cosign.pub"], 1);
+    let root = tempfile::tempdir().unwrap();
+    let out = output(fy(root.path(), Some(&exact)).args(["pull", &s.image()]));
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("is for {}, not {}", s.name(), s.image())),
+        "{}",
+        stderr(&out)
+    );
+
+    // match = "repository" accepts it, and `ferry verify` says what it proves.
+    let repository = s.path("repository.toml");
+    std::fs::write(
+        &repository,
+        std::fs::read_to_string(&exact).unwrap() + "match = \"repository\"\n",
+    )
+    .unwrap();
+    run_ok(fy(root.path(), Some(&repository)).args(["pull", &s.image()]));
+    let verify = run_ok(fy(root.path(), Some(&repository)).args(["verify", &s.image()]));
+    assert!(
+        verify.contains(&format!("names {}", s.name()))
+            && verify.contains("prove the digest and the repository, not the tag"),
+        "{verify}"
+    );
+    let verify = json(&run_ok(fy(root.path(), Some(&repository)).args([
+        "verify",
+        "--json",
+        &s.image(),
+    ])));
+    assert_eq!(verify["verdict"], "accepted");
+    assert_eq!(verify["proves_tag"], false);
+    // The stored signature is refused again when the policy goes back to exact.
+    let out = output(fy(root.path(), Some(&exact)).args(["verify", &s.image()]));
+    assert_eq!(out.status.code(), Some(1));
+}
