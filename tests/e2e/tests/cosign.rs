@@ -10,6 +10,7 @@ use std::process::{Command, Output};
 use ferry_signing::PublicKey;
 use ferry_testkit::fixtures::{Fixtures, BUSYBOX};
 use ferry_testkit::registry::{Registry, RegistryOptions};
+use ferry_testkit::serve::ServeNode;
 use ferry_testkit::{ferry, output, run_ok, target_dir};
 
 /// The passphrase of the cosign keys the peer generates.
@@ -413,4 +414,48 @@ fn a_repository_only_signature_counts_only_under_match_repository_pol_11() {
     // The stored signature is refused again when the policy goes back to exact.
     let out = output(fy(root.path(), Some(&exact)).args(["verify", &s.image()]));
     assert_eq!(out.status.code(), Some(1));
+}
+
+#[test]
+fn ferry_serve_keeps_a_sigstore_signature_pushed_to_it_and_serves_it_back_serve_5_sig_15() {
+    let fx = Fixtures::get();
+    let root = tempfile::tempdir().unwrap();
+    let node = ServeNode::start(root.path(), &["--allow-push"]).unwrap();
+    fx.push(BUSYBOX, &node.host(), "team/app:1", false, None);
+    let dir = tempfile::tempdir().unwrap();
+    run_ok(
+        peer()
+            .arg("generate")
+            .arg(dir.path())
+            .args(["--password", PASSWORD]),
+    );
+    let image = format!("{}/team/app:1", node.host());
+    run_ok(
+        peer()
+            .arg("sign")
+            .arg("--key")
+            .arg(dir.path().join("cosign.key"))
+            .args(["--password", PASSWORD, &image]),
+    );
+    // The set sigstore pushed (no subject, an OCI config) became a signature the store
+    // keeps; the set served back is made from the store, and sigstore verifies it.
+    let verify = json(&run_ok(fy(root.path(), None).args([
+        "verify",
+        "--json",
+        "localhost/team/app:1",
+    ])));
+    assert_eq!(
+        verify["signatures"].as_array().map(Vec::len),
+        Some(1),
+        "{verify}"
+    );
+    assert!(sigstore_verifies(&dir.path().join("cosign.pub"), &image));
+    let other = tempfile::tempdir().unwrap();
+    run_ok(
+        peer()
+            .arg("generate")
+            .arg(other.path())
+            .args(["--password", PASSWORD]),
+    );
+    assert!(!sigstore_verifies(&other.path().join("cosign.pub"), &image));
 }
