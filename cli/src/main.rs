@@ -88,6 +88,9 @@ fn main() -> ExitCode {
         set_sigpipe(libc::SIG_IGN);
     }
     init_logging(cli.verbose);
+    if let Some(code) = enter_user_namespace(&cli) {
+        return code;
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -107,9 +110,6 @@ fn main() -> ExitCode {
     }
 }
 
-/// Sets the disposition of SIGPIPE. With the default one, writing to a closed pipe
-/// (`ferry images | head -1`) ends ferry quietly, as it ends coreutils, instead of failing
-/// every `println!` with "Broken pipe".
 /// Prints `e` on one line: the whole context chain, outermost first.
 pub(crate) fn report_error(e: &anyhow::Error) {
     let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
@@ -142,6 +142,34 @@ fn invoked_subcommand() -> Option<String> {
     None
 }
 
+/// For an ordinary user's `ferry unpack` and `ferry run`: re-executes ferry as root of a
+/// user namespace (specs/runtime.md RUN-44), with the store root chosen out here. Returns
+/// the exit code to end with in the parent; `None` where this process goes on.
+fn enter_user_namespace(cli: &Cli) -> Option<ExitCode> {
+    use ferry_runtime::userns::{enter, Entered};
+    let failure = match cli.command {
+        Command::Run(_) => ExitCode::from(125),
+        Command::Unpack(_) => ExitCode::FAILURE,
+        _ => return None,
+    };
+    // Inside, ferry is root: the store stays the user's ($XDG_DATA_HOME/ferry).
+    let root = cli
+        .root
+        .clone()
+        .unwrap_or_else(ferry_core::Store::default_root);
+    match enter(&[("FERRY_ROOT", root.into_os_string())]) {
+        Ok(Entered::Continue) => None,
+        Ok(Entered::Exited(code)) => Some(ExitCode::from(code.clamp(0, 255) as u8)),
+        Err(e) => {
+            eprintln!("ferry: {e}");
+            Some(failure)
+        }
+    }
+}
+
+/// Sets the disposition of SIGPIPE. With the default one, writing to a closed pipe
+/// (`ferry images | head -1`) ends ferry quietly, as it ends coreutils, instead of failing
+/// every `println!` with "Broken pipe".
 fn set_sigpipe(handler: libc::sighandler_t) {
     // SAFETY: signal(2) with SIG_DFL or SIG_IGN installs no handler code; nothing else
     // runs yet (no threads are started before this).

@@ -104,7 +104,9 @@ pub enum Error {
     #[error("runtime spec: {0}")]
     Spec(String),
     /// Running containers needs root.
-    #[error("ferry run needs root (rootless containers are not supported yet)")]
+    #[error(
+        "running containers needs root: an ordinary user's ferry command runs them in a user namespace"
+    )]
     NotRoot,
     /// Setting up a container failed before its command started.
     #[error("container {id}: {step}: {source}")]

@@ -114,6 +114,9 @@ struct MountPlan {
     tree: Option<OwnedFd>,
     /// The mount point is a file (a bind mount of a non-directory), not a directory.
     file: bool,
+    /// Rootless proc and sysfs: made with fsmount(2) before pivot_root, while the host's
+    /// are still visible as the kernel wants, with these `MOUNT_ATTR_*` (RUN-46).
+    early: Option<libc::c_uint>,
 }
 
 /// Everything the child needs, computed before clone.
@@ -140,6 +143,8 @@ struct Plan {
     uid: libc::uid_t,
     gid: libc::gid_t,
     groups: Vec<libc::gid_t>,
+    /// False in a user namespace whose setgroups(2) is denied (only one gid mapped).
+    setgroups: bool,
     no_new_privs: bool,
     cwd: CString,
     cwd_dirs: Vec<CString>,
@@ -328,6 +333,14 @@ impl Plan {
         let env = process.env().clone().unwrap_or_default();
         let linux = spec.linux().clone().unwrap_or_default();
 
+        let rootless = crate::userns::in_user_namespace();
+        // A sysfs needs a network namespace of the user namespace's own.
+        let own_net = linux
+            .namespaces()
+            .as_deref()
+            .unwrap_or_default()
+            .iter()
+            .any(|n| n.typ() == LinuxNamespaceType::Network);
         let mut mounts = Vec::new();
         for m in spec.mounts().as_deref().unwrap_or_default() {
             let options = m.options().as_deref().unwrap_or_default();
@@ -341,9 +354,18 @@ impl Plan {
                     )?),
                     !source.is_dir(),
                 ),
+                // Rootless with the host's network: the host's /sys, read-only (RUN-46).
+                (Some("sysfs"), _) if rootless && !own_net => {
+                    (Some(mounts::clone_tree(Path::new("/sys"), true)?), false)
+                }
                 _ => (None, false),
             };
+            let early = (rootless
+                && tree.is_none()
+                && matches!(m.typ().as_deref(), Some("proc" | "sysfs")))
+            .then(|| mount_attrs(flags));
             mounts.push(MountPlan {
+                early,
                 tree,
                 file,
                 source: cstring(
@@ -361,6 +383,26 @@ impl Plan {
                     .transpose()?,
                 dirs: ancestors(target)?,
             });
+        }
+
+        if rootless {
+            // mknod needs root outside: bind the host's devices instead, as runc does (RUN-46).
+            for (path, _, _) in DEVICES {
+                mounts.push(MountPlan {
+                    early: None,
+                    tree: Some(mounts::clone_tree(Path::new(path), false)?),
+                    file: true,
+                    source: cstring(path.as_bytes())?,
+                    target: cstring(path.as_bytes())?,
+                    fstype: cstring(b"bind")?,
+                    flags: 0,
+                    data: None,
+                    dirs: ancestors(Path::new(path))?,
+                });
+            }
+        }
+        if mounts.iter().filter(|m| m.early.is_some()).count() > EARLY_MOUNTS {
+            return Err(Error::Spec("more than two proc or sysfs mounts".into()));
         }
 
         let mut caps = 0u64;
@@ -394,6 +436,7 @@ impl Plan {
             mounts,
             devices: DEVICES
                 .iter()
+                .filter(|_| !rootless)
                 .map(|(path, major, minor)| {
                     Ok((
                         cstring(path.as_bytes())?,
@@ -431,6 +474,9 @@ impl Plan {
             uid: user.uid(),
             gid: user.gid(),
             groups: user.additional_gids().clone().unwrap_or_default(),
+            setgroups: !rootless
+                || std::fs::read_to_string("/proc/self/setgroups")
+                    .map_or(true, |s| s.trim() != "deny"),
             no_new_privs: process.no_new_privileges().unwrap_or(true),
             cwd: cstring(cwd.as_os_str().as_bytes())?,
             cwd_dirs: ancestors(cwd)?,
@@ -570,6 +616,32 @@ fn setup_and_exec(
             Step::MakePrivate,
             0,
         )?;
+        // Rootless proc and sysfs, made while the host's are in sight (RUN-46).
+        let mut early: [libc::c_int; EARLY_MOUNTS] = [-1; EARLY_MOUNTS];
+        for (i, m) in plan.mounts.iter().enumerate() {
+            let Some(attrs) = m.early else { continue };
+            let fs = libc::syscall(libc::SYS_fsopen, m.fstype.as_ptr(), FSOPEN_CLOEXEC);
+            check(fs, Step::Mount, i)?;
+            check(
+                libc::syscall(
+                    libc::SYS_fsconfig,
+                    fs,
+                    FSCONFIG_CMD_CREATE,
+                    std::ptr::null::<libc::c_char>(),
+                    std::ptr::null::<libc::c_void>(),
+                    0,
+                ),
+                Step::Mount,
+                i,
+            )?;
+            let mnt = libc::syscall(libc::SYS_fsmount, fs, FSMOUNT_CLOEXEC, attrs);
+            libc::close(fs as libc::c_int);
+            check(mnt, Step::Mount, i)?;
+            if let Some(slot) = early.iter_mut().find(|fd| **fd < 0) {
+                *slot = mnt as libc::c_int;
+            }
+        }
+        let mut early = early.iter().copied();
         // The overlay rootfs is already a mount point; pivot onto it and drop the old root.
         check(
             libc::chdir(plan.rootfs.as_ptr()) as c_long,
@@ -602,11 +674,16 @@ fn setup_and_exec(
             } else {
                 mkdir_all(&m.dirs, Step::MountDir, i)?;
             }
-            if let Some(tree) = &m.tree {
+            let tree = match (&m.tree, m.early) {
+                (Some(tree), _) => Some(tree.as_raw_fd()),
+                (None, Some(_)) => early.next(),
+                (None, None) => None,
+            };
+            if let Some(tree) = tree {
                 check(
                     libc::syscall(
                         libc::SYS_move_mount,
-                        tree.as_raw_fd(),
+                        tree,
                         c"".as_ptr(),
                         libc::AT_FDCWD,
                         m.target.as_ptr(),
@@ -749,11 +826,13 @@ fn setup_and_exec(
                 }
             }
         }
-        check(
-            libc::syscall(libc::SYS_setgroups, plan.groups.len(), plan.groups.as_ptr()),
-            Step::Groups,
-            0,
-        )?;
+        if plan.setgroups {
+            check(
+                libc::syscall(libc::SYS_setgroups, plan.groups.len(), plan.groups.as_ptr()),
+                Step::Groups,
+                0,
+            )?;
+        }
         check(
             libc::syscall(libc::SYS_setresgid, plan.gid, plan.gid, plan.gid),
             Step::Gid,
@@ -845,6 +924,26 @@ unsafe fn mkdir_all(dirs: &[CString], step: Step, index: usize) -> Result<(), Fa
 const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
 /// `move_mount(2)`: the source is the descriptor itself.
 const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 4;
+
+/// Most proc and sysfs mounts made with fsmount(2) in a rootless container.
+const EARLY_MOUNTS: usize = 2;
+const FSOPEN_CLOEXEC: libc::c_uint = 1;
+const FSCONFIG_CMD_CREATE: libc::c_uint = 6;
+const FSMOUNT_CLOEXEC: libc::c_uint = 1;
+
+/// `MOUNT_ATTR_*` for fsmount(2) from mount(2) flags.
+fn mount_attrs(flags: libc::c_ulong) -> libc::c_uint {
+    [
+        (libc::MS_RDONLY, 0x1),
+        (libc::MS_NOSUID, 0x2),
+        (libc::MS_NODEV, 0x4),
+        (libc::MS_NOEXEC, 0x8),
+    ]
+    .iter()
+    .filter(|(ms, _)| flags & ms != 0)
+    .map(|(_, attr)| attr)
+    .sum()
+}
 
 /// `struct __user_cap_header_struct`.
 #[repr(C)]

@@ -266,11 +266,11 @@ impl Cgroup {
         if limits.is_empty() {
             return Ok(None);
         }
+        refuse_rootless()?;
         let path = linux.cgroups_path().clone().ok_or_else(|| Error::Cgroup {
             path: PathBuf::new(),
             reason: "the spec sets resource limits but no linux.cgroupsPath".into(),
         })?;
-        refuse_rootless(&path)?;
         Cgroup::create(&Hierarchy::detect()?, &path, &limits).map(Some)
     }
 
@@ -436,10 +436,13 @@ impl OomWatch {
             .as_ref()
             .map(Limits::of)
             .unwrap_or_default();
-        let (Some(path), Some(_)) = (linux.cgroups_path(), limits.memory) else {
+        if limits.memory.is_none() {
+            return Ok(None);
+        }
+        refuse_rootless()?;
+        let Some(path) = linux.cgroups_path() else {
             return Ok(None);
         };
-        refuse_rootless(path)?;
         let hierarchy = Hierarchy::detect()?;
         if matches!(hierarchy, Hierarchy::V2 { .. }) {
             return Ok(None);
@@ -506,12 +509,11 @@ impl OomWatch {
 }
 
 /// Rootless ferry has no cgroup of its own to put limits in (RUN-48).
-fn refuse_rootless(path: &Path) -> Result<()> {
+fn refuse_rootless() -> Result<()> {
     if !crate::userns::in_user_namespace() {
         return Ok(());
     }
-    Err(Error::Cgroup {
-        path: path.to_path_buf(),
+    Err(Error::Rootless {
         reason: "--memory, --cpus and --pids-limit need root: no cgroup is delegated to \
                  rootless ferry"
             .into(),

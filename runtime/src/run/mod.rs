@@ -135,8 +135,11 @@ impl Bundle {
                 });
             }
             bundle.spec = runtime_spec(config, &bundle.rootfs(), &opts)?;
+            // Rootless ferry owns no cgroup: runc then leaves the container in ferry's (RUN-48).
             if let Some(linux) = bundle.spec.linux_mut() {
-                linux.set_cgroups_path(Some(PathBuf::from(format!("/ferry/{}", bundle.id))));
+                if !crate::userns::in_user_namespace() {
+                    linux.set_cgroups_path(Some(PathBuf::from(format!("/ferry/{}", bundle.id))));
+                }
             }
             write_json(&bundle.dir.join("config.json"), &bundle.spec)
         })();

@@ -1,0 +1,295 @@
+//! Rootless ferry end to end: an unprivileged user pulls, unpacks and runs images, with the
+//! store under `$XDG_DATA_HOME/ferry` and a user namespace mapping its subordinate ids
+//! (specs/runtime.md RUN-44…RUN-48).
+//!
+//! Needs root to create the user (useradd with a subordinate id range) and to switch to it
+//! (runuser): CI runs as root; elsewhere these tests print a notice and return. The user runs
+//! a copy of the ferry binary from a directory it owns, with a clean environment, so the
+//! workspace need not be readable by it.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use ferry_testkit::fixtures::{Fixtures, APP, BUSYBOX};
+use ferry_testkit::registry::{Registry, RegistryOptions};
+use ferry_testkit::{ferry, ferry_bin, is_root, output, run_ok, tree};
+
+const USER: &str = "ferry-rootless";
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// The unprivileged user: its ids and its first subordinate uid and gid ranges.
+struct User {
+    uid: u32,
+    gid: u32,
+    subuid: (u32, u32),
+    subgid: (u32, u32),
+}
+
+/// `USER:START:COUNT` of `file` for [`USER`].
+fn subordinate(file: &str) -> Option<(u32, u32)> {
+    std::fs::read_to_string(file)
+        .unwrap_or_default()
+        .lines()
+        .find_map(|line| {
+            let mut fields = line.split(':');
+            (fields.next()? == USER).then_some(())?;
+            Some((fields.next()?.parse().ok()?, fields.next()?.parse().ok()?))
+        })
+}
+
+/// Creates [`USER`] with a subordinate id range unless it exists with one.
+fn user() -> User {
+    if !output(Command::new("id").arg(USER)).status.success() {
+        run_ok(Command::new("useradd").args(["--create-home", "--shell", "/bin/sh", USER]));
+    }
+    if subordinate("/etc/subuid").is_none() || subordinate("/etc/subgid").is_none() {
+        run_ok(Command::new("usermod").args([
+            "--add-subuids",
+            "200000-265535",
+            "--add-subgids",
+            "200000-265535",
+            USER,
+        ]));
+    }
+    let id = |flag: &str| -> u32 {
+        run_ok(Command::new("id").args([flag, USER]))
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    User {
+        uid: id("-u"),
+        gid: id("-g"),
+        subuid: subordinate("/etc/subuid").unwrap(),
+        subgid: subordinate("/etc/subgid").unwrap(),
+    }
+}
+
+struct Env {
+    _registry: Registry,
+    user: User,
+    /// Owned by the user: `bin/ferry`, `home/`, `data/` (XDG_DATA_HOME), `config/`.
+    dir: tempfile::TempDir,
+    busybox: String,
+    app: String,
+}
+
+fn env() -> Option<Env> {
+    if !is_root() {
+        eprintln!("skipped: creating the unprivileged user needs root (CI runs as root)");
+        return None;
+    }
+    let user = user();
+    let fx = Fixtures::get();
+    let registry = Registry::start(RegistryOptions::open()).unwrap();
+    fx.push(BUSYBOX, &registry.host(), "busybox:1", false, None);
+    fx.push(APP, &registry.host(), "app:1", false, None);
+    let dir = tempfile::tempdir().unwrap();
+    for sub in ["bin", "home", "data", "config"] {
+        std::fs::create_dir(dir.path().join(sub)).unwrap();
+    }
+    std::fs::copy(ferry_bin(), dir.path().join("bin/ferry")).unwrap();
+    run_ok(
+        Command::new("chown")
+            .arg("-R")
+            .arg(format!("{}:{}", user.uid, user.gid))
+            .arg(dir.path()),
+    );
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    Some(Env {
+        busybox: format!("{}/busybox:1", registry.host()),
+        app: format!("{}/app:1", registry.host()),
+        _registry: registry,
+        user,
+        dir,
+    })
+}
+
+impl Env {
+    /// `ferry ARGS…` as the unprivileged user, with only its own environment.
+    fn ferry(&self, args: &[&str]) -> Output {
+        let dir = self.dir.path();
+        output(
+            Command::new("runuser")
+                .args(["-u", USER, "--", "env", "-i"])
+                .arg(format!("HOME={}", dir.join("home").display()))
+                .arg(format!("XDG_DATA_HOME={}", dir.join("data").display()))
+                .arg(format!("XDG_CONFIG_HOME={}", dir.join("config").display()))
+                .args(["PATH=/usr/sbin:/usr/bin:/sbin:/bin", "NO_COLOR=1"])
+                .arg(dir.join("bin/ferry"))
+                .args(args)
+                .current_dir(dir),
+        )
+    }
+
+    /// The host id of `id` inside the namespace: the user's own for 0, else its range's.
+    fn host_uid(&self, id: u32) -> u32 {
+        match id {
+            0 => self.user.uid,
+            n => self.user.subuid.0 + n - 1,
+        }
+    }
+
+    fn host_gid(&self, id: u32) -> u32 {
+        match id {
+            0 => self.user.gid,
+            n => self.user.subgid.0 + n - 1,
+        }
+    }
+}
+
+#[test]
+fn an_ordinary_user_pulls_unpacks_and_runs_into_its_own_store() {
+    // RUN-44: the store is $XDG_DATA_HOME/ferry, owned by the user.
+    let Some(env) = env() else { return };
+    let out = env.ferry(&["pull", &env.busybox]);
+    assert!(out.status.success(), "pull: {}", stderr(&out));
+    let store = env.dir.path().join("data/ferry");
+    let meta = std::fs::metadata(&store).expect("the store is under XDG_DATA_HOME");
+    assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), env.user.uid);
+    for runtime in ["builtin", "runc"] {
+        // RUN-45: root inside is the user outside; its subordinate ids follow from 1.
+        let out = env.ferry(&[
+            "run",
+            "--rm",
+            "--runtime",
+            runtime,
+            &env.busybox,
+            "sh",
+            "-c",
+            "id -u; cat /proc/self/uid_map",
+        ]);
+        assert!(out.status.success(), "{runtime}: {}", stderr(&out));
+        let text = stdout(&out);
+        let mut lines = text.lines();
+        assert_eq!(lines.next(), Some("0"), "{runtime}: {text}");
+        let map: Vec<Vec<u32>> = lines
+            .map(|l| l.split_whitespace().map(|n| n.parse().unwrap()).collect())
+            .collect();
+        assert_eq!(
+            map,
+            vec![
+                vec![0, env.user.uid, 1],
+                vec![1, env.user.subuid.0, env.user.subuid.1]
+            ],
+            "{runtime}: {text}"
+        );
+        // RUN-47: inside, files take any mapped owner; outside it is the subordinate id.
+        let out = env.ferry(&[
+            "run",
+            "--runtime",
+            runtime,
+            &env.busybox,
+            "sh",
+            "-c",
+            "touch /owned && chown 1234:5678 /owned && stat -c %u:%g /owned",
+        ]);
+        assert_eq!(stdout(&out), "1234:5678\n", "{runtime}: {}", stderr(&out));
+        let containers = store.join("containers");
+        let id = std::fs::read_dir(&containers)
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        let meta = std::fs::metadata(id.join("upper/owned")).unwrap();
+        assert_eq!(
+            (
+                std::os::unix::fs::MetadataExt::uid(&meta),
+                std::os::unix::fs::MetadataExt::gid(&meta)
+            ),
+            (env.host_uid(1234), env.host_gid(5678)),
+            "{runtime}"
+        );
+        std::fs::remove_dir_all(&id).unwrap();
+        // The image's own user (uid 1000) runs as a subordinate id, and its exit code passes.
+        let out = env.ferry(&["run", "--rm", "--runtime", runtime, &env.app]);
+        assert!(out.status.success(), "{runtime}: {}", stderr(&out));
+        assert_eq!(
+            stdout(&out),
+            "uid=1000 gid=1000 cwd=/work foo=bar\n",
+            "{runtime}"
+        );
+        let out = env.ferry(&[
+            "run",
+            "--rm",
+            "--runtime",
+            runtime,
+            &env.busybox,
+            "sh",
+            "-c",
+            "exit 7",
+        ]);
+        assert_eq!(out.status.code(), Some(7), "{runtime}: {}", stderr(&out));
+    }
+    let containers = store.join("containers");
+    let left = std::fs::read_dir(&containers).map_or(0, |d| d.count());
+    assert_eq!(left, 0, "--rm removed every container");
+}
+
+#[test]
+fn a_rootless_unpack_matches_roots_up_to_the_id_map() {
+    // RUN-47: the same tree as root's unpack, every owner shifted through the id map.
+    let Some(env) = env() else { return };
+    let root_store = tempfile::tempdir().unwrap();
+    for reference in [&env.busybox, &env.app] {
+        let name = reference.rsplit('/').next().unwrap().replace(':', "-");
+        let theirs = env.dir.path().join(format!("rootfs-{name}"));
+        // Pulled first: unpack then reads the store only.
+        let out = env.ferry(&["pull", reference]);
+        assert!(out.status.success(), "{name}: {}", stderr(&out));
+        let out = output(ferry(root_store.path()).args(["pull", reference]));
+        assert!(out.status.success(), "{name}: {}", stderr(&out));
+        let out = env.ferry(&["unpack", reference, theirs.to_str().unwrap()]);
+        assert!(out.status.success(), "{name}: {}", stderr(&out));
+        let ours: PathBuf = root_store.path().join(format!("rootfs-{name}"));
+        let out = output(
+            ferry(root_store.path())
+                .args(["unpack", reference])
+                .arg(&ours),
+        );
+        assert!(out.status.success(), "{name}: {}", stderr(&out));
+
+        let expected: BTreeMap<String, tree::Node> = tree::snapshot(&ours)
+            .into_iter()
+            .map(|(path, mut node)| {
+                node.uid = env.host_uid(node.uid);
+                node.gid = env.host_gid(node.gid);
+                (path, node)
+            })
+            .collect();
+        let actual = tree::snapshot(&theirs);
+        let diffs = tree::diff(&expected, &actual, &tree::Options::exact());
+        assert!(
+            diffs.is_empty(),
+            "{name}: rootless unpack differs:\n{}",
+            diffs.join("\n")
+        );
+    }
+}
+
+#[test]
+fn limits_without_a_delegated_cgroup_are_a_clear_error() {
+    // RUN-48: cgroup v1 delegates nothing to users.
+    let Some(env) = env() else { return };
+    if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        eprintln!("skipped: cgroup v2 here; the refusal is for hierarchies without delegation");
+        return;
+    }
+    let out = env.ferry(&["run", "--rm", "--memory", "64m", &env.busybox, "true"]);
+    assert_eq!(out.status.code(), Some(125), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("--memory"),
+        "names the flag: {}",
+        stderr(&out)
+    );
+}
