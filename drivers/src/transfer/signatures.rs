@@ -325,7 +325,18 @@ pub async fn push_signature(
             )))
         }
         Found::Set(set) => {
-            if set.layers.contains(&layer) {
+            let signature = |d: &Descriptor| {
+                d.annotations()
+                    .as_ref()
+                    .and_then(|a| a.get(SIGNATURE_ANNOTATION).cloned())
+            };
+            let same = |d: &Descriptor| {
+                d.digest() == layer.digest()
+                    && d.size() == layer.size()
+                    && d.media_type() == layer.media_type()
+                    && signature(d) == signature(&layer)
+            };
+            if set.layers.iter().any(same) {
                 return Ok(PushedSignature {
                     tag,
                     set_digest: set.digest,
@@ -855,6 +866,11 @@ mod tests {
             vec![theirs.clone()]
         );
 
+        // Their signature again: already there, though their layer has more annotations.
+        let again = push_signature(driver.as_ref(), NAME, &subject, &theirs)
+            .await
+            .unwrap();
+        assert!(!again.added);
         let ours = signature(&keys.team, &format!("{NAME}:1"), &subject);
         let pushed = push_signature(driver.as_ref(), NAME, &subject, &ours)
             .await
