@@ -479,7 +479,10 @@ fn non_root_is_told_that_run_needs_root() {
         )
         .unwrap_err();
         assert!(matches!(err, Error::NotRoot), "{err}");
-        assert!(err.to_string().contains("ferry run needs root"), "{err}");
+        assert!(
+            err.to_string().contains("running containers needs root"),
+            "{err}"
+        );
         assert!(!store.root().join("containers").exists());
         return;
     }
