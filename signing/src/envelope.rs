@@ -194,8 +194,7 @@ impl SignatureEnvelope {
     /// The `docker-reference` the payload claims, for listing: **unverified** (any signer,
     /// any claim) and escaped for printing; `None` when the payload does not parse (SIG-6).
     pub fn claimed_identity(&self) -> Option<String> {
-        let anyone: crate::KeyId = "0000000000000000".parse().expect("a valid key id");
-        payload::parse(&self.payload, &anyone)
+        payload::parse(&self.payload)
             .ok()
             .map(|c| c.docker_reference.escape_debug().to_string())
     }
@@ -230,7 +229,10 @@ impl SignatureEnvelope {
                 tried: trusted.iter().map(|k| k.id().clone()).collect(),
             })?;
         // Only bytes a trusted key signed are parsed at all.
-        let claims = payload::parse(&self.payload, signer.id())?;
+        let claims = payload::parse(&self.payload).map_err(|reason| Error::InvalidPayload {
+            key: signer.id().clone(),
+            reason,
+        })?;
         let requested = format!("{}:{tag}", reference.name());
         let names_tag = match identity(&claims.docker_reference) {
             Some((name, Some(t))) if name == reference.name() && t == tag => true,
