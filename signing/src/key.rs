@@ -296,6 +296,7 @@ pub fn import_cosign_key(
     cosign_pem: &str,
     passphrase: &[u8],
 ) -> Result<KeyFiles> {
+    // A bad name fails before scrypt spends its time and memory.
     validate_key_name(name)?;
     let der = cosign_key::decrypt(cosign_pem, passphrase)?;
     let key = Signing::from_pkcs8_der(&der).map_err(Error::CosignKey)?;
