@@ -205,7 +205,8 @@ fn run_and_unpack_refuse_an_image_the_policy_rejects_before_unpacking() {
         &env.busybox,
         "true",
     ]));
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    // RUN-38: a run ferry refuses exits with 125, as docker's own failures do.
+    assert_eq!(out.status.code(), Some(125), "{}", stderr(&out));
     assert!(
         stderr(&out).contains("busybox"),
         "names the image: {}",
