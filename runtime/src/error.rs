@@ -167,6 +167,15 @@ pub enum Error {
         /// The snapshot directory.
         path: PathBuf,
     },
+    /// A layer applied in one pass, as its bytes arrived, failed (RUN-24); the applying
+    /// thread reports the error itself, this is how the download sees it.
+    #[error("{reason}")]
+    OnePass {
+        /// The layer's error, as reported.
+        reason: String,
+        /// The layer's bytes are not the layer the image describes (a diff_id mismatch).
+        corrupt: bool,
+    },
     /// An image's manifest and config disagree on its layers.
     #[error("image has {layers} layers but its config lists {diff_ids} diff_ids")]
     LayerCount {

@@ -1,13 +1,16 @@
-//! `ferry unpack REF DIR`: a flattened root filesystem, for inspection and comparison.
+//! `ferry unpack REF DIR`: a flattened root filesystem, for inspection and comparison; an
+//! image the store lacks is applied as it is pulled.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{anyhow, Context, Result};
 use ferry_drivers::site::config::{parse_size, SiteConfig};
+use ferry_drivers::transfer::pull::PullOptions;
 use ferry_runtime::snapshot::flatten;
 use ferry_runtime::unpack::Limits;
 
+use crate::commands::pull::{pull_into, FlattenInOnePass};
 use crate::commands::trust::checked_image;
 use crate::commands::{open_store, parse_reference};
 use crate::output::human_size;
@@ -71,10 +74,30 @@ pub async fn run(cli: &Cli, args: &Args) -> Result<ExitCode> {
     let reference = parse_reference(&args.reference)?;
     let store = open_store(cli)?;
     let limits = args.limits.limits(cli)?;
-    let image = checked_image(cli, &store, &reference).await?;
-    let summaries = flatten(&store, &image, &args.dir, limits)
-        .map_err(explain_limit)
-        .with_context(|| format!("unpacking {reference} into {}", args.dir.display()))?;
+    let unpacking = || format!("unpacking {reference} into {}", args.dir.display());
+    let summaries = if store.find_image(&reference).is_err() {
+        // One pass: each layer is applied as the pull brings it (RUN-24).
+        let one_pass = FlattenInOnePass::new(&store, &args.dir, limits);
+        let options = PullOptions {
+            layers: Some(one_pass.target()),
+            ..PullOptions::default()
+        };
+        pull_into(cli, &store, &reference, &options)
+            .await
+            .with_context(unpacking)?;
+        let summaries = tokio::task::spawn_blocking(move || one_pass.finish())
+            .await
+            .context("the unpack task failed")?
+            .with_context(unpacking)?;
+        // The policy as for every unpack (the pull checked it already).
+        checked_image(cli, &store, &reference).await?;
+        summaries
+    } else {
+        let image = checked_image(cli, &store, &reference).await?;
+        flatten(&store, &image, &args.dir, limits)
+            .map_err(explain_limit)
+            .with_context(unpacking)?
+    };
     if cli.json {
         println!(
             "{}",

@@ -605,7 +605,7 @@ impl<'a> Transfer<'a> {
             resumed_from: ingest.offset(),
         });
         if let Some(tap) = &mut tap {
-            tap.open(self.store, &digest, ingest.offset())?;
+            tap.open(self.store, &digest, ingest.offset()).await?;
         }
         let mut failures = Vec::new();
         let mut transferred = 0;
@@ -632,7 +632,7 @@ impl<'a> Transfer<'a> {
             }
             // The bytes are all there: the sink's verdict, then verify and make them visible.
             let (result, failure) = match &mut tap {
-                Some(tap) => match tap.finish() {
+                Some(tap) => match tap.finish().await {
                     Ok(result) => (result, None),
                     Err(e) if e.kind == ErrorKind::Corrupt && ingest.verified() => {
                         // The blob the manifest names, but not the layer the config describes:
@@ -751,7 +751,7 @@ impl<'a> Transfer<'a> {
                 ByteRange::WHOLE
             };
             if let Some(tap) = tap {
-                tap.follow(self.store, digest, ingest.offset())?;
+                tap.follow(self.store, digest, ingest.offset()).await?;
             }
             let result: Result<()> = async {
                 let mut body = source.fetch_blob(self.name, digest, range).await?;
@@ -762,7 +762,7 @@ impl<'a> Transfer<'a> {
                         .map_err(|e| Error::from_core(source.source_name(), e))?;
                     *transferred += chunk.len() as u64;
                     if let Some(tap) = tap.as_mut() {
-                        tap.feed(chunk);
+                        tap.feed(chunk).await;
                     }
                     self.progress.event(&Event::BlobProgress {
                         digest: digest.to_string(),
@@ -833,7 +833,7 @@ impl<'s> Tap<'s> {
     }
 
     /// Opens the sink, and hands it the bytes a previous pull left in the ingest.
-    fn open(&mut self, store: &Store, digest: &Digest, offset: u64) -> Result<()> {
+    async fn open(&mut self, store: &Store, digest: &Digest, offset: u64) -> Result<()> {
         self.discard();
         self.fed = 0;
         self.sink = self.sinks.open(self.index)?;
@@ -854,34 +854,34 @@ impl<'s> Tap<'s> {
         while self.fed < offset && self.sink.is_some() {
             let mut buf = vec![0; (offset - self.fed).min(1 << 20) as usize];
             std::io::Read::read_exact(&mut partial, &mut buf).map_err(io)?;
-            self.feed(bytes::Bytes::from(buf));
+            self.feed(bytes::Bytes::from(buf)).await;
         }
         Ok(())
     }
 
     /// Before writing at `offset` of the ingest: a sink that is not there (the ingest was
     /// emptied) starts over, or is dropped when it cannot.
-    fn follow(&mut self, store: &Store, digest: &Digest, offset: u64) -> Result<()> {
+    async fn follow(&mut self, store: &Store, digest: &Digest, offset: u64) -> Result<()> {
         if self.fed == offset && (self.sink.is_some() || self.failed.is_some()) {
             return Ok(());
         }
         if offset == 0 {
-            return self.open(store, digest, 0);
+            return self.open(store, digest, 0).await;
         }
         self.discard();
         Ok(())
     }
 
     /// Hands on bytes just written into the ingest.
-    fn feed(&mut self, chunk: bytes::Bytes) {
+    async fn feed(&mut self, chunk: bytes::Bytes) {
         let Some(sink) = &mut self.sink else { return };
         let len = chunk.len() as u64;
-        if blocking(|| sink.write(chunk)).is_ok() {
+        if sink.write(chunk).await.is_ok() {
             self.fed += len;
             return;
         }
         let sink = self.sink.take().expect("a sink");
-        self.failed = Some(match blocking(|| sink.finish()) {
+        self.failed = Some(match sink.finish().await {
             Err(e) => e,
             Ok(_) => Error::new(ErrorKind::Invalid, "", "a layer sink stopped taking bytes"),
         });
@@ -896,12 +896,12 @@ impl<'s> Tap<'s> {
     }
 
     /// Every byte is in the ingest: the sink's result, or why it failed.
-    fn finish(&mut self) -> Result<Option<Box<dyn LayerResult>>> {
+    async fn finish(&mut self) -> Result<Option<Box<dyn LayerResult>>> {
         if let Some(e) = self.failed.take() {
             return Err(e);
         }
         match self.sink.take() {
-            Some(sink) => blocking(|| sink.finish()).map(Some),
+            Some(sink) => sink.finish().await.map(Some),
             None => Ok(None),
         }
     }
@@ -913,8 +913,8 @@ impl Drop for Tap<'_> {
     }
 }
 
-/// Runs `f`, which may block, from async code: on a multi-threaded runtime its other tasks
-/// move to other threads meanwhile.
+/// Runs `f`, which may block briefly, from async code: on a multi-threaded runtime other
+/// tasks move to other threads meanwhile.
 fn blocking<T>(f: impl FnOnce() -> T) -> T {
     match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
         Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),

@@ -5,6 +5,9 @@
 //! verdict gates the commit of the blob, and the blob's commit gates the sink's result. The
 //! drivers know nothing of what a sink does with the bytes (the runtime extracts them).
 
+use std::future::Future;
+use std::pin::Pin;
+
 pub use bytes::Bytes;
 use ferry_core::oci_spec::image::{ImageConfiguration, ImageManifest};
 use ferry_signing::TrustedImage;
@@ -30,19 +33,22 @@ pub trait LayerSinks: Send + Sync {
     fn open(&self, index: usize) -> Result<Option<Box<dyn LayerSink>>>;
 }
 
+/// What a sink's calls return: they may wait (for the consumer) without blocking the pull.
+pub type SinkFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T>> + Send + 'a>>;
+
 /// Takes one layer's bytes in order, and gives a verdict on them when they are all there.
 ///
-/// Its calls may block (the pull runs them where blocking is allowed). Dropping a sink
-/// before [`finish`](LayerSink::finish) throws away what it made.
+/// Dropping a sink before [`finish`](LayerSink::finish) throws away what it made; the drop
+/// may block briefly while its consumer stops.
 pub trait LayerSink: Send {
-    /// Takes the next bytes of the layer; blocks while the consumer is behind. An error
+    /// Takes the next bytes of the layer; waits while the consumer is behind. An error
     /// means the consumer stopped; [`finish`](LayerSink::finish) then says why.
-    fn write(&mut self, chunk: Bytes) -> Result<()>;
+    fn write(&mut self, chunk: Bytes) -> SinkFuture<'_, ()>;
 
     /// Every byte was written: waits for the consumer and returns its result, held back
     /// until the blob is committed. A failure of kind [`Corrupt`](crate::ErrorKind::Corrupt)
     /// means the bytes cannot be the layer the image describes: the blob is not committed.
-    fn finish(self: Box<Self>) -> Result<Box<dyn LayerResult>>;
+    fn finish(self: Box<Self>) -> SinkFuture<'static, Box<dyn LayerResult>>;
 }
 
 /// A sink's result, made visible only once the blob it came from is committed.

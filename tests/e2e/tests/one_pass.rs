@@ -1,6 +1,7 @@
-//! One pass from the network to the snapshots (specs/runtime.md RUN-20..RUN-23,
-//! specs/store.md STORE-20..STORE-23): `ferry pull --unpack` and a cold `ferry run` extract
-//! each layer while its bytes arrive, against a real registry (CNCF distribution).
+//! One pass from the network to the snapshots and to a directory (specs/runtime.md
+//! RUN-20..RUN-24, specs/store.md STORE-20..STORE-23): `ferry pull --unpack`, a cold
+//! `ferry run` and `ferry unpack` of a missing image extract each layer while its bytes
+//! arrive, against a real registry (CNCF distribution).
 //!
 //! Snapshots hold overlayfs whiteouts (device nodes, trusted.* xattrs), so these tests need
 //! root: CI runs as root; elsewhere they print a notice and return.
@@ -14,7 +15,7 @@ use ferry_core::Digest;
 use ferry_testkit::fixtures::{Fixtures, BIG, BIG_FILE_SIZE, BUSYBOX};
 use ferry_testkit::proxy::Proxy;
 use ferry_testkit::registry::{Registry, RegistryOptions};
-use ferry_testkit::{ferry, is_root, output, run_ok};
+use ferry_testkit::{ferry, is_root, output, run_ok, tree};
 use serde_json::Value;
 
 fn json(s: &str) -> Value {
@@ -256,26 +257,27 @@ fn diff_id_mismatch_leaves_no_snapshot_and_no_blob() {
         &format!("oci:{}:{BUSYBOX}", layout.display()),
         &format!("docker://{}/liar:1", reg.host()),
     ]));
-    let root = tempfile::tempdir().unwrap();
-
-    let out =
-        output(ferry(root.path()).args(["pull", "--unpack", &format!("{}/liar:1", reg.host())]));
-    assert_eq!(out.status.code(), Some(1));
-    let err = stderr_of(&out);
-    assert!(
-        err.contains("diff_id mismatch") && err.contains(&wrong),
-        "{err}"
-    );
-    assert!(!blob_committed(root.path(), &layer));
-    assert_eq!(snapshot_entries(root.path()), (vec![], vec![]));
-    assert!(
-        !root.path().join("ingest").exists() || {
-            std::fs::read_dir(root.path().join("ingest"))
-                .unwrap()
-                .filter_map(|e| e.ok())
-                .all(|e| !e.file_name().to_string_lossy().contains(&layer[7..]))
-        }
-    );
+    let name = format!("{}/liar:1", reg.host());
+    let dir = tempfile::tempdir().unwrap();
+    let rootfs = dir.path().join("rootfs");
+    let rootfs = rootfs.to_str().unwrap();
+    for command in [
+        vec!["pull", "--unpack", &name],
+        vec!["unpack", &name, rootfs],
+    ] {
+        let root = tempfile::tempdir().unwrap();
+        let out = output(ferry(root.path()).args(&command));
+        assert_eq!(out.status.code(), Some(1));
+        let err = stderr_of(&out);
+        assert!(
+            err.contains("diff_id mismatch") && err.contains(&wrong),
+            "{err}"
+        );
+        assert!(!blob_committed(root.path(), &layer));
+        assert_eq!(snapshot_entries(root.path()), (vec![], vec![]));
+        let partial = root.path().join("ingest/sha256").join(&layer[7..]);
+        assert!(!partial.exists(), "{}", partial.display());
+    }
     std::fs::remove_dir_all(layout.parent().unwrap()).unwrap();
 }
 
@@ -368,4 +370,49 @@ fn two_cold_runs_at_once_extract_each_layer_once() {
     let expected: BTreeMap<String, usize> =
         chain_hexes(&config).into_iter().map(|h| (h, 1)).collect();
     assert_eq!(extracted, expected);
+}
+
+#[test]
+fn unpack_of_a_missing_image_applies_layers_as_they_arrive() {
+    // RUN-24: `ferry unpack` of an image the store lacks applies each layer while the pull
+    // brings it; the tree is the one a pull and then an unpack make.
+    if !root_only() {
+        return;
+    }
+    let fx = Fixtures::get();
+    let reg = Registry::start(RegistryOptions::open()).unwrap();
+    fx.push(BIG, &reg.host(), "big:1", false, None);
+    let name = format!("{}/big:1", reg.host());
+    let dir = tempfile::tempdir().unwrap();
+
+    let one_pass = tempfile::tempdir().unwrap();
+    let out = output(
+        ferry(one_pass.path())
+            .env("FERRY_LOG", "ferry_runtime=debug")
+            .args(["unpack", &name])
+            .arg(dir.path().join("one")),
+    );
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert!(
+        stderr_of(&out).contains("one-pass unpack of"),
+        "{}",
+        stderr_of(&out)
+    );
+
+    let two_pass = tempfile::tempdir().unwrap();
+    run_ok(ferry(two_pass.path()).args(["pull", &name]));
+    run_ok(
+        ferry(two_pass.path())
+            .args(["unpack", &name])
+            .arg(dir.path().join("two")),
+    );
+    let expected = tree::snapshot(&dir.path().join("two"));
+    let actual = tree::snapshot(&dir.path().join("one"));
+    let diffs = tree::diff(&expected, &actual, &tree::Options::exact());
+    assert!(diffs.is_empty(), "{}", diffs.join("\n"));
+    assert!(
+        expected.len() > 20,
+        "the comparison saw {} paths",
+        expected.len()
+    );
 }

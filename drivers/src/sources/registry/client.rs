@@ -2,7 +2,7 @@
 //! (Basic, bearer tokens cached per scope), retries with backoff, and redirects followed by
 //! hand so `Authorization` never leaves the registry's origin.
 
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -85,7 +85,11 @@ impl Request {
 
 /// The registry's HTTP client: one per driver.
 pub(crate) struct Client {
-    http: reqwest::Client,
+    /// For http URLs: without TLS roots, so a pull from a plain-http registry (loopback)
+    /// does not read the system's hundreds of certificate files at start.
+    plain: reqwest::Client,
+    /// For https URLs: with the system's roots, built on first use.
+    tls: OnceLock<reqwest::Client>,
     /// Source name for errors.
     pub source: String,
     /// The registry's base URL (ends with `/`).
@@ -97,6 +101,26 @@ pub(crate) struct Client {
     auth: Mutex<AuthState>,
 }
 
+/// An HTTP client as the registry client needs it (no automatic redirects, timeouts);
+/// `roots`: with the built-in TLS root certificates (the system's and webpki's).
+fn http_client(source: &str, insecure: bool, roots: bool) -> Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(CONNECT_TIMEOUT)
+        .read_timeout(READ_TIMEOUT)
+        .danger_accept_invalid_certs(insecure)
+        .tls_built_in_root_certs(roots)
+        .user_agent(concat!("ferry/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| {
+            Error::new(
+                ErrorKind::Invalid,
+                source,
+                format!("cannot build HTTP client: {}", chain(&e)),
+            )
+        })
+}
+
 impl Client {
     /// A client for the registry at `base`.
     pub fn new(
@@ -105,22 +129,10 @@ impl Client {
         insecure: bool,
         credentials: Option<Login>,
     ) -> Result<Self> {
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(CONNECT_TIMEOUT)
-            .read_timeout(READ_TIMEOUT)
-            .danger_accept_invalid_certs(insecure)
-            .user_agent(concat!("ferry/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| {
-                Error::new(
-                    ErrorKind::Invalid,
-                    source,
-                    format!("cannot build HTTP client: {}", chain(&e)),
-                )
-            })?;
+        let plain = http_client(source, insecure, false)?;
         Ok(Client {
-            http,
+            plain,
+            tls: OnceLock::new(),
             source: source.to_string(),
             host: host_port(&base),
             base,
@@ -128,6 +140,18 @@ impl Client {
             credentials,
             auth: Mutex::new(AuthState::default()),
         })
+    }
+
+    /// The HTTP client for `url`: the one with TLS roots only for https.
+    fn http(&self, url: &Url) -> Result<&reqwest::Client> {
+        if url.scheme() != "https" {
+            return Ok(&self.plain);
+        }
+        if let Some(client) = self.tls.get() {
+            return Ok(client);
+        }
+        let client = http_client(&self.source, self.insecure, true)?;
+        Ok(self.tls.get_or_init(|| client))
     }
 
     /// `base` joined with `path` (relative, e.g. `v2/team/app/tags/list`).
@@ -187,7 +211,7 @@ impl Client {
                 },
             };
             let mut rb = self
-                .http
+                .http(&req.url)?
                 .request(req.method.clone(), req.url.clone())
                 .headers(req.headers.clone());
             if let Some(a) = &auth {
@@ -439,12 +463,12 @@ impl Client {
         let resp = loop {
             let rb = match refresh {
                 Some(token) => self
-                    .http
+                    .http(&url)?
                     .post(url.clone())
                     .form(&super::credentials::refresh_form(token, service, scope)),
                 None => match self.basic() {
-                    Some(b) => self.http.get(url.clone()).header(AUTHORIZATION, b),
-                    None => self.http.get(url.clone()),
+                    Some(b) => self.http(&url)?.get(url.clone()).header(AUTHORIZATION, b),
+                    None => self.http(&url)?.get(url.clone()),
                 },
             };
             match rb.send().await {

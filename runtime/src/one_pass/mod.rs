@@ -1,16 +1,20 @@
-//! One pass: snapshots extracted from a layer's bytes while they are being downloaded, each
-//! layer on its own thread, instead of re-read from the store after the pull
-//! (specs/runtime.md RUN-20…RUN-23).
+//! One pass: layers extracted from their bytes while they are being downloaded, instead of
+//! re-read from the store after the pull (specs/runtime.md RUN-20…RUN-24): into snapshots,
+//! each layer on its own thread (here), or in order into one directory ([`StreamedFlatten`]).
 //!
-//! A [`LayerExtraction`] takes the bytes the pull writes into the store's ingest, in order,
-//! through a small bounded channel; [`LayerExtraction::finish`] checks the diff_id, and the
-//! result is published as the snapshot only after the blob's digest checked out too
-//! ([`ExtractedLayer::publish`]). Anything else throws the extraction away.
+//! A [`LayerExtraction`] reads the bytes the pull writes into the store's ingest, in order,
+//! from a reader the caller feeds (a small bounded queue);
+//! [`LayerExtraction::finish`] checks the diff_id, and the result is published as the
+//! snapshot only after the blob's digest checked out too ([`ExtractedLayer::publish`]).
+//! Anything else throws the extraction away.
+
+mod flatten;
+
+pub use flatten::{LayerFeed, StreamedFlatten};
 
 use std::fs::File;
-use std::io::{self, Read};
+use std::io::Read;
 use std::path::PathBuf;
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
@@ -23,10 +27,6 @@ use nix::fcntl::{Flock, FlockArg};
 use crate::snapshot::{chain_ids, diff_ids, lock, snapshot_dir, snapshots_root, Pending};
 use crate::unpack::{apply_layer, Budget, LayerSummary, Limits, Whiteouts};
 use crate::Result;
-
-/// Chunks in flight between the download and one layer's extraction: with the pull's
-/// chunks of at most a few hundred KiB, a few MiB per layer at most.
-const CHUNKS_IN_FLIGHT: usize = 16;
 
 /// The snapshots of an accepted image whose layers are about to be pulled.
 ///
@@ -84,10 +84,16 @@ impl StreamedSnapshots {
         })
     }
 
-    /// Starts extracting layer `index` (0 is the bottom layer) from its first byte, on a
-    /// thread of its own; `None` when its snapshot exists or another extraction of it is
-    /// under way (then [`crate::snapshot::prepare`] waits for that one).
-    pub fn layer(&self, index: usize) -> Result<Option<LayerExtraction>> {
+    /// Starts extracting layer `index` (0 is the bottom layer) from `bytes`, its blob from
+    /// the first byte, on a thread of its own; `None` when its snapshot exists or another
+    /// extraction of it is under way (then [`crate::snapshot::prepare`] waits for that one).
+    ///
+    /// `bytes` must fail, not end, when the download stops before the blob's end.
+    pub fn layer(
+        &self,
+        index: usize,
+        bytes: impl Read + Send + 'static,
+    ) -> Result<Option<LayerExtraction>> {
         let planned = &self.layers[index];
         if planned.dir.exists() {
             return Ok(None);
@@ -95,7 +101,6 @@ impl StreamedSnapshots {
         let Some(pending) = Pending::start(&planned.dir, FlockArg::LockExclusiveNonblock)? else {
             return Ok(None);
         };
-        let (sender, receiver) = sync_channel(CHUNKS_IN_FLIGHT);
         let fs = pending.fs();
         let diff_id = planned.diff_id.clone();
         let compression = planned.compression;
@@ -106,12 +111,6 @@ impl StreamedSnapshots {
         let thread = std::thread::Builder::new()
             .name(format!("extract-{position}"))
             .spawn(move || {
-                let bytes = ChunkReader {
-                    receiver,
-                    chunk: None,
-                    at: 0,
-                    ended: false,
-                };
                 apply_layer(
                     &fs,
                     bytes,
@@ -128,7 +127,6 @@ impl StreamedSnapshots {
                 source: e,
             })?;
         Ok(Some(LayerExtraction {
-            sender: Some(sender),
             thread: Some(thread),
             pending: Some(pending),
             diff_id: planned.diff_id.clone(),
@@ -139,10 +137,9 @@ impl StreamedSnapshots {
 
 /// One layer being extracted from its bytes as they arrive.
 ///
-/// Dropped before [`finish`](LayerExtraction::finish), the extraction stops and its
-/// directory is removed.
+/// Dropped before [`finish`](LayerExtraction::finish), it waits for the extraction to end
+/// (its reader must fail once its feeder is gone) and removes its directory.
 pub struct LayerExtraction {
-    sender: Option<SyncSender<Message>>,
     thread: Option<JoinHandle<Result<LayerSummary>>>,
     pending: Option<Pending>,
     diff_id: Digest,
@@ -150,21 +147,9 @@ pub struct LayerExtraction {
 }
 
 impl LayerExtraction {
-    /// Hands on the next bytes of the layer, waiting while the extraction is behind.
-    /// `false` when the extraction has stopped; [`finish`](LayerExtraction::finish) says why.
-    pub fn write(&mut self, chunk: impl AsRef<[u8]> + Send + 'static) -> bool {
-        self.sender
-            .as_ref()
-            .is_some_and(|s| s.send(Message::Bytes(Box::new(chunk))).is_ok())
-    }
-
-    /// Every byte was written: waits for the extraction and checks it (the diff_id, the
-    /// image's limits). The snapshot appears only when the result is published.
+    /// Every byte was fed to its reader: waits for the extraction and checks it (the
+    /// diff_id, the image's limits). The snapshot appears only when the result is published.
     pub fn finish(mut self) -> Result<ExtractedLayer> {
-        if let Some(sender) = self.sender.take() {
-            // The extraction may have stopped already; its result says why.
-            let _ = sender.send(Message::End);
-        }
         let summary = self.join().expect("joined once")?;
         self.budget
             .lock()
@@ -177,7 +162,6 @@ impl LayerExtraction {
 
     /// Waits for the extraction thread; a panic there is ferry's bug and goes on here.
     fn join(&mut self) -> Option<Result<LayerSummary>> {
-        self.sender = None;
         let thread = self.thread.take()?;
         Some(
             thread
@@ -189,8 +173,7 @@ impl LayerExtraction {
 
 impl Drop for LayerExtraction {
     fn drop(&mut self) {
-        // Without the end mark the extraction fails at its next read; its directory goes
-        // with `pending` once the thread is done with it.
+        // The extraction's directory goes with `pending` once the thread is done with it.
         if let Some(Err(e)) = self.join() {
             tracing::debug!("extraction stopped: {e}");
         }
@@ -206,54 +189,5 @@ impl ExtractedLayer {
     /// The blob is committed: makes the extraction the layer's snapshot (RUN-21).
     pub fn publish(self) -> Result<()> {
         self.pending.publish()
-    }
-}
-
-/// What the download hands the extraction.
-enum Message {
-    /// The next bytes.
-    Bytes(Box<dyn AsRef<[u8]> + Send>),
-    /// Every byte was handed on.
-    End,
-}
-
-/// The layer's bytes as a reader: ends at the end mark, fails when the download stopped
-/// without one.
-struct ChunkReader {
-    receiver: Receiver<Message>,
-    chunk: Option<Box<dyn AsRef<[u8]> + Send>>,
-    at: usize,
-    ended: bool,
-}
-
-impl Read for ChunkReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        loop {
-            if let Some(chunk) = &self.chunk {
-                let rest = &(**chunk).as_ref()[self.at..];
-                if !rest.is_empty() {
-                    let n = rest.len().min(buf.len());
-                    buf[..n].copy_from_slice(&rest[..n]);
-                    self.at += n;
-                    return Ok(n);
-                }
-            }
-            if self.ended {
-                return Ok(0);
-            }
-            match self.receiver.recv() {
-                Ok(Message::Bytes(chunk)) => {
-                    self.chunk = Some(chunk);
-                    self.at = 0;
-                }
-                Ok(Message::End) => self.ended = true,
-                Err(_) => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "the layer's download stopped",
-                    ))
-                }
-            }
-        }
     }
 }
