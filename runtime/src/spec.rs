@@ -486,10 +486,17 @@ fn default_mounts() -> Result<Vec<Mount>> {
             &["nosuid", "noexec", "nodev", "ro"],
         ),
     ];
+    // Rootless with only the user's own gid mapped, devpts cannot give ptys gid 5 (RUN-46).
+    let tty_gid = crate::userns::gid_mapped(5);
     table
         .iter()
         .map(|(destination, typ, source, options)| {
-            build_mount(Path::new(destination), typ, Path::new(source), options)
+            let options: Vec<&str> = options
+                .iter()
+                .copied()
+                .filter(|o| tty_gid || *o != "gid=5")
+                .collect();
+            build_mount(Path::new(destination), typ, Path::new(source), &options)
         })
         .collect()
 }

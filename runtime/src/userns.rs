@@ -53,6 +53,20 @@ pub fn in_user_namespace() -> bool {
     })
 }
 
+/// Whether group `gid` has an id in this process's user namespace (always, outside one).
+pub fn gid_mapped(gid: u32) -> bool {
+    let Ok(map) = fs::read_to_string("/proc/self/gid_map") else {
+        return true;
+    };
+    map.lines().any(|line| {
+        let fields: Vec<u64> = line
+            .split_whitespace()
+            .filter_map(|n| n.parse().ok())
+            .collect();
+        matches!(fields[..], [inside, _, count] if (inside..inside + count).contains(&u64::from(gid)))
+    })
+}
+
 /// The xattr that marks an opaque directory in a snapshot: `user.overlay.opaque` in a user
 /// namespace, where overlayfs is mounted with `userxattr`, else `trusted.overlay.opaque`
 /// (RUN-46).

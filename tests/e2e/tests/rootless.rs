@@ -16,7 +16,10 @@ use ferry_testkit::fixtures::{Fixtures, APP, BUSYBOX};
 use ferry_testkit::registry::{Registry, RegistryOptions};
 use ferry_testkit::{ferry, ferry_bin, is_root, output, run_ok, tree};
 
+/// A user with subordinate id ranges.
 const USER: &str = "ferry-rootless";
+/// A user without any: only its own id is mapped (RUN-45).
+const SOLO_USER: &str = "ferry-solo";
 
 fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
@@ -26,51 +29,64 @@ fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-/// The unprivileged user: its ids and its first subordinate uid and gid ranges.
+/// An unprivileged user: its name, ids and first subordinate uid and gid ranges.
 struct User {
+    name: &'static str,
     uid: u32,
     gid: u32,
-    subuid: (u32, u32),
-    subgid: (u32, u32),
+    subuid: Option<(u32, u32)>,
+    subgid: Option<(u32, u32)>,
 }
 
-/// `USER:START:COUNT` of `file` for [`USER`].
-fn subordinate(file: &str) -> Option<(u32, u32)> {
+/// `NAME:START:COUNT` of `file` for `name`.
+fn subordinate(file: &str, name: &str) -> Option<(u32, u32)> {
     std::fs::read_to_string(file)
         .unwrap_or_default()
         .lines()
         .find_map(|line| {
             let mut fields = line.split(':');
-            (fields.next()? == USER).then_some(())?;
+            (fields.next()? == name).then_some(())?;
             Some((fields.next()?.parse().ok()?, fields.next()?.parse().ok()?))
         })
 }
 
-/// Creates [`USER`] with a subordinate id range unless it exists with one.
-fn user() -> User {
-    if !output(Command::new("id").arg(USER)).status.success() {
-        run_ok(Command::new("useradd").args(["--create-home", "--shell", "/bin/sh", USER]));
+/// Creates the user `name` unless it exists, with a subordinate id range or, without
+/// `ranges`, none.
+fn user(name: &'static str, ranges: bool) -> User {
+    if !output(Command::new("id").arg(name)).status.success() {
+        run_ok(Command::new("useradd").args(["--create-home", "--shell", "/bin/sh", name]));
     }
-    if subordinate("/etc/subuid").is_none() || subordinate("/etc/subgid").is_none() {
+    let has = |file| subordinate(file, name).is_some();
+    if ranges && !(has("/etc/subuid") && has("/etc/subgid")) {
         run_ok(Command::new("usermod").args([
             "--add-subuids",
             "200000-265535",
             "--add-subgids",
             "200000-265535",
-            USER,
+            name,
+        ]));
+    }
+    if !ranges && (has("/etc/subuid") || has("/etc/subgid")) {
+        run_ok(Command::new("usermod").args([
+            "--del-subuids",
+            "1-4294967294",
+            "--del-subgids",
+            "1-4294967294",
+            name,
         ]));
     }
     let id = |flag: &str| -> u32 {
-        run_ok(Command::new("id").args([flag, USER]))
+        run_ok(Command::new("id").args([flag, name]))
             .trim()
             .parse()
             .unwrap()
     };
     User {
+        name,
         uid: id("-u"),
         gid: id("-g"),
-        subuid: subordinate("/etc/subuid").unwrap(),
-        subgid: subordinate("/etc/subgid").unwrap(),
+        subuid: subordinate("/etc/subuid", name),
+        subgid: subordinate("/etc/subgid", name),
     }
 }
 
@@ -84,11 +100,15 @@ struct Env {
 }
 
 fn env() -> Option<Env> {
+    env_of(USER, true)
+}
+
+fn env_of(name: &'static str, ranges: bool) -> Option<Env> {
     if !is_root() {
         eprintln!("skipped: creating the unprivileged user needs root (CI runs as root)");
         return None;
     }
-    let user = user();
+    let user = user(name, ranges);
     let fx = Fixtures::get();
     let registry = Registry::start(RegistryOptions::open()).unwrap();
     fx.push(BUSYBOX, &registry.host(), "busybox:1", false, None);
@@ -120,7 +140,7 @@ impl Env {
         let dir = self.dir.path();
         output(
             Command::new("runuser")
-                .args(["-u", USER, "--", "env", "-i"])
+                .args(["-u", self.user.name, "--", "env", "-i"])
                 .arg(format!("HOME={}", dir.join("home").display()))
                 .arg(format!("XDG_DATA_HOME={}", dir.join("data").display()))
                 .arg(format!("XDG_CONFIG_HOME={}", dir.join("config").display()))
@@ -135,14 +155,14 @@ impl Env {
     fn host_uid(&self, id: u32) -> u32 {
         match id {
             0 => self.user.uid,
-            n => self.user.subuid.0 + n - 1,
+            n => self.user.subuid.expect("a subordinate range").0 + n - 1,
         }
     }
 
     fn host_gid(&self, id: u32) -> u32 {
         match id {
             0 => self.user.gid,
-            n => self.user.subgid.0 + n - 1,
+            n => self.user.subgid.expect("a subordinate range").0 + n - 1,
         }
     }
 }
@@ -154,6 +174,7 @@ fn an_ordinary_user_pulls_unpacks_and_runs_into_its_own_store() {
     let out = env.ferry(&["pull", &env.busybox]);
     assert!(out.status.success(), "pull: {}", stderr(&out));
     let store = env.dir.path().join("data/ferry");
+    let subuid = env.user.subuid.unwrap();
     let meta = std::fs::metadata(&store).expect("the store is under XDG_DATA_HOME");
     assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), env.user.uid);
     for runtime in ["builtin", "runc"] {
@@ -177,10 +198,7 @@ fn an_ordinary_user_pulls_unpacks_and_runs_into_its_own_store() {
             .collect();
         assert_eq!(
             map,
-            vec![
-                vec![0, env.user.uid, 1],
-                vec![1, env.user.subuid.0, env.user.subuid.1]
-            ],
+            vec![vec![0, env.user.uid, 1], vec![1, subuid.0, subuid.1]],
             "{runtime}: {text}"
         );
         // RUN-47: inside, files take any mapped owner; outside it is the subordinate id.
@@ -291,5 +309,46 @@ fn limits_without_a_delegated_cgroup_are_a_clear_error() {
         stderr(&out).contains("--memory"),
         "names the flag: {}",
         stderr(&out)
+    );
+}
+
+#[test]
+fn a_user_without_subordinate_ids_gets_its_own_id_only() {
+    // RUN-45: no range in /etc/subuid: root inside is the user, and nothing else is mapped;
+    // setgroups is denied, and an image of root's files still unpacks and runs.
+    let Some(env) = env_of(SOLO_USER, false) else {
+        return;
+    };
+    for runtime in ["builtin", "runc"] {
+        let out = env.ferry(&[
+            "run",
+            "--rm",
+            "--runtime",
+            runtime,
+            &env.busybox,
+            "sh",
+            "-c",
+            "id -u; cat /proc/self/uid_map /proc/self/setgroups",
+        ]);
+        assert!(out.status.success(), "{runtime}: {}", stderr(&out));
+        let text = stdout(&out);
+        let words: Vec<&str> = text.split_whitespace().collect();
+        assert_eq!(
+            words,
+            ["0", "0", &env.user.uid.to_string(), "1", "deny"],
+            "{runtime}: {text}"
+        );
+    }
+    let rootfs = env.dir.path().join("rootfs");
+    let out = env.ferry(&["unpack", &env.busybox, rootfs.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let owners: std::collections::BTreeSet<(u32, u32)> = tree::snapshot(&rootfs)
+        .values()
+        .map(|n| (n.uid, n.gid))
+        .collect();
+    assert_eq!(
+        owners,
+        [(env.user.uid, env.user.gid)].into_iter().collect(),
+        "root's files are the user's"
     );
 }
