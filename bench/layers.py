@@ -74,8 +74,16 @@ LAYOUT, TAG = sys.argv[1], sys.argv[2]
 OUT = os.path.join(LAYOUT, f".{TAG}-tars")
 os.makedirs(OUT, exist_ok=True)
 
-# 1: 16,384 small text files (0.5-7 KiB) in 128 directories, like a package tree.
+# 1: a static busybox (so `ferry run large true` runs), and 16,384 small text files
+# (0.5-7 KiB) in 128 directories, like a package tree.
 with layer(1) as tar:
+    add_dir(tar, "bin")
+    with open("/bin/busybox", "rb") as f:
+        add_bytes(tar, "bin/busybox", f.read(), mode=0o755)
+    for applet in ["sh", "true", "echo", "cat", "ls", "wc"]:
+        link = tarfile.TarInfo(f"bin/{applet}")
+        link.type, link.linkname, link.mtime = tarfile.SYMTYPE, "busybox", 1700000000
+        tar.addfile(link)
     add_dir(tar, "usr")
     add_dir(tar, "usr/share")
     for d in range(128):
