@@ -47,7 +47,7 @@ enum Command {
     Gc(commands::gc::Args),
     /// Write an image's root filesystem into a directory (layers applied, verified).
     Unpack(commands::unpack::Args),
-    /// Run an image in a container, in the foreground (needs root).
+    /// Run an image in a container, in the foreground (an ordinary user's in a user namespace).
     Run(Box<commands::run::Args>),
     /// Check the site config, or explain how a name travels.
     Config(commands::config::Args),
