@@ -82,8 +82,8 @@ pub fn overlay_opaque_xattr() -> &'static std::ffi::CStr {
 /// not root (RUN-44).
 ///
 /// In the parent (an unprivileged caller) it re-executes ferry with the same arguments and
-/// `env` added, maps its ids, waits for it and returns [`Entered::Exited`]; SIGTERM and
-/// SIGHUP are passed on to it. In the re-executed child, and for root, it returns
+/// `env` added, maps its ids, waits for it and returns [`Entered::Exited`]; SIGINT, SIGTERM
+/// and SIGHUP are passed on to it, so that it can clean up. In the re-executed child, and for root, it returns
 /// [`Entered::Continue`]. Must be called while the process has a single thread.
 pub fn enter(env: &[(&str, OsString)]) -> Result<Entered> {
     if let Some(fd) = std::env::var_os(SYNC_ENV) {
@@ -177,7 +177,7 @@ fn parent(env: &[(&str, OsString)]) -> Result<i32> {
     drop(theirs);
     let pid = child.id();
     CHILD.store(pid as i32, Ordering::SeqCst);
-    for signal in [libc::SIGTERM, libc::SIGHUP] {
+    for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
         // SAFETY: the handler only reads an atomic and calls kill(2).
         unsafe {
             libc::signal(
