@@ -136,6 +136,16 @@ fn add_registry(
         notes.push(n);
         return Ok(());
     }
+    if site.has_route(&prefix) {
+        notes.push(Note {
+            error: false,
+            place,
+            text: format!(
+                "{prefix:?} is configured by another directory already: not carried over"
+            ),
+        });
+        return Ok(());
+    }
     let mut route = RouteDraft {
         prefix: prefix.clone(),
         comments: vec![format!("from {place}")],

@@ -303,6 +303,11 @@ impl SiteDraft {
         self.sources.len() - 1
     }
 
+    /// Whether a route for `prefix` is there already.
+    pub fn has_route(&self, prefix: &str) -> bool {
+        self.routes.iter().any(|r| r.prefix == prefix)
+    }
+
     /// Whether `prefix` can be a route prefix; a [`Note`] saying why not otherwise.
     pub fn check_prefix(prefix: &str, place: &str) -> std::result::Result<(), Note> {
         if prefix.contains('*') && prefix != "*" {
@@ -373,14 +378,37 @@ impl SiteDraft {
             }
         }
         SiteConfig::parse(&out, "imported site config").map_err(|e| {
+            let files: Vec<String> = from.iter().map(|p| p.display().to_string()).collect();
             Error::new(
                 ErrorKind::Invalid,
                 "",
-                format!("the imported site config is not valid (a bug in the importer): {e}"),
+                format!(
+                    "{}: the imported site config is not valid (a bug in the importer): {e}",
+                    files.join(", ")
+                ),
             )
         })?;
         Ok(out)
     }
+}
+
+/// Whether ferry's policy accepts `prefix` as a rule prefix (POL-4), by loading a policy
+/// with that one rule.
+pub(crate) fn check_policy_prefix(prefix: &str) -> std::result::Result<(), String> {
+    let probe = format!(
+        "[default]\naction = \"accept\"\n[[rule]]\nprefix = {}\naction = \"reject\"\n",
+        quoted(prefix)
+    );
+    let mut file = tempfile::NamedTempFile::new().map_err(|e| e.to_string())?;
+    std::io::Write::write_all(&mut file, probe.as_bytes()).map_err(|e| e.to_string())?;
+    ferry_signing::Policy::load(file.path())
+        .map(|_| ())
+        .map_err(|e| {
+            let text = e.to_string();
+            // The probe file's name and line say nothing to the user: keep the reason.
+            text.rsplit_once(": ")
+                .map_or(text.clone(), |(_, why)| why.to_string())
+        })
 }
 
 /// The comment block opening an imported file.
@@ -445,9 +473,22 @@ impl PolicyDraft {
     }
 
     /// Adds a `reject` rule per blocked prefix (registries.conf `blocked = true`),
-    /// replacing a rule for the same prefix.
+    /// replacing a rule for the same prefix; a prefix no rule can have is an error note.
     pub fn add_blocked(&mut self, blocked: &[(String, String)]) {
         for (prefix, place) in blocked {
+            let why = if prefix.contains('*') {
+                Err("a wildcard; ferry's rules match name prefixes only".to_string())
+            } else {
+                check_policy_prefix(prefix)
+            };
+            if let Err(why) = why {
+                self.notes.push(Note {
+                    error: true,
+                    place: place.clone(),
+                    text: format!("blocked, but {prefix:?} cannot be a policy rule ({why}): its names are not rejected"),
+                });
+                continue;
+            }
             if let Some(rule) = self.rules.iter_mut().find(|r| r.0 == *prefix) {
                 if rule.1 != Action::Reject {
                     self.notes.push(Note {
@@ -492,5 +533,49 @@ impl PolicyDraft {
             );
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocked_prefixes_a_policy_cannot_hold_are_errors_not_rules() {
+        // POL-12, SITE-10. Found by the config_import fuzz target: a blocked prefix fit for
+        // a route but not for the policy (POL-4) made a policy ferry refused to load.
+        let text = "[[registry]]\nprefix = \"b}ocked.example.com/evil\"\nblocked = true\n\n\
+                    [[registry]]\nprefix = \"*.example.com\"\nblocked = true\n\n\
+                    [[registry]]\nprefix = \"evil.example.com\"\nblocked = true\n";
+        let out = import_text(Format::RegistriesConf, Path::new("registries.conf"), text).unwrap();
+        let policy = out.policy.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("policy.toml");
+        std::fs::write(&file, &policy).unwrap();
+        ferry_signing::Policy::load(&file).unwrap();
+        assert!(policy.contains("prefix = \"evil.example.com\"\naction = \"reject\""));
+        let errors: Vec<String> = out
+            .notes
+            .iter()
+            .filter(|n| n.error)
+            .map(|n| n.to_string())
+            .collect();
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(errors.iter().any(|e| e.contains("b}ocked")), "{errors:?}");
+    }
+
+    #[test]
+    fn a_prefix_defined_twice_is_an_error_naming_file_and_prefix() {
+        // SITE-9. Found by the config_import fuzz target: two [[registry]] tables with one
+        // prefix made two routes, which the site config refuses (SITE-3).
+        let text = "[[registry]]\nprefix = \"docker.io\"\n[[registry.mirror]]\nlocation = \"m.example.com\"\n\
+                    [[registry]]\nprefix = \"docker.io\"\nblocked = true\n";
+        let err = import_text(Format::RegistriesConf, Path::new("r.conf"), text)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("r.conf: ") && err.contains("\"docker.io\" is defined twice"),
+            "{err}"
+        );
     }
 }

@@ -142,27 +142,8 @@ fn rule_prefix(scope: &str) -> std::result::Result<String, String> {
             "scope {scope:?} names a tag or digest; ferry's rules match names, not tags"
         ));
     }
-    check_policy_prefix(scope)?;
+    super::check_policy_prefix(scope)?;
     Ok(scope.to_string())
-}
-
-/// Whether ferry's policy accepts `prefix` as a rule prefix (POL-4), by loading a policy
-/// with that one rule.
-fn check_policy_prefix(prefix: &str) -> std::result::Result<(), String> {
-    let probe = format!(
-        "[default]\naction = \"accept\"\n[[rule]]\nprefix = {}\naction = \"reject\"\n",
-        super::quoted(prefix)
-    );
-    let mut file = tempfile::NamedTempFile::new().map_err(|e| e.to_string())?;
-    std::io::Write::write_all(&mut file, probe.as_bytes()).map_err(|e| e.to_string())?;
-    ferry_signing::Policy::load(file.path())
-        .map(|_| ())
-        .map_err(|e| {
-            let text = e.to_string();
-            // The probe file's name and line say nothing to the user: keep the reason.
-            text.rsplit_once(": ")
-                .map_or(text.clone(), |(_, why)| why.to_string())
-        })
 }
 
 #[cfg(test)]

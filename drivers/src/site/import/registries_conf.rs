@@ -89,6 +89,7 @@ pub(crate) fn import_registries_conf(path: &Path, text: &str) -> Result<SiteImpo
     }
     let mut site = SiteDraft::default();
     let mut blocked = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
     for (i, reg) in file.registry.iter().enumerate() {
         let Some(prefix) = reg.prefix.clone().or_else(|| reg.location.clone()) else {
             note(
@@ -97,16 +98,23 @@ pub(crate) fn import_registries_conf(path: &Path, text: &str) -> Result<SiteImpo
             );
             continue;
         };
+        if !seen.insert(prefix.clone()) {
+            return Err(super::bad_file(
+                path,
+                &format!("[[registry]] prefix {prefix:?} is defined twice (containers refuses such a file too)"),
+            ));
+        }
         let place = at(&format!("[[registry]] prefix {prefix:?}"));
         for key in reg.other.keys() {
             note(format!("{place}: {key}"), "not used by ferry".into());
         }
-        if let Err(n) = SiteDraft::check_prefix(&prefix, &place) {
-            note(n.place, n.text);
+        if reg.blocked {
+            // Checked as a policy prefix (POL-4) when the rule is made.
+            blocked.push((prefix.clone(), place.clone()));
             continue;
         }
-        if reg.blocked {
-            blocked.push((prefix.clone(), place.clone()));
+        if let Err(n) = SiteDraft::check_prefix(&prefix, &place) {
+            note(n.place, n.text);
             continue;
         }
         let mut route = RouteDraft {
