@@ -208,7 +208,7 @@ pub fn runtime_spec(config: &ImageConfiguration, rootfs: &Path, opts: &RunOption
     );
     let cwd = working_dir(opts.workdir.as_deref().or(image.working_dir().as_deref()));
 
-    let mut mounts = default_mounts()?;
+    let mut mounts = default_mounts(opts.net)?;
     mounts.extend(option_mounts(rootfs, opts)?);
     if opts.init {
         let binary = init_binary()?;
@@ -445,8 +445,8 @@ fn working_dir(dir: Option<&str>) -> PathBuf {
 }
 
 /// The mounts every container gets, in order (RUN-7).
-fn default_mounts() -> Result<Vec<Mount>> {
-    let table: [(&str, &str, &str, &[&str]); 6] = [
+fn default_mounts(net: NetMode) -> Result<Vec<Mount>> {
+    let mut table: [(&str, &str, &str, &[&str]); 6] = [
         ("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"]),
         (
             "/dev",
@@ -486,6 +486,16 @@ fn default_mounts() -> Result<Vec<Mount>> {
             &["nosuid", "noexec", "nodev", "ro"],
         ),
     ];
+    // Rootless with the host's network, whose sysfs the user namespace may not mount: the
+    // host's /sys, read-only (RUN-46).
+    if net == NetMode::Host && crate::userns::in_user_namespace() {
+        table[5] = (
+            "/sys",
+            "bind",
+            "/sys",
+            &["rbind", "nosuid", "noexec", "nodev", "ro"],
+        );
+    }
     // Rootless with only the user's own gid mapped, devpts cannot give ptys gid 5 (RUN-46).
     let tty_gid = crate::userns::gid_mapped(5);
     table

@@ -334,13 +334,6 @@ impl Plan {
         let linux = spec.linux().clone().unwrap_or_default();
 
         let rootless = crate::userns::in_user_namespace();
-        // A sysfs needs a network namespace of the user namespace's own.
-        let own_net = linux
-            .namespaces()
-            .as_deref()
-            .unwrap_or_default()
-            .iter()
-            .any(|n| n.typ() == LinuxNamespaceType::Network);
         let mut mounts = Vec::new();
         for m in spec.mounts().as_deref().unwrap_or_default() {
             let options = m.options().as_deref().unwrap_or_default();
@@ -354,16 +347,10 @@ impl Plan {
                     )?),
                     !source.is_dir(),
                 ),
-                // Rootless with the host's network: the host's /sys, read-only (RUN-46).
-                (Some("sysfs"), _) if rootless && !own_net => {
-                    (Some(mounts::clone_tree(Path::new("/sys"), true)?), false)
-                }
                 _ => (None, false),
             };
-            let early = (rootless
-                && tree.is_none()
-                && matches!(m.typ().as_deref(), Some("proc" | "sysfs")))
-            .then(|| mount_attrs(flags));
+            let early = (rootless && matches!(m.typ().as_deref(), Some("proc" | "sysfs")))
+                .then(|| mount_attrs(flags));
             mounts.push(MountPlan {
                 early,
                 tree,

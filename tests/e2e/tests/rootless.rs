@@ -201,6 +201,26 @@ fn an_ordinary_user_pulls_unpacks_and_runs_into_its_own_store() {
             vec![vec![0, env.user.uid, 1], vec![1, subuid.0, subuid.1]],
             "{runtime}: {text}"
         );
+        // RUN-46: with the host's network, /sys is the host's, read-only.
+        let out = env.ferry(&[
+            "run",
+            "--rm",
+            "--runtime",
+            runtime,
+            "--net",
+            "host",
+            &env.busybox,
+            "sh",
+            "-c",
+            "ls /sys/class/net; touch /sys/x || echo read-only",
+        ]);
+        assert!(out.status.success(), "{runtime}: {}", stderr(&out));
+        let text = stdout(&out);
+        assert!(text.ends_with("read-only\n"), "{runtime}: {text}");
+        assert!(
+            text.lines().count() > 2,
+            "{runtime}: the host's devices: {text}"
+        );
         // RUN-47: inside, files take any mapped owner; outside it is the subordinate id.
         let out = env.ferry(&[
             "run",
