@@ -13,9 +13,11 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 const PLAIN_INTERVAL: Duration = Duration::from_secs(1);
 const JSON_INTERVAL: Duration = Duration::from_millis(250);
 
-/// Renders pull progress in the mode the output calls for.
+/// Renders transfer progress (pull, save, load) in the mode the output calls for.
 pub struct ProgressPrinter {
     mode: Mode,
+    /// What is done to blob bytes, in plain lines: "downloading", "writing", "reading".
+    verb: &'static str,
     state: Mutex<HashMap<String, BlobState>>,
 }
 
@@ -55,8 +57,15 @@ impl ProgressPrinter {
         };
         ProgressPrinter {
             mode,
+            verb: "downloading",
             state: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The same printer saying `verb` ("writing", "reading") of blob bytes in plain lines.
+    pub fn with_verb(mut self, verb: &'static str) -> Self {
+        self.verb = verb;
+        self
     }
 
     /// Clears any bars still drawn.
@@ -202,9 +211,10 @@ impl Progress for ProgressPrinter {
                             String::new()
                         };
                         self.line(format!(
-                            "{:<9} {} downloading ({}{resumed})",
+                            "{:<9} {} {} ({}{resumed})",
                             kind_name(*kind),
                             short(digest),
+                            self.verb,
                             human_size(*size)
                         ));
                         None
@@ -226,9 +236,10 @@ impl Progress for ProgressPrinter {
                     s.last_report = Instant::now();
                     let rate = *done as f64 / s.started.elapsed().as_secs_f64().max(0.001);
                     let line = format!(
-                        "{:<9} {} downloading {}/{} {}/s",
+                        "{:<9} {} {} {}/{} {}/s",
                         kind_name(s.kind),
                         short(digest),
+                        self.verb,
                         human_size(*done),
                         human_size(*size),
                         human_size(rate as u64)
@@ -278,6 +289,8 @@ impl Progress for ProgressPrinter {
                 human_size(*size),
                 human_size(*transferred)
             )),
+            // save and load print their own summary line.
+            Event::Saved { .. } | Event::Loaded { .. } => {}
         }
     }
 }

@@ -261,7 +261,10 @@ impl Progress for CopyPrinter {
                 human_size(*size),
                 human_size(*transferred)
             ),
-            Event::Resolving { .. } | Event::BlobProgress { .. } => {}
+            Event::Resolving { .. }
+            | Event::BlobProgress { .. }
+            | Event::Saved { .. }
+            | Event::Loaded { .. } => {}
         }
     }
 }

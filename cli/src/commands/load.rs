@@ -7,10 +7,11 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use ferry_drivers::transfer::archive::{self, LoadOptions, LoadReport, StreamCompression};
+use ferry_drivers::transfer::progress::{Event, Progress};
 use ferry_signing::Policy;
 
 use crate::commands::open_store;
-use crate::output::human_size;
+use crate::output::{human_size, ProgressPrinter};
 use crate::Cli;
 
 /// Read buffer for the archive stream.
@@ -27,7 +28,9 @@ pub struct Args {
     name: Option<String>,
 }
 
-/// Loads the archive and prints `NAME:TAG@DIGEST` for each image it names.
+/// Loads the archive with progress on stderr (bars or lines) and prints `NAME:TAG@DIGEST`
+/// for each image it names; with `--json`, newline-delimited events on stdout ending with
+/// `loaded`.
 pub async fn run(cli: &Cli, args: &Args) -> Result<ExitCode> {
     let store = open_store(cli)?;
     let policy = Policy::load_default(cli.policy.as_deref())?;
@@ -48,31 +51,47 @@ pub async fn run(cli: &Cli, args: &Args) -> Result<ExitCode> {
         name: args.name.clone(),
         source_label: format!("archive:{}", args.input),
     };
+    let printer = std::sync::Arc::new(ProgressPrinter::new(cli.json).with_verb("reading"));
+    let started = std::time::Instant::now();
+    let shown = printer.clone();
     let report = tokio::task::spawn_blocking(move || -> Result<LoadReport> {
-        Ok(archive::load(
+        Ok(archive::load_with_progress(
             &store,
             BufReader::with_capacity(BUFFER, input),
             &policy,
             &options,
+            shown.as_ref(),
         )?)
     })
-    .await?
-    .with_context(|| {
+    .await?;
+    printer.finish();
+    let report = report.with_context(|| {
         if from_stdin {
             "loading the archive from standard input".to_string()
         } else {
             format!("loading {}", args.input)
         }
     })?;
+    let names: Vec<String> = report
+        .images
+        .iter()
+        .map(|image| match image.reference.split_once('@') {
+            Some(_) => image.reference.clone(),
+            None => format!("{}@{}", image.reference, image.digest),
+        })
+        .collect();
     if cli.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        printer.event(&Event::Loaded {
+            images: names,
+            blobs_added: report.blobs_added,
+            bytes_added: report.bytes_added,
+            blobs_present: report.blobs_present,
+            elapsed_ms: started.elapsed().as_millis() as u64,
+        });
         return Ok(ExitCode::SUCCESS);
     }
-    for image in &report.images {
-        match image.reference.split_once('@') {
-            Some(_) => println!("{}", image.reference),
-            None => println!("{}@{}", image.reference, image.digest),
-        }
+    for name in &names {
+        println!("{name}");
     }
     let unchanged = report.images.iter().filter(|i| !i.changed).count();
     let compression = match report.compression {

@@ -8,9 +8,10 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use ferry_core::Reference;
 use ferry_drivers::transfer::archive::{self, Format, SaveOptions, SaveReport, StreamCompression};
+use ferry_drivers::transfer::progress::{Event, Progress, Silent};
 
 use crate::commands::{open_store, parse_reference};
-use crate::output::human_size;
+use crate::output::{human_size, ProgressPrinter};
 use crate::Cli;
 
 /// Write buffer for the archive stream.
@@ -38,7 +39,8 @@ pub struct Args {
     exclude_digests: Option<PathBuf>,
 }
 
-/// Writes the archive; prints a summary on stderr (or JSON on stdout when writing a file).
+/// Writes the archive with progress on stderr (bars or lines) and a summary line; with
+/// `--json` and a file, newline-delimited events on stdout ending with `saved`.
 pub async fn run(cli: &Cli, args: &Args) -> Result<ExitCode> {
     let references = args
         .references
@@ -70,10 +72,23 @@ pub async fn run(cli: &Cli, args: &Args) -> Result<ExitCode> {
         );
     }
     let output = PathBuf::from(&args.output);
+    // JSON events go to stdout, so not when the archive does.
+    let json = cli.json && !to_stdout;
+    let printer = std::sync::Arc::new(ProgressPrinter::new(json).with_verb("writing"));
+    let quiet = cli.json && to_stdout;
+    let started = std::time::Instant::now();
+    let shown = printer.clone();
     let report = tokio::task::spawn_blocking(move || -> Result<SaveReport> {
+        let progress: &dyn Progress = if quiet { &Silent } else { shown.as_ref() };
         if to_stdout {
             let out = BufWriter::with_capacity(BUFFER, std::io::stdout().lock());
-            return Ok(archive::save(&store, &references, &options, out)?);
+            return Ok(archive::save_with_progress(
+                &store,
+                &references,
+                &options,
+                out,
+                progress,
+            )?);
         }
         // Written beside the target and renamed into place: a failed save leaves no file.
         let dir = match output.parent() {
@@ -85,7 +100,7 @@ pub async fn run(cli: &Cli, args: &Args) -> Result<ExitCode> {
             .tempfile_in(&dir)
             .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
         let out = BufWriter::with_capacity(BUFFER, tmp.as_file());
-        let report = archive::save(&store, &references, &options, out)?;
+        let report = archive::save_with_progress(&store, &references, &options, out, progress)?;
         use std::os::unix::fs::PermissionsExt as _;
         tmp.as_file()
             .set_permissions(std::fs::Permissions::from_mode(0o644))
@@ -95,14 +110,21 @@ pub async fn run(cli: &Cli, args: &Args) -> Result<ExitCode> {
             .with_context(|| format!("writing {}", output.display()))?;
         Ok(report)
     })
-    .await??;
+    .await?;
+    printer.finish();
+    let report = report?;
     let to = if to_stdout {
         "standard output".to_string()
     } else {
         args.output.clone()
     };
-    if cli.json && !to_stdout {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+    if json {
+        printer.event(&Event::Saved {
+            images: report.images.clone(),
+            blobs: report.blobs,
+            bytes: report.blob_bytes,
+            elapsed_ms: started.elapsed().as_millis() as u64,
+        });
     } else {
         let mut line = format!(
             "saved {} ({}{}, {} blobs, {}",

@@ -1,4 +1,6 @@
-//! Progress events of a transfer, for bars, plain lines or `--json`.
+//! Progress events of a transfer (pull, save, load), for bars, plain lines or `--json`.
+
+use std::io::Read;
 
 use serde::Serialize;
 
@@ -14,7 +16,9 @@ pub enum BlobKind {
     Layer,
 }
 
-/// One step of a pull, in the order they happen (blob events of different blobs interleave).
+/// One step of a pull, a save or a load, in the order they happen (blob events of different
+/// blobs interleave). `ferry save` and `ferry load` send the blob events for each blob they
+/// write or read, then [`Event::Saved`] or [`Event::Loaded`].
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "event", rename_all = "kebab-case")]
 pub enum Event {
@@ -79,6 +83,86 @@ pub enum Event {
         /// Wall time in milliseconds.
         elapsed_ms: u64,
     },
+    /// An archive is written (`ferry save`).
+    Saved {
+        /// The images, as `NAME:TAG` (or `NAME@DIGEST`).
+        images: Vec<String>,
+        /// Blob entries written.
+        blobs: usize,
+        /// Their bytes.
+        bytes: u64,
+        /// Wall time in milliseconds.
+        elapsed_ms: u64,
+    },
+    /// An archive is read into the store and its images named (`ferry load`).
+    Loaded {
+        /// The images named, as `NAME:TAG@DIGEST` (or `NAME@DIGEST`).
+        images: Vec<String>,
+        /// Blobs added to the store.
+        blobs_added: usize,
+        /// Their bytes.
+        bytes_added: u64,
+        /// Blobs the store had already.
+        blobs_present: usize,
+        /// Wall time in milliseconds.
+        elapsed_ms: u64,
+    },
+}
+
+impl BlobKind {
+    /// What a blob of `media_type` is: a manifest or index, a config (`…config…`), else a
+    /// layer.
+    pub fn of_media_type(media_type: &str) -> BlobKind {
+        if ferry_core::media::is_manifest(media_type) {
+            BlobKind::Manifest
+        } else if media_type.contains("config") {
+            BlobKind::Config
+        } else {
+            BlobKind::Layer
+        }
+    }
+}
+
+/// Reports the bytes read through it as [`Event::BlobProgress`] of one blob.
+pub struct ProgressReader<'a, R> {
+    inner: R,
+    digest: String,
+    size: u64,
+    done: u64,
+    progress: &'a dyn Progress,
+}
+
+impl<'a, R> ProgressReader<'a, R> {
+    /// Reads `inner`, the `size` bytes of blob `digest`, reporting to `progress`.
+    pub fn new(
+        inner: R,
+        digest: &ferry_core::Digest,
+        size: u64,
+        progress: &'a dyn Progress,
+    ) -> Self {
+        ProgressReader {
+            inner,
+            digest: digest.to_string(),
+            size,
+            done: 0,
+            progress,
+        }
+    }
+}
+
+impl<R: Read> Read for ProgressReader<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n > 0 {
+            self.done += n as u64;
+            self.progress.event(&Event::BlobProgress {
+                digest: self.digest.clone(),
+                done: self.done,
+                size: self.size,
+            });
+        }
+        Ok(n)
+    }
 }
 
 impl Event {

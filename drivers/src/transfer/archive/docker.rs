@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::plan::Planned;
 use super::tar_out::TarOut;
 use super::{corrupt, invalid, local, HashingReader, TocBlob};
+use crate::transfer::progress::{BlobKind, Event, Progress};
 use crate::Result;
 
 /// One image of `manifest.json`.
@@ -105,6 +106,7 @@ pub(super) fn save<W: Write>(
     store: &Store,
     planned: &[Planned],
     tar: &mut TarOut<W>,
+    progress: &dyn Progress,
 ) -> Result<(usize, u64)> {
     let mut images: Vec<Entry> = Vec::new();
     for p in planned {
@@ -175,9 +177,12 @@ pub(super) fn save<W: Write>(
     let mut count = 2;
     let mut bytes = 0;
     for e in &images {
-        tar.file(&format!("{}.json", e.config.hex()), &e.config_bytes)?;
+        let size = e.config_bytes.len() as u64;
+        report(progress, &e.config, BlobKind::Config, size, || {
+            tar.file(&format!("{}.json", e.config.hex()), &e.config_bytes)
+        })?;
         count += 1;
-        bytes += e.config_bytes.len() as u64;
+        bytes += size;
     }
     let mut written: Vec<&Digest> = Vec::new();
     for e in &images {
@@ -187,12 +192,40 @@ pub(super) fn save<W: Write>(
             }
             let dir = id.hex();
             tar.dir(dir)?;
-            bytes += write_layer(store, tar, layer, id, &format!("{dir}/layer.tar"))?;
+            bytes += report(progress, id, BlobKind::Layer, layer.size, || {
+                write_layer(store, tar, layer, id, &format!("{dir}/layer.tar"))
+            })?;
             written.push(id);
             count += 1;
         }
     }
     Ok((count, bytes))
+}
+
+/// Runs `write` between the start and done events of blob `digest` (a layer is reported by
+/// its diff ID: the archive holds it uncompressed).
+fn report<T>(
+    progress: &dyn Progress,
+    digest: &Digest,
+    kind: BlobKind,
+    size: u64,
+    write: impl FnOnce() -> Result<T>,
+) -> Result<T> {
+    progress.event(&Event::BlobStart {
+        digest: digest.to_string(),
+        kind,
+        size,
+        resumed_from: 0,
+    });
+    let out = write()?;
+    progress.event(&Event::BlobDone {
+        digest: digest.to_string(),
+        kind,
+        size,
+        present: false,
+        source: None,
+    });
+    Ok(out)
 }
 
 fn to_json<T: Serialize>(value: &T) -> Result<Vec<u8>> {

@@ -23,6 +23,7 @@ use super::{
     corrupt, digest_of_path, docker, invalid, local, Format, StreamCompression, Toc,
     ANNOTATION_CONTAINERD_NAME, MAX_JSON_SIZE, TOC_FILE, TOC_VERSION,
 };
+use crate::transfer::progress::{BlobKind, Event, Progress, Silent};
 use crate::transfer::signatures::{
     envelope_of_layer, signature_tag, signatures_in_store, signing_error, store_signature_leased,
 };
@@ -101,10 +102,24 @@ pub fn load<R: Read>(
     policy: &Policy,
     options: &LoadOptions,
 ) -> Result<LoadReport> {
+    load_with_progress(store, input, policy, options, &Silent)
+}
+
+/// [`load`], reporting each blob read to `progress` (start, bytes, done; `present` when the
+/// store had it). A blob's kind comes from the ferry archive's table of contents; blobs of
+/// other archives are reported as layers.
+pub fn load_with_progress<R: Read>(
+    store: &Store,
+    input: R,
+    policy: &Policy,
+    options: &LoadOptions,
+    progress: &dyn Progress,
+) -> Result<LoadReport> {
     let _lease = store.lease().map_err(local)?;
     let mut loader = Loader {
         store,
         options,
+        progress,
         staged: HashMap::new(),
         json: HashMap::new(),
         memory: 0,
@@ -156,6 +171,7 @@ struct Ready {
 struct Loader<'a> {
     store: &'a Store,
     options: &'a LoadOptions,
+    progress: &'a dyn Progress,
     staged: HashMap<Digest, Staged>,
     /// Bytes of small JSON blobs (manifests, configs, envelopes) among the staged ones.
     json: HashMap<Digest, Vec<u8>>,
@@ -432,6 +448,16 @@ impl Loader<'_> {
         let mut kept: Option<Vec<u8>> = keep_json.then(Vec::new);
         let mut hasher = Hasher::new(digest.algorithm());
         let mut count = 0u64;
+        let kind = self.kind_of(digest);
+        let total = size.unwrap_or(0);
+        if !duplicate {
+            self.progress.event(&Event::BlobStart {
+                digest: digest.to_string(),
+                kind,
+                size: total,
+                resumed_from: 0,
+            });
+        }
         let mut buf = vec![0u8; CHUNK];
         let outcome: Result<()> = (|| {
             loop {
@@ -452,6 +478,13 @@ impl Loader<'_> {
                 }
                 if let Some(i) = ingest.as_mut() {
                     i.write_all(chunk).map_err(local)?;
+                }
+                if !duplicate {
+                    self.progress.event(&Event::BlobProgress {
+                        digest: digest.to_string(),
+                        done: count,
+                        size: total.max(count),
+                    });
                 }
             }
             if let Some(want) = size.filter(|&w| w != count) {
@@ -478,6 +511,13 @@ impl Loader<'_> {
             self.json.insert(digest.clone(), k);
         }
         if !duplicate {
+            self.progress.event(&Event::BlobDone {
+                digest: digest.to_string(),
+                kind,
+                size: count,
+                present,
+                source: (!present).then(|| self.options.source_label.clone()),
+            });
             self.staged.insert(
                 digest.clone(),
                 Staged {
@@ -488,6 +528,14 @@ impl Loader<'_> {
             );
         }
         Ok(())
+    }
+
+    /// What blob `digest` is, per the table of contents (a layer when there is none).
+    fn kind_of(&self, digest: &Digest) -> BlobKind {
+        self.toc
+            .as_ref()
+            .and_then(|toc| toc.blobs.iter().find(|b| &b.digest == digest))
+            .map_or(BlobKind::Layer, |b| BlobKind::of_media_type(&b.media_type))
     }
 
     /// Stages a docker layer tar as the uncompressed tar its diff ID names, decompressing a

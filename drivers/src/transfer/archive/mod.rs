@@ -24,8 +24,8 @@ use std::io::{self, Read};
 use ferry_core::{Digest, Hasher};
 use serde::{Deserialize, Serialize};
 
-pub use load::{load, LoadOptions, LoadReport, LoadedImage};
-pub use save::{save, SaveOptions, SaveReport};
+pub use load::{load, load_with_progress, LoadOptions, LoadReport, LoadedImage};
+pub use save::{save, save_with_progress, SaveOptions, SaveReport};
 
 use crate::{Error, ErrorKind, Result};
 

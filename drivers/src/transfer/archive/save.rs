@@ -15,6 +15,7 @@ use super::{
     blob_path, docker, invalid, local, Format, HashingReader, StreamCompression, Toc, TocBlob,
     TocImage, ANNOTATION_CONTAINERD_NAME, TOC_FILE, TOC_VERSION,
 };
+use crate::transfer::progress::{BlobKind, Event, Progress, ProgressReader, Silent};
 use crate::transfer::signatures::{
     signature_set_manifest, signature_tag, SIGNATURE_CONFIG, SIGNATURE_CONFIG_MEDIA_TYPE,
 };
@@ -74,6 +75,17 @@ pub fn save<W: Write>(
     options: &SaveOptions,
     out: W,
 ) -> Result<SaveReport> {
+    save_with_progress(store, references, options, out, &Silent)
+}
+
+/// [`save`], reporting each blob written to `progress` (start, bytes, done).
+pub fn save_with_progress<W: Write>(
+    store: &Store,
+    references: &[Reference],
+    options: &SaveOptions,
+    out: W,
+    progress: &dyn Progress,
+) -> Result<SaveReport> {
     if !options.exclude.is_empty() && options.format != Format::Ferry {
         return Err(invalid(format!(
             "blobs can only be left out of a ferry archive, not of an {} (whose readers need every blob)",
@@ -95,13 +107,13 @@ pub fn save<W: Write>(
     }
     match options.compression {
         StreamCompression::None => {
-            let (report, mut out) = write_archive(store, &planned, options, out)?;
+            let (report, mut out) = write_archive(store, &planned, options, out, progress)?;
             out.flush().map_err(write_error)?;
             Ok(report)
         }
         StreamCompression::Zstd => {
             let encoder = zstd::Encoder::new(out, ZSTD_LEVEL).map_err(write_error)?;
-            let (report, encoder) = write_archive(store, &planned, options, encoder)?;
+            let (report, encoder) = write_archive(store, &planned, options, encoder, progress)?;
             encoder
                 .finish()
                 .and_then(|mut out| out.flush())
@@ -256,12 +268,15 @@ fn write_archive<W: Write>(
     planned: &[Planned],
     options: &SaveOptions,
     out: W,
+    progress: &dyn Progress,
 ) -> Result<(SaveReport, W)> {
     let mut tar = TarOut::new(out);
     let result = match options.format {
-        Format::Ferry | Format::OciArchive => write_layout(store, planned, options, &mut tar),
+        Format::Ferry | Format::OciArchive => {
+            write_layout(store, planned, options, &mut tar, progress)
+        }
         Format::DockerArchive => {
-            docker::save(store, planned, &mut tar).map(|(blobs, blob_bytes)| SaveReport {
+            docker::save(store, planned, &mut tar, progress).map(|(blobs, blob_bytes)| SaveReport {
                 format: Format::DockerArchive,
                 images: planned.iter().map(Planned::reference).collect(),
                 blobs,
@@ -285,6 +300,7 @@ fn write_layout<W: Write>(
     planned: &[Planned],
     options: &SaveOptions,
     tar: &mut TarOut<W>,
+    progress: &dyn Progress,
 ) -> Result<SaveReport> {
     let layout = layout(planned, &options.exclude)?;
     if options.format == Format::Ferry {
@@ -313,18 +329,33 @@ fn write_layout<W: Write>(
     let mut blob_bytes = 0;
     for (blob, body) in &layout.entries {
         let path = blob_path(&blob.digest);
+        let kind = BlobKind::of_media_type(&blob.media_type);
+        progress.event(&Event::BlobStart {
+            digest: blob.digest.to_string(),
+            kind,
+            size: blob.size,
+            resumed_from: 0,
+        });
         match body {
             Body::Memory(bytes) => tar.file(&path, bytes)?,
             Body::Store => {
                 let file = store.open_blob(&blob.digest).map_err(local)?;
                 let what = format!("blob {} in the store", blob.digest);
+                let verified = HashingReader::new(file, &blob.digest, Some(blob.size), what);
                 tar.stream(
                     &path,
                     blob.size,
-                    HashingReader::new(file, &blob.digest, Some(blob.size), what),
+                    ProgressReader::new(verified, &blob.digest, blob.size, progress),
                 )?;
             }
         }
+        progress.event(&Event::BlobDone {
+            digest: blob.digest.to_string(),
+            kind,
+            size: blob.size,
+            present: false,
+            source: None,
+        });
         blob_bytes += blob.size;
     }
     Ok(SaveReport {
