@@ -142,14 +142,15 @@ fn invoked_subcommand() -> Option<String> {
     None
 }
 
-/// For an ordinary user's `ferry unpack` and `ferry run`: re-executes ferry as root of a
-/// user namespace (specs/runtime.md RUN-44), with the store root chosen out here. Returns
-/// the exit code to end with in the parent; `None` where this process goes on.
+/// For an ordinary user's `ferry unpack` and `ferry run`, and `gc` and `store` which read and
+/// remove snapshots with its subordinate owners: re-executes ferry as root of a user
+/// namespace (specs/runtime.md RUN-44), with the store root chosen out here. Returns the exit
+/// code to end with in the parent; `None` where this process goes on.
 fn enter_user_namespace(cli: &Cli) -> Option<ExitCode> {
     use ferry_runtime::userns::{enter, Entered};
     let failure = match cli.command {
         Command::Run(_) => ExitCode::from(125),
-        Command::Unpack(_) => ExitCode::FAILURE,
+        Command::Unpack(_) | Command::Gc(_) | Command::Store(_) => ExitCode::FAILURE,
         _ => return None,
     };
     // Inside, ferry is root: the store stays the user's ($XDG_DATA_HOME/ferry).

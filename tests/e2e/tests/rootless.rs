@@ -272,6 +272,15 @@ fn an_ordinary_user_pulls_unpacks_and_runs_into_its_own_store() {
     let containers = store.join("containers");
     let left = std::fs::read_dir(&containers).map_or(0, |d| d.count());
     assert_eq!(left, 0, "--rm removed every container");
+    // RUN-44: gc, in the namespace too, removes the snapshots of the removed images.
+    let out = env.ferry(&["rm", &env.busybox, &env.app]);
+    assert!(out.status.success(), "rm: {}", stderr(&out));
+    let out = env.ferry(&["gc"]);
+    assert!(out.status.success(), "gc: {}", stderr(&out));
+    let snapshots: Vec<_> = std::fs::read_dir(store.join("snapshots/sha256"))
+        .map(|d| d.map(|e| e.unwrap().file_name()).collect())
+        .unwrap_or_default();
+    assert!(snapshots.is_empty(), "left: {snapshots:?}");
 }
 
 #[test]
