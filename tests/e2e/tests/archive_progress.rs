@@ -1,12 +1,15 @@
 //! `ferry save` and `ferry load` report progress as `ferry pull` does: newline-delimited
 //! JSON events with `--json` (blob-start, blob-progress, blob-done per blob, then `saved` or
-//! `loaded`), plain lines on stderr when not on a terminal (specs/archive.md ARC-15).
+//! `loaded`), plain lines on stderr when not on a terminal, bars on one (a tmux pane)
+//! (specs/archive.md ARC-15).
 
 use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
 
 use ferry_testkit::fixtures::{Fixtures, APP};
 use ferry_testkit::registry::{Registry, RegistryOptions};
-use ferry_testkit::{ferry, output, run_ok};
+use ferry_testkit::{ferry, ferry_bin, output, run_ok};
 
 fn events(stdout: &str) -> Vec<serde_json::Value> {
     stdout
@@ -123,4 +126,58 @@ fn save_and_load_print_progress_lines_when_not_on_a_terminal() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("reading") && err.contains("done"), "{err}");
     assert!(err.lines().last().unwrap().starts_with("loaded "), "{err}");
+}
+
+#[test]
+fn save_and_load_draw_bars_on_a_terminal() {
+    // ARC-15: on a terminal the per-blob "writing"/"reading" lines are bars instead.
+    let reg = Registry::start(RegistryOptions::open()).unwrap();
+    let a = tempfile::tempdir().unwrap();
+    let (name, _) = pulled(a.path(), &reg);
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("app.tar");
+    let b = tempfile::tempdir().unwrap();
+    let script = format!(
+        "unset NO_COLOR; FERRY_ROOT={a} {ferry} save {name} -o {archive} && FERRY_ROOT={b} {ferry} load -i {archive}; echo EXIT=$?; sleep 60",
+        a = a.path().display(),
+        b = b.path().display(),
+        ferry = ferry_bin().display(),
+        archive = archive.display(),
+    );
+    let socket = format!("ferry-test-{}-archive", std::process::id());
+    let tmux = || {
+        let mut cmd = Command::new("tmux");
+        cmd.args(["-L", &socket, "-f", "/dev/null"]);
+        cmd
+    };
+    run_ok(tmux().args([
+        "new-session",
+        "-d",
+        "-x",
+        "150",
+        "-y",
+        "40",
+        "sh",
+        "-c",
+        &script,
+    ]));
+    let started = Instant::now();
+    let pane = loop {
+        let pane = run_ok(tmux().args(["capture-pane", "-p", "-J"]));
+        if pane.contains("EXIT=") || started.elapsed() > Duration::from_secs(30) {
+            break pane;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let _ = tmux().arg("kill-server").status();
+    assert!(pane.contains("EXIT=0"), "{pane}");
+    assert!(
+        pane.contains("saved ") && pane.contains("loaded "),
+        "{pane}"
+    );
+    assert!(pane.contains("done ("), "{pane}");
+    assert!(
+        !pane.contains(" writing (") && !pane.contains(" reading ("),
+        "plain lines instead of bars:\n{pane}"
+    );
 }
