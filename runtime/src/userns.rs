@@ -55,15 +55,17 @@ pub fn in_user_namespace() -> bool {
 
 /// Whether group `gid` has an id in this process's user namespace (always, outside one).
 pub fn gid_mapped(gid: u32) -> bool {
-    let Ok(map) = fs::read_to_string("/proc/self/gid_map") else {
-        return true;
-    };
+    fs::read_to_string("/proc/self/gid_map").map_or(true, |map| in_map(&map, gid))
+}
+
+/// Whether `id` is inside one of the lines (`INSIDE OUTSIDE COUNT`) of an id map.
+fn in_map(map: &str, id: u32) -> bool {
     map.lines().any(|line| {
         let fields: Vec<u64> = line
             .split_whitespace()
             .filter_map(|n| n.parse().ok())
             .collect();
-        matches!(fields[..], [inside, _, count] if (inside..inside + count).contains(&u64::from(gid)))
+        matches!(fields[..], [inside, _, count] if (inside..inside + count).contains(&u64::from(id)))
     })
 }
 
@@ -334,6 +336,14 @@ mod tests {
                 },
             ]
         );
+    }
+
+    #[test]
+    fn tty_gid_5_is_mapped_only_with_a_range() {
+        // RUN-46: devpts keeps gid=5 only where gid 5 has an id.
+        assert!(in_map("0 1001 1\n1 100000 65536\n", 5));
+        assert!(!in_map("0 1001 1\n", 5));
+        assert!(in_map("0 0 4294967295\n", 5));
     }
 
     #[test]
