@@ -16,8 +16,6 @@ const JSON_INTERVAL: Duration = Duration::from_millis(250);
 /// Renders transfer progress (pull, save, load) in the mode the output calls for.
 pub struct ProgressPrinter {
     mode: Mode,
-    /// What is done to blob bytes, in plain lines: "downloading", "writing", "reading".
-    verb: &'static str,
     state: Mutex<HashMap<String, BlobState>>,
 }
 
@@ -57,15 +55,13 @@ impl ProgressPrinter {
         };
         ProgressPrinter {
             mode,
-            verb: "downloading",
             state: Mutex::new(HashMap::new()),
         }
     }
 
-    /// The same printer saying `verb` ("writing", "reading") of blob bytes in plain lines.
-    pub fn with_verb(mut self, verb: &'static str) -> Self {
-        self.verb = verb;
-        self
+    /// Whether it prints plain lines (stderr is not a terminal and no `--json`).
+    pub fn is_plain(&self) -> bool {
+        matches!(self.mode, Mode::Plain)
     }
 
     /// Clears any bars still drawn.
@@ -211,10 +207,9 @@ impl Progress for ProgressPrinter {
                             String::new()
                         };
                         self.line(format!(
-                            "{:<9} {} {} ({}{resumed})",
+                            "{:<9} {} downloading ({}{resumed})",
                             kind_name(*kind),
                             short(digest),
-                            self.verb,
                             human_size(*size)
                         ));
                         None
@@ -236,10 +231,9 @@ impl Progress for ProgressPrinter {
                     s.last_report = Instant::now();
                     let rate = *done as f64 / s.started.elapsed().as_secs_f64().max(0.001);
                     let line = format!(
-                        "{:<9} {} {} {}/{} {}/s",
+                        "{:<9} {} downloading {}/{} {}/s",
                         kind_name(s.kind),
                         short(digest),
-                        self.verb,
                         human_size(*done),
                         human_size(*size),
                         human_size(rate as u64)

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use ferry_drivers::transfer::archive::{self, LoadOptions, LoadReport, StreamCompression};
-use ferry_drivers::transfer::progress::{Event, Progress};
+use ferry_drivers::transfer::progress::{Event, Progress, Silent};
 use ferry_signing::Policy;
 
 use crate::commands::open_store;
@@ -28,7 +28,7 @@ pub struct Args {
     name: Option<String>,
 }
 
-/// Loads the archive with progress on stderr (bars or lines) and prints `NAME:TAG@DIGEST`
+/// Loads the archive with bars on a terminal and prints `NAME:TAG@DIGEST`
 /// for each image it names; with `--json`, newline-delimited events on stdout ending with
 /// `loaded`.
 pub async fn run(cli: &Cli, args: &Args) -> Result<ExitCode> {
@@ -51,16 +51,19 @@ pub async fn run(cli: &Cli, args: &Args) -> Result<ExitCode> {
         name: args.name.clone(),
         source_label: format!("archive:{}", args.input),
     };
-    let printer = std::sync::Arc::new(ProgressPrinter::new(cli.json).with_verb("reading"));
+    let printer = std::sync::Arc::new(ProgressPrinter::new(cli.json));
+    // Piped, only the summary line goes to stderr (errors stay alone on it).
+    let quiet = printer.is_plain();
     let started = std::time::Instant::now();
     let shown = printer.clone();
     let report = tokio::task::spawn_blocking(move || -> Result<LoadReport> {
+        let progress: &dyn Progress = if quiet { &Silent } else { shown.as_ref() };
         Ok(archive::load_with_progress(
             &store,
             BufReader::with_capacity(BUFFER, input),
             &policy,
             &options,
-            shown.as_ref(),
+            progress,
         )?)
     })
     .await?;

@@ -39,7 +39,7 @@ pub struct Args {
     exclude_digests: Option<PathBuf>,
 }
 
-/// Writes the archive with progress on stderr (bars or lines) and a summary line; with
+/// Writes the archive with bars on a terminal and a summary line on stderr; with
 /// `--json` and a file, newline-delimited events on stdout ending with `saved`.
 pub async fn run(cli: &Cli, args: &Args) -> Result<ExitCode> {
     let references = args
@@ -74,8 +74,9 @@ pub async fn run(cli: &Cli, args: &Args) -> Result<ExitCode> {
     let output = PathBuf::from(&args.output);
     // JSON events go to stdout, so not when the archive does.
     let json = cli.json && !to_stdout;
-    let printer = std::sync::Arc::new(ProgressPrinter::new(json).with_verb("writing"));
-    let quiet = cli.json && to_stdout;
+    let printer = std::sync::Arc::new(ProgressPrinter::new(json));
+    // Piped, only the summary line goes to stderr (errors stay alone on it).
+    let quiet = (cli.json && to_stdout) || printer.is_plain();
     let started = std::time::Instant::now();
     let shown = printer.clone();
     let report = tokio::task::spawn_blocking(move || -> Result<SaveReport> {
