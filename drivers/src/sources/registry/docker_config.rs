@@ -9,7 +9,7 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use serde_json::{Map, Value};
 
-use crate::sources::registry::credentials::{CredentialHelper, Login};
+use crate::sources::registry::credentials::{helper_server, CredentialHelper, Login};
 use crate::{Error, ErrorKind, Result};
 
 /// Source name used in errors about the config file itself.
@@ -188,8 +188,9 @@ impl DockerConfig {
         Ok(true)
     }
 
-    /// Sets `auths.<host>.auth` (base64 `user:password`) and writes this config's file
-    /// (mode 0600, created with its directory if missing, other keys kept).
+    /// Sets `auths.<host>.auth` (base64 `user:password`; Docker Hub's key is the docker
+    /// CLI's `https://index.docker.io/v1/`) and writes this config's file (mode 0600,
+    /// created with its directory if missing, other keys kept).
     pub fn set_auth(&mut self, host: &str, username: &str, password: &str) -> Result<()> {
         if username.contains(':') {
             return Err(Error::new(
@@ -214,7 +215,8 @@ impl DockerConfig {
             "auth".into(),
             Value::String(STANDARD.encode(format!("{username}:{password}"))),
         );
-        auths.insert(host.to_string(), Value::Object(entry));
+        // Docker Hub under the key the docker CLI looks up.
+        auths.insert(helper_server(host), Value::Object(entry));
         self.write()
     }
 
@@ -380,6 +382,25 @@ mod tests {
         );
         assert_eq!(cfg.helper_for("gcr.example.com").as_deref(), Some("gcloud"));
         assert_eq!(cfg.helper_for("other.example.com").as_deref(), Some("pass"));
+    }
+
+    #[test]
+    fn docker_hub_is_stored_under_the_docker_cli_key() {
+        // CRED-6
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        let mut cfg = DockerConfig::load_from(&path).unwrap();
+        cfg.set_auth("docker.io", "u", "p").unwrap();
+        let raw: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        assert!(
+            raw["auths"]["https://index.docker.io/v1/"]["auth"].is_string(),
+            "{raw}"
+        );
+        assert!(DockerConfig::load_from(&path)
+            .unwrap()
+            .credentials("registry-1.docker.io")
+            .unwrap()
+            .is_some());
     }
 
     #[test]
