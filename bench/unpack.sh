@@ -15,7 +15,7 @@ images=("${@:-busybox deb4 large}")
 build_images
 # One tmpfs for everything, so disk noise does not set the times.
 mount -t tmpfs -o size=12g tmpfs "$WORK"
-trap 'cleanup; umount "$WORK" 2>/dev/null; rmdir "$WORK" 2>/dev/null' EXIT
+trap 'cleanup 2>/dev/null; umount "$WORK" 2>/dev/null; rmdir "$WORK" 2>/dev/null' EXIT
 start_registry
 for t in ${images[*]}; do push "$t"; done
 mkdir -p "$WORK/t"
@@ -40,6 +40,8 @@ for t in ${images[*]}; do
     sh -c "'$FERRY' --root '$WORK/t/store' pull '$ref' && '$FERRY' --root '$WORK/t/store' unpack '$ref' '$WORK/t/rootfs'"
   f=$LAST_MEDIAN
   if [ -n "${FERRY_BEFORE:-}" ]; then
+    measure "before: run IMAGE true" 'rm -rf $WORK/t/store; cold' \
+      "$FERRY_BEFORE" --root "$WORK/t/store" run --rm "$ref" true
     measure "before: pull + unpack DIR" 'rm -rf $WORK/t/store $WORK/t/rootfs; cold' \
       sh -c "'$FERRY_BEFORE' --root '$WORK/t/store' pull '$ref' && '$FERRY_BEFORE' --root '$WORK/t/store' unpack '$ref' '$WORK/t/rootfs'"
   fi
@@ -58,7 +60,7 @@ done
 echo "== run busybox true (warm: image and snapshots present)"
 ref=$REGISTRY/bench/busybox:latest
 rm -rf "$WORK/t/store"
-"$FERRY" --root "$WORK/t/store" pull --unpack "$ref" >/dev/null
+"$FERRY" --root "$WORK/t/store" pull --unpack "$ref" >/dev/null 2>&1
 start_containerd
 ctr --address "$CTR_SOCK" -n bench images pull --plain-http "$ref" >/dev/null
 skopeo copy --quiet --src-tls-verify=false "docker://$ref" "oci:$WORK/t/oci2:latest"
