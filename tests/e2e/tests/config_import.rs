@@ -62,6 +62,11 @@ fn registries_conf_rewrites_mirrors_blocked_and_short_names_are_carried_or_liste
     let dir = tempfile::tempdir().unwrap();
     let root = tempfile::tempdir().unwrap();
     let conf = write(dir.path(), "registries.conf", MANUAL_REGISTRIES_CONF);
+    write(
+        dir.path(),
+        "registries.conf.d/shortnames.conf",
+        "[aliases]\n\"busybox\" = \"docker.io/library/busybox\"\n",
+    );
     let sites = dir.path().join("sites.toml");
     let policy = dir.path().join("policy.toml");
 
@@ -91,6 +96,7 @@ fn registries_conf_rewrites_mirrors_blocked_and_short_names_are_carried_or_liste
         "docker.io/library/busybox",
         "internal-registry-for-example.com/bar",
         "example-mirror-0.local/mirror-for-foo",
+        "registries.conf.d/shortnames.conf",
     ] {
         assert!(err.contains(listed), "{listed} not listed: {err}");
     }

@@ -75,6 +75,24 @@ pub(crate) fn import_registries_conf(path: &Path, text: &str) -> Result<SiteImpo
             "[registries.*] is the version 1 format; ferry imports version 2 ([[registry]] tables)",
         ));
     }
+    // containers reads drop-ins after the file; ferry converts one file at a time.
+    let drop_ins = path
+        .parent()
+        .map(|d| d.join("registries.conf.d"))
+        .and_then(|d| std::fs::read_dir(d).ok());
+    let mut drop_ins: Vec<_> = drop_ins
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "conf"))
+        .collect();
+    drop_ins.sort();
+    for d in drop_ins {
+        note(
+            d.display().to_string(),
+            "a registries.conf.d drop-in: not read with this file (`ferry config import` converts it on its own)".into(),
+        );
+    }
     if !file.search.is_empty() {
         note(
             at("unqualified-search-registries"),
