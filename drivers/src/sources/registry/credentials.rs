@@ -323,11 +323,6 @@ impl AuthFiles {
         Self::from_vars(|name| std::env::var_os(name).filter(|v| !v.is_empty()))
     }
 
-    /// These files, in this order.
-    pub fn new(files: Vec<PathBuf>) -> Self {
-        AuthFiles { files }
-    }
-
     fn from_vars(var: impl Fn(&str) -> Option<OsString>) -> Self {
         let home = var("HOME").map(PathBuf::from);
         let mut files = Vec::new();
