@@ -284,6 +284,95 @@ fn an_ordinary_user_pulls_unpacks_and_runs_into_its_own_store() {
 }
 
 #[test]
+fn an_ordinary_users_binds_and_tmpfs_mount_through_both_runtimes() {
+    // RUN-31, RUN-32, RUN-46: in the user namespace the builtin clones the host tree with
+    // open_tree and attaches it after pivot_root; runc binds it itself. Root inside is the
+    // user outside, so the user's own directory is writable through the bind.
+    let Some(env) = env() else { return };
+    let out = env.ferry(&["pull", &env.busybox]);
+    assert!(out.status.success(), "pull: {}", stderr(&out));
+    let share = env.dir.path().join("home/share");
+    std::fs::create_dir(&share).unwrap();
+    std::fs::write(share.join("in"), "from the host\n").unwrap();
+    run_ok(
+        Command::new("chown")
+            .arg("-R")
+            .arg(format!("{}:{}", env.user.uid, env.user.gid))
+            .arg(&share),
+    );
+    for runtime in ["builtin", "runc"] {
+        let rw = format!("{}:/mnt/share", share.display());
+        let out = env.ferry(&[
+            "run",
+            "--rm",
+            "--runtime",
+            runtime,
+            "-v",
+            &rw,
+            &env.busybox,
+            "sh",
+            "-c",
+            "cat /mnt/share/in; echo back > /mnt/share/out",
+        ]);
+        assert!(out.status.success(), "{runtime}: {}", stderr(&out));
+        assert_eq!(stdout(&out), "from the host\n", "{runtime}");
+        let written = share.join("out");
+        assert_eq!(std::fs::read_to_string(&written).unwrap(), "back\n");
+        let meta = std::fs::metadata(&written).unwrap();
+        assert_eq!(
+            std::os::unix::fs::MetadataExt::uid(&meta),
+            env.user.uid,
+            "{runtime}: written by the namespace's root, the user outside"
+        );
+        std::fs::remove_file(&written).unwrap();
+
+        let ro = format!("{}:/mnt/share:ro", share.display());
+        let out = env.ferry(&[
+            "run",
+            "--rm",
+            "--runtime",
+            runtime,
+            "-v",
+            &ro,
+            &env.busybox,
+            "sh",
+            "-c",
+            "cat /mnt/share/in; touch /mnt/share/new",
+        ]);
+        assert_eq!(out.status.code(), Some(1), "{runtime}: {}", stderr(&out));
+        assert_eq!(stdout(&out), "from the host\n", "{runtime}");
+        assert!(
+            stderr(&out).contains("Read-only file system"),
+            "{runtime}: {}",
+            stderr(&out)
+        );
+        assert!(!share.join("new").exists(), "{runtime}");
+
+        let out = env.ferry(&[
+            "run",
+            "--rm",
+            "--runtime",
+            runtime,
+            "--tmpfs",
+            "/scratch:size=1m",
+            &env.busybox,
+            "sh",
+            "-c",
+            "echo x > /scratch/f && cat /scratch/f && grep ' /scratch ' /proc/mounts",
+        ]);
+        assert!(out.status.success(), "{runtime}: {}", stderr(&out));
+        let text = stdout(&out);
+        let mut lines = text.lines();
+        assert_eq!(lines.next(), Some("x"), "{runtime}: {text}");
+        let mount = lines.next().unwrap_or_default();
+        assert!(
+            mount.starts_with("tmpfs /scratch tmpfs ") && mount.contains("size=1024k"),
+            "{runtime}: {text}"
+        );
+    }
+}
+
+#[test]
 fn a_rootless_unpack_matches_roots_up_to_the_id_map() {
     // RUN-47: the same tree as root's unpack, every owner shifted through the id map.
     let Some(env) = env() else { return };
