@@ -15,6 +15,7 @@ use ferry_core::oci_spec::runtime::{
 };
 use nix::unistd::Pid;
 
+use super::io_error;
 use crate::{Error, Result};
 
 /// Where the kernel's cgroup file systems are mounted.
@@ -215,6 +216,15 @@ impl Limits {
         }
     }
 
+    /// The limits of `spec`'s `linux.resources`; none when it has none.
+    pub fn of_spec(spec: &Spec) -> Limits {
+        spec.linux()
+            .as_ref()
+            .and_then(|linux| linux.resources().as_ref())
+            .map(Limits::of)
+            .unwrap_or_default()
+    }
+
     /// Whether nothing is limited (then a container gets no cgroup of its own).
     pub fn is_empty(&self) -> bool {
         self.controllers().is_empty()
@@ -255,19 +265,12 @@ impl Cgroup {
     /// `linux.resources` at its `linux.cgroupsPath` on this machine's hierarchy; `None` when
     /// the spec limits nothing (RUN-40, RUN-41).
     pub fn for_spec(spec: &Spec) -> Result<Option<Cgroup>> {
-        let Some(linux) = spec.linux() else {
-            return Ok(None);
-        };
-        let limits = linux
-            .resources()
-            .as_ref()
-            .map(Limits::of)
-            .unwrap_or_default();
+        let limits = Limits::of_spec(spec);
         if limits.is_empty() {
             return Ok(None);
         }
         refuse_rootless()?;
-        let path = linux.cgroups_path().clone().ok_or_else(|| Error::Cgroup {
+        let path = cgroups_path(spec).ok_or_else(|| Error::Cgroup {
             path: PathBuf::new(),
             reason: "the spec sets resource limits but no linux.cgroupsPath".into(),
         })?;
@@ -428,19 +431,12 @@ impl OomWatch {
     /// Starts watching the memory cgroup of a container run from `spec` by another runtime;
     /// `None` when the spec sets no memory limit or the hierarchy is v2.
     pub fn for_spec(spec: &Spec) -> Result<Option<OomWatch>> {
-        let Some(linux) = spec.linux() else {
-            return Ok(None);
-        };
-        let limits = linux
-            .resources()
-            .as_ref()
-            .map(Limits::of)
-            .unwrap_or_default();
+        let limits = Limits::of_spec(spec);
         if limits.memory.is_none() {
             return Ok(None);
         }
         refuse_rootless()?;
-        let Some(path) = linux.cgroups_path() else {
+        let Some(path) = cgroups_path(spec) else {
             return Ok(None);
         };
         let hierarchy = Hierarchy::detect()?;
@@ -452,7 +448,7 @@ impl OomWatch {
             memory_swap: limits.memory_swap,
             ..Limits::default()
         };
-        let cgroup = Cgroup::create(&hierarchy, path, &memory_only)?;
+        let cgroup = Cgroup::create(&hierarchy, &path, &memory_only)?;
         let dir = cgroup.memory_dir.clone().expect("memory is limited");
         // SAFETY: eventfd(2) has no memory preconditions; the descriptor is owned below.
         let raw = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
@@ -629,17 +625,16 @@ fn relative_path(path: &Path) -> Result<PathBuf> {
     Ok(relative)
 }
 
+/// The spec's `linux.cgroupsPath`, if it has one.
+fn cgroups_path(spec: &Spec) -> Option<PathBuf> {
+    spec.linux()
+        .as_ref()
+        .and_then(|linux| linux.cgroups_path().clone())
+}
+
 /// Writes `value` to the cgroup file `path` in one write(2), as the kernel wants.
 fn write_file(path: &Path, value: &str) -> Result<()> {
     fs::write(path, value).map_err(|e| io_error("write", path, e))
-}
-
-fn io_error(op: &'static str, path: &Path, source: io::Error) -> Error {
-    Error::Io {
-        op,
-        path: path.to_path_buf(),
-        source,
-    }
 }
 
 #[cfg(test)]
