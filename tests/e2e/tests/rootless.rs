@@ -151,6 +151,11 @@ impl Env {
         )
     }
 
+    /// `ferry run --rm --runtime RUNTIME ARGS…` as the user.
+    fn run(&self, runtime: &str, args: &[&str]) -> Output {
+        self.ferry(&[&["run", "--rm", "--runtime", runtime], args].concat())
+    }
+
     /// The host id of `id` inside the namespace: the user's own for 0, else its range's.
     fn host_uid(&self, id: u32) -> u32 {
         match id {
@@ -179,16 +184,10 @@ fn an_ordinary_user_pulls_unpacks_and_runs_into_its_own_store() {
     assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), env.user.uid);
     for runtime in ["builtin", "runc"] {
         // RUN-45: root inside is the user outside; its subordinate ids follow from 1.
-        let out = env.ferry(&[
-            "run",
-            "--rm",
-            "--runtime",
+        let out = env.run(
             runtime,
-            &env.busybox,
-            "sh",
-            "-c",
-            "id -u; cat /proc/self/uid_map",
-        ]);
+            &[&env.busybox, "sh", "-c", "id -u; cat /proc/self/uid_map"],
+        );
         assert!(out.status.success(), "{runtime}: {}", stderr(&out));
         let text = stdout(&out);
         let mut lines = text.lines();
@@ -202,18 +201,17 @@ fn an_ordinary_user_pulls_unpacks_and_runs_into_its_own_store() {
             "{runtime}: {text}"
         );
         // RUN-46: with the host's network, /sys is the host's, read-only.
-        let out = env.ferry(&[
-            "run",
-            "--rm",
-            "--runtime",
+        let out = env.run(
             runtime,
-            "--net",
-            "host",
-            &env.busybox,
-            "sh",
-            "-c",
-            "ls /sys/class/net; touch /sys/x || echo read-only",
-        ]);
+            &[
+                "--net",
+                "host",
+                &env.busybox,
+                "sh",
+                "-c",
+                "ls /sys/class/net; touch /sys/x || echo read-only",
+            ],
+        );
         assert!(out.status.success(), "{runtime}: {}", stderr(&out));
         let text = stdout(&out);
         assert!(text.ends_with("read-only\n"), "{runtime}: {text}");
@@ -250,23 +248,14 @@ fn an_ordinary_user_pulls_unpacks_and_runs_into_its_own_store() {
         );
         std::fs::remove_dir_all(&id).unwrap();
         // The image's own user (uid 1000) runs as a subordinate id, and its exit code passes.
-        let out = env.ferry(&["run", "--rm", "--runtime", runtime, &env.app]);
+        let out = env.run(runtime, &[&env.app]);
         assert!(out.status.success(), "{runtime}: {}", stderr(&out));
         assert_eq!(
             stdout(&out),
             "uid=1000 gid=1000 cwd=/work foo=bar\n",
             "{runtime}"
         );
-        let out = env.ferry(&[
-            "run",
-            "--rm",
-            "--runtime",
-            runtime,
-            &env.busybox,
-            "sh",
-            "-c",
-            "exit 7",
-        ]);
+        let out = env.run(runtime, &[&env.busybox, "sh", "-c", "exit 7"]);
         assert_eq!(out.status.code(), Some(7), "{runtime}: {}", stderr(&out));
     }
     let containers = store.join("containers");
@@ -300,22 +289,19 @@ fn an_ordinary_users_binds_and_tmpfs_mount_through_both_runtimes() {
             .arg(format!("{}:{}", env.user.uid, env.user.gid))
             .arg(&share),
     );
+    // Root's file: outside the map, so `nobody` inside, and only others' permissions apply.
+    std::fs::write(share.join("roots"), "root's\n").unwrap();
     for runtime in ["builtin", "runc"] {
         let rw = format!("{}:/mnt/share", share.display());
-        let out = env.ferry(&[
-            "run",
-            "--rm",
-            "--runtime",
-            runtime,
-            "-v",
-            &rw,
-            &env.busybox,
-            "sh",
-            "-c",
-            "cat /mnt/share/in; echo back > /mnt/share/out",
-        ]);
+        let script = "cd /mnt/share && cat in && echo back > out && stat -c %u roots && \
+                      { echo x >> roots || echo refused; }";
+        let out = env.run(runtime, &["-v", &rw, &env.busybox, "sh", "-c", script]);
         assert!(out.status.success(), "{runtime}: {}", stderr(&out));
-        assert_eq!(stdout(&out), "from the host\n", "{runtime}");
+        assert_eq!(stdout(&out), "from the host\n65534\nrefused\n", "{runtime}");
+        assert_eq!(
+            std::fs::read_to_string(share.join("roots")).unwrap(),
+            "root's\n"
+        );
         let written = share.join("out");
         assert_eq!(std::fs::read_to_string(&written).unwrap(), "back\n");
         let meta = std::fs::metadata(&written).unwrap();
@@ -327,18 +313,17 @@ fn an_ordinary_users_binds_and_tmpfs_mount_through_both_runtimes() {
         std::fs::remove_file(&written).unwrap();
 
         let ro = format!("{}:/mnt/share:ro", share.display());
-        let out = env.ferry(&[
-            "run",
-            "--rm",
-            "--runtime",
+        let out = env.run(
             runtime,
-            "-v",
-            &ro,
-            &env.busybox,
-            "sh",
-            "-c",
-            "cat /mnt/share/in; touch /mnt/share/new",
-        ]);
+            &[
+                "-v",
+                &ro,
+                &env.busybox,
+                "sh",
+                "-c",
+                "cat /mnt/share/in; touch /mnt/share/new",
+            ],
+        );
         assert_eq!(out.status.code(), Some(1), "{runtime}: {}", stderr(&out));
         assert_eq!(stdout(&out), "from the host\n", "{runtime}");
         assert!(
@@ -348,18 +333,17 @@ fn an_ordinary_users_binds_and_tmpfs_mount_through_both_runtimes() {
         );
         assert!(!share.join("new").exists(), "{runtime}");
 
-        let out = env.ferry(&[
-            "run",
-            "--rm",
-            "--runtime",
+        let out = env.run(
             runtime,
-            "--tmpfs",
-            "/scratch:size=1m",
-            &env.busybox,
-            "sh",
-            "-c",
-            "echo x > /scratch/f && cat /scratch/f && grep ' /scratch ' /proc/mounts",
-        ]);
+            &[
+                "--tmpfs",
+                "/scratch:size=1m",
+                &env.busybox,
+                "sh",
+                "-c",
+                "echo x > /scratch/f && cat /scratch/f && grep ' /scratch ' /proc/mounts",
+            ],
+        );
         assert!(out.status.success(), "{runtime}: {}", stderr(&out));
         let text = stdout(&out);
         let mut lines = text.lines();
@@ -438,16 +422,15 @@ fn a_user_without_subordinate_ids_gets_its_own_id_only() {
         return;
     };
     for runtime in ["builtin", "runc"] {
-        let out = env.ferry(&[
-            "run",
-            "--rm",
-            "--runtime",
+        let out = env.run(
             runtime,
-            &env.busybox,
-            "sh",
-            "-c",
-            "id -u; cat /proc/self/uid_map /proc/self/setgroups",
-        ]);
+            &[
+                &env.busybox,
+                "sh",
+                "-c",
+                "id -u; cat /proc/self/uid_map /proc/self/setgroups",
+            ],
+        );
         assert!(out.status.success(), "{runtime}: {}", stderr(&out));
         let text = stdout(&out);
         let words: Vec<&str> = text.split_whitespace().collect();
