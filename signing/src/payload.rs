@@ -298,6 +298,11 @@ mod tests {
             c.replacen(r#""optional":null"#, r#""optional":{"a":1,"a":1}"#, 1),
             c.replacen(
                 r#""optional":null"#,
+                r#""optional":{"a":[{"b":{"c":1,"\u0063":2}}]}"#,
+                1,
+            ),
+            c.replacen(
+                r#""optional":null"#,
                 r#""optional":null,"optional":null"#,
                 1,
             ),

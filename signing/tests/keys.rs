@@ -452,3 +452,60 @@ fn cosign_key_files_export_and_import_sig_19() {
         import_cosign_key(dir.path(), "ed2", &ed_key.to_cosign_pem(b"").unwrap(), b"").unwrap();
     assert_eq!(files.id, ed.id);
 }
+
+/// SIG-5: a public key of another type (another curve, RSA, X25519, Ed448) is refused when it
+/// is loaded, naming the file; it never becomes a key that signatures are checked against.
+#[test]
+fn public_keys_of_other_types_are_refused_naming_the_file_sig_5() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, algorithm) in [
+        (
+            "p384",
+            &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-384"][..],
+        ),
+        (
+            "secp256k1",
+            &[
+                "-algorithm",
+                "EC",
+                "-pkeyopt",
+                "ec_paramgen_curve:secp256k1",
+            ][..],
+        ),
+        (
+            "rsa",
+            &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:1024"][..],
+        ),
+        ("x25519", &["-algorithm", "X25519"][..]),
+        ("ed448", &["-algorithm", "ED448"][..]),
+    ] {
+        let private = dir.path().join(format!("{name}.key"));
+        let public = dir.path().join(format!("{name}.pub"));
+        for args in [
+            [
+                &["genpkey", "-out", private.to_str().unwrap()][..],
+                algorithm,
+            ]
+            .concat(),
+            vec![
+                "pkey",
+                "-in",
+                private.to_str().unwrap(),
+                "-pubout",
+                "-out",
+                public.to_str().unwrap(),
+            ],
+        ] {
+            let out = std::process::Command::new("openssl")
+                .args(&args)
+                .output()
+                .expect("openssl (scripts/install-deps installs it)");
+            assert!(out.status.success(), "openssl {args:?}: {out:?}");
+        }
+        let e = PublicKey::load(&public).unwrap_err().to_string();
+        assert!(
+            e.contains(&format!("{name}.pub")) && e.contains("not an Ed25519 or ECDSA P-256"),
+            "{name}: {e}"
+        );
+    }
+}

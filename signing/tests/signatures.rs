@@ -530,3 +530,128 @@ fn signing_is_deterministic_for_the_same_inputs_sig_11() {
     );
     assert_eq!(String::from_utf8(payload).unwrap(), want);
 }
+
+/// A P-256 key pair written as files, and the signing half for hand-made signatures.
+fn p256_key(dir: &std::path::Path) -> (PrivateKey, p256::ecdsa::SigningKey) {
+    let secret = p256::SecretKey::random(&mut rand::rngs::OsRng);
+    let pem = p256::pkcs8::EncodePrivateKey::to_pkcs8_pem(&secret, Default::default()).unwrap();
+    let key = PrivateKey::load(&write_private(dir, "p256.key", &pem)).unwrap();
+    (key, p256::ecdsa::SigningKey::from(&secret))
+}
+
+/// The DER SEQUENCE of two INTEGERs with content `r` and `s` (already minimal or not), with
+/// the given length encoding of the SEQUENCE.
+fn der_sequence(r: &[u8], s: &[u8], long_length: bool) -> Vec<u8> {
+    let mut body = vec![0x02, r.len() as u8];
+    body.extend_from_slice(r);
+    body.extend_from_slice(&[0x02, s.len() as u8]);
+    body.extend_from_slice(s);
+    let mut out = vec![0x30];
+    if long_length {
+        out.push(0x81);
+    }
+    out.push(body.len() as u8);
+    out.extend(body);
+    out
+}
+
+/// The INTEGER contents of a DER ECDSA signature: (r, s).
+fn der_integers(der: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    assert_eq!(der[0], 0x30);
+    let r_len = der[3] as usize;
+    let r = der[4..4 + r_len].to_vec();
+    let s = der[6 + r_len..].to_vec();
+    assert_eq!(der[5 + r_len] as usize, s.len());
+    (r, s)
+}
+
+/// SIG-8, SIG-10 step 3: a P-256 signature verifies in strict DER form only; both the low-S and the
+/// high-S form verify, as cosign (Go's crypto/ecdsa) and the sigstore crate accept both.
+#[test]
+fn p256_signatures_verify_in_strict_der_with_either_s_sig_8_sig_10() {
+    let dir = tempfile::tempdir().unwrap();
+    let (key, signing) = p256_key(dir.path());
+    let trusted = [key.public_key().clone()];
+    let d = digest("m1");
+    let p = sign(&key, &reference(APP1), &d, None)
+        .unwrap()
+        .payload()
+        .to_vec();
+    let verifies = |sig: &[u8]| {
+        envelope(&p, sig)
+            .verify(&trusted, &reference(APP1), &d, Exact)
+            .is_ok()
+    };
+    let sig: p256::ecdsa::Signature = p256::ecdsa::signature::Signer::sign(&signing, &p);
+    let low = sig.normalize_s().unwrap_or(sig);
+    let (r, s) = low.split_scalars();
+    let high = p256::ecdsa::Signature::from_scalars(r.to_bytes(), (-*s).to_bytes()).unwrap();
+    assert!(
+        high.normalize_s().is_some(),
+        "the flipped signature is high-S"
+    );
+    let low_der = low.to_der().as_bytes().to_vec();
+    let high_der = high.to_der().as_bytes().to_vec();
+    assert!(verifies(&low_der), "low-S DER");
+    assert!(verifies(&high_der), "high-S DER");
+
+    // BER and other encodings of the same numbers are not DER: refused.
+    let (r, s) = der_integers(&low_der);
+    assert_eq!(der_sequence(&r, &s, false), low_der);
+    let padded = |i: &[u8]| [&[0u8][..], i].concat();
+    let mut trailing = low_der.clone();
+    trailing.push(0);
+    for (what, sig) in [
+        ("long-form length", der_sequence(&r, &s, true)),
+        (
+            "r with a needless leading zero",
+            der_sequence(&padded(&r), &s, false),
+        ),
+        (
+            "s with a needless leading zero",
+            der_sequence(&r, &padded(&s), false),
+        ),
+        ("a byte after the SEQUENCE", trailing),
+    ] {
+        assert!(!verifies(&sig), "{what}: {sig:02x?}");
+    }
+}
+
+/// SIG-10 step 5: under `match = "repository"` the signed repository must be the requested
+/// one exactly, not a longer name, a sibling with the same beginning, or a parent.
+#[test]
+fn a_repository_signature_vouches_for_its_repository_alone_sig_10() {
+    let f = fixture();
+    let trusted = [f.rfc.clone()];
+    let d = digest("m1");
+    let repo = forge(payload("registry.example.com/team/app", &d).as_bytes());
+    for requested in [
+        "registry.example.com/team/app-other:1",
+        "registry.example.com/team/app/sub:1",
+        "registry.example.com/team/ap:1",
+        "registry.example.com/team:1",
+        "registry.example.com:5000/team/app:1",
+        "other.example.com/team/app:1",
+    ] {
+        let r = repo.verify(&trusted, &reference(requested), &d, Repository);
+        assert!(
+            matches!(r, Err(Error::IdentityMismatch { .. })),
+            "{requested}: {r:?}"
+        );
+    }
+    // A signature naming app:1 vouches neither for app:2 nor, as a repository, for app-other.
+    let tagged = forge(payload(APP1, &d).as_bytes());
+    for requested in [
+        "registry.example.com/team/app:2",
+        "registry.example.com/team/app-other:1",
+    ] {
+        for m in [Exact, Repository] {
+            assert!(
+                tagged
+                    .verify(&trusted, &reference(requested), &d, m)
+                    .is_err(),
+                "{requested} {m:?}"
+            );
+        }
+    }
+}
