@@ -10,6 +10,7 @@ use rand::RngCore as _;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
+use crate::key::MAX_KEY_FILE;
 use crate::{Error, Result};
 
 /// The PEM label cosign writes; [`LEGACY_LABEL`] is read too.
@@ -102,9 +103,17 @@ pub(crate) fn encrypt(der: &[u8], passphrase: &[u8]) -> Result<Zeroizing<String>
     ))
 }
 
-/// The PKCS#8 DER private key sealed in a cosign key file, opened with `passphrase`.
+/// The PKCS#8 DER private key sealed in a cosign key file of at most 16 KiB, opened with
+/// `passphrase`.
 pub(crate) fn decrypt(text: &str, passphrase: &[u8]) -> Result<Zeroizing<Vec<u8>>> {
     let bad = |reason: String| Error::CosignKey(reason);
+    // Bounds the work before scrypt: the salt and ciphertext come from the file.
+    if text.len() as u64 > MAX_KEY_FILE {
+        return Err(bad(format!(
+            "{} bytes, larger than {MAX_KEY_FILE} bytes",
+            text.len()
+        )));
+    }
     let (label, json) = pem::decode_vec(text.trim().as_bytes())
         .map_err(|e| bad(format!("not a PEM file ({e})")))?;
     if label != LABEL && label != LEGACY_LABEL {
@@ -175,6 +184,13 @@ mod tests {
             (pem_of("PRIVATE KEY", &json(N_LOW, "scrypt")), "PEM label"),
             (pem_of(LABEL, "{}"), "not cosign's key JSON"),
             ("garbage".to_string(), "not a PEM file"),
+            (
+                pem_of(
+                    LABEL,
+                    &json(N_LOW, "scrypt").replace("AA==", &"A".repeat(1 << 20)),
+                ),
+                "larger than 16384 bytes",
+            ),
         ] {
             let e = decrypt(&text, b"").unwrap_err().to_string();
             assert!(e.contains(needle), "{needle}: {e}");

@@ -15,8 +15,8 @@ use zeroize::Zeroizing;
 
 use crate::{cosign_key, Error, Result};
 
-/// Largest key file ferry reads.
-const MAX_KEY_FILE: u64 = 16 * 1024;
+/// Largest key file ferry reads, cosign's encrypted ones included.
+pub(crate) const MAX_KEY_FILE: u64 = 16 * 1024;
 /// PEM line endings ferry writes.
 const LF: ed25519_dalek::pkcs8::spki::der::pem::LineEnding =
     ed25519_dalek::pkcs8::spki::der::pem::LineEnding::LF;

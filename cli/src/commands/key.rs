@@ -79,7 +79,8 @@ pub fn run(cli: &Cli, args: &Args) -> Result<ExitCode> {
             let dir = key_dir(dir.as_deref())?;
             let mut text = String::new();
             std::fs::File::open(file)
-                .and_then(|f| f.take(16 * 1024).read_to_string(&mut text))
+                // One byte past the 16 KiB limit, so that import names an oversized file.
+                .and_then(|f| f.take(16 * 1024 + 1).read_to_string(&mut text))
                 .with_context(|| format!("reading cosign key {}", file.display()))?;
             let passphrase = passphrase(passphrase_file.as_deref())?;
             let files = import_cosign_key(&dir, name, &text, passphrase.as_bytes())
