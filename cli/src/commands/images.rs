@@ -5,8 +5,9 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use ferry_drivers::site::config::prefix_matches;
-use ferry_drivers::transfer::signatures::verdict_in_store;
-use ferry_signing::{Acceptance, Policy, Verdict};
+use ferry_drivers::transfer::signatures::verify_record;
+use ferry_drivers::ErrorKind;
+use ferry_signing::{Acceptance, Policy};
 
 use crate::commands::open_store;
 use crate::output::{human_size, time_ago};
@@ -26,10 +27,13 @@ pub struct Args {
 }
 
 /// Prints NAME, TAG, DIGEST, SIZE, CREATED (how long ago), PLATFORM, VERIFIED (or the full
-/// records with `--json`, each with `verified` and `signed_by`; CREATED as recorded).
+/// records with `--json`, each with `verified`, `signed_by` and `proves_tag`; CREATED as
+/// recorded; `proves_tag` is null for a rejected image).
 ///
 /// VERIFIED is the current policy's verdict from the signatures in the store:
-/// `signed:KEYID[,KEYID]`, `unsigned` (accepted without signatures) or `rejected`.
+/// `signed:KEYID[,KEYID]`, `unsigned` (accepted without signatures) or `rejected`. Signatures
+/// that name the repository without the tag (POL-11) prove the digest and the repository,
+/// not the tag: the table says `signed:KEYID (repository only)`, `--json` `"proves_tag": false`.
 pub fn run(cli: &Cli, args: &Args) -> Result<ExitCode> {
     let store = open_store(cli)?;
     let mut images = store.images()?;
@@ -49,14 +53,19 @@ pub fn run(cli: &Cli, args: &Args) -> Result<ExitCode> {
     let policy = Policy::load_default(cli.policy.as_deref())?;
     let mut verified = Vec::with_capacity(images.len());
     for image in &images {
-        verified.push(verified_column(&verdict_in_store(&store, &policy, image)?));
+        verified.push(match verify_record(&store, &policy, image) {
+            Ok(trusted) => Verified::of(trusted.how(), trusted.proves_tag()),
+            Err(e) if e.kind == ErrorKind::Rejected => Verified::rejected(),
+            Err(e) => return Err(e.into()),
+        });
     }
     if cli.json {
         let mut rows = Vec::with_capacity(images.len());
-        for (image, (column, keys)) in images.iter().zip(&verified) {
+        for (image, v) in images.iter().zip(&verified) {
             let mut row = serde_json::to_value(image)?;
-            row["verified"] = column.clone().into();
-            row["signed_by"] = keys.clone().into();
+            row["verified"] = v.column.clone().into();
+            row["signed_by"] = v.keys.clone().into();
+            row["proves_tag"] = v.proves_tag.into();
             rows.push(row);
         }
         println!("{}", serde_json::to_string_pretty(&rows)?);
@@ -66,7 +75,7 @@ pub fn run(cli: &Cli, args: &Args) -> Result<ExitCode> {
     let rows: Vec<[String; 7]> = images
         .iter()
         .zip(verified)
-        .map(|(i, (column, _))| {
+        .map(|(i, v)| {
             [
                 i.name.clone(),
                 i.tag.clone().unwrap_or_else(|| "<none>".into()),
@@ -78,7 +87,10 @@ pub fn run(cli: &Cli, args: &Args) -> Result<ExitCode> {
                 human_size(i.size),
                 time_ago(i.created.as_deref(), now),
                 i.platform.clone().unwrap_or_default(),
-                column,
+                match v.proves_tag {
+                    Some(false) => format!("{} (repository only)", v.column),
+                    _ => v.column,
+                },
             ]
         })
         .collect();
@@ -91,19 +103,39 @@ pub fn run(cli: &Cli, args: &Args) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The VERIFIED cell of a verdict and the ids of the keys that signed.
-fn verified_column(verdict: &Verdict) -> (String, Vec<String>) {
-    match verdict {
-        Verdict::Accepted {
-            how: Acceptance::SignedBy(keys),
-        } => {
-            let keys: Vec<String> = keys.iter().map(ToString::to_string).collect();
-            (format!("signed:{}", keys.join(",")), keys)
+/// The policy's verdict on one image, as `ferry images` shows it.
+struct Verified {
+    /// `signed:KEYID[,KEYID]`, `unsigned` or `rejected`.
+    column: String,
+    /// The ids of the keys that signed.
+    keys: Vec<String>,
+    /// For an accepted image, false when the signatures prove the digest and the repository,
+    /// not the tag (POL-11); `None` for a rejected one.
+    proves_tag: Option<bool>,
+}
+
+impl Verified {
+    fn of(how: &Acceptance, proves_tag: bool) -> Verified {
+        let (column, keys) = match how {
+            Acceptance::SignedBy(keys) => {
+                let keys: Vec<String> = keys.iter().map(ToString::to_string).collect();
+                (format!("signed:{}", keys.join(",")), keys)
+            }
+            Acceptance::Unsigned => ("unsigned".into(), Vec::new()),
+        };
+        Verified {
+            column,
+            keys,
+            proves_tag: Some(proves_tag),
         }
-        Verdict::Accepted {
-            how: Acceptance::Unsigned,
-        } => ("unsigned".into(), Vec::new()),
-        Verdict::Rejected { .. } => ("rejected".into(), Vec::new()),
+    }
+
+    fn rejected() -> Verified {
+        Verified {
+            column: "rejected".into(),
+            keys: Vec::new(),
+            proves_tag: None,
+        }
     }
 }
 

@@ -22,7 +22,7 @@ use ferry_core::oci_spec::image::Descriptor;
 use ferry_core::store::ImageRecord;
 use ferry_core::{Digest, Manifest, ManifestBlob, Reference, Store};
 use ferry_signing::{
-    Policy, SignatureEnvelope, TrustedImage, Verdict, ENVELOPE_MEDIA_TYPE, MAX_ENVELOPE_SIZE,
+    Policy, SignatureEnvelope, TrustedImage, ENVELOPE_MEDIA_TYPE, MAX_ENVELOPE_SIZE,
     MAX_PAYLOAD_SIZE, PAYLOAD_MEDIA_TYPE, SIGNATURE_ANNOTATION,
 };
 use futures::StreamExt as _;
@@ -545,16 +545,6 @@ pub fn prune_signatures(store: &Store) -> Result<usize> {
     Ok(dropped)
 }
 
-/// The policy's verdict on a stored image, from the signatures the store keeps for it.
-pub fn verdict_in_store(store: &Store, policy: &Policy, record: &ImageRecord) -> Result<Verdict> {
-    let reference = Reference::with_name(&record.name, record.tag.as_deref(), Some(&record.digest))
-        .map_err(Error::local)?;
-    let signatures = signatures_in_store(store, &record.digest)?;
-    policy
-        .evaluate(&reference, &record.digest, &signatures)
-        .map_err(signing_error)
-}
-
 /// Checks the image `reference` names in the store against `policy` with the signatures the
 /// store keeps for it, and returns the [`TrustedImage`] the runtime needs.
 ///
@@ -568,8 +558,25 @@ pub fn verify_in_store(
     reference: &Reference,
 ) -> Result<TrustedImage> {
     let record = store.find_image(reference).map_err(Error::local)?;
+    check_stored(store, policy, &record, reference.tag())
+}
+
+/// [`verify_in_store`] for a record already read from the store (`ferry images`): its
+/// `NAME:TAG`, or for an untagged record any `NAME:TAG` the store records for its digest.
+pub fn verify_record(store: &Store, policy: &Policy, record: &ImageRecord) -> Result<TrustedImage> {
+    check_stored(store, policy, record, record.tag.as_deref())
+}
+
+/// Checks `record`'s image as `NAME:tag`, or without a tag as each `NAME:TAG` the store
+/// records for its digest until one is accepted.
+fn check_stored(
+    store: &Store,
+    policy: &Policy,
+    record: &ImageRecord,
+    tag: Option<&str>,
+) -> Result<TrustedImage> {
     let signatures = signatures_in_store(store, &record.digest)?;
-    let tags: Vec<Option<String>> = match reference.tag() {
+    let tags: Vec<Option<String>> = match tag {
         Some(tag) => vec![Some(tag.to_string())],
         None => {
             let mut tags: Vec<Option<String>> = store
@@ -599,7 +606,12 @@ pub fn verify_in_store(
     Err(Error::new(
         ErrorKind::Rejected,
         "",
-        rejection.unwrap_or_else(|| format!("image {reference}: no name in the store to check")),
+        rejection.unwrap_or_else(|| {
+            format!(
+                "image {}@{}: no name in the store to check",
+                record.name, record.digest
+            )
+        }),
     ))
 }
 
@@ -1179,12 +1191,9 @@ mod tests {
             Some("1")
         );
         let record = store.find_image(&reference).unwrap();
-        assert!(matches!(
-            verdict_in_store(&store, &keys.policy, &record).unwrap(),
-            Verdict::Accepted {
-                how: Acceptance::SignedBy(_)
-            }
-        ));
+        let trusted = verify_record(&store, &keys.policy, &record).unwrap();
+        assert!(matches!(trusted.how(), Acceptance::SignedBy(_)));
+        assert!(trusted.proves_tag());
     }
 
     #[tokio::test]

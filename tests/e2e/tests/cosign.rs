@@ -189,6 +189,7 @@ fn ferry_accepts_a_sigstore_signature_and_rejects_it_naming_nothing_pol_6_sig_10
     ));
     assert_eq!(rows[0]["digest"], s.digest.as_str());
     assert_eq!(rows[0]["verified"], format!("signed:{cosign_id}").as_str());
+    assert_eq!(rows[0]["proves_tag"], true);
     let table = run_ok(fy(root.path(), Some(&policy)).arg("images"));
     assert!(table.contains(&format!("signed:{cosign_id}")), "{table}");
 
@@ -411,6 +412,18 @@ fn a_repository_only_signature_counts_only_under_match_repository_pol_11() {
     ])));
     assert_eq!(verify["verdict"], "accepted");
     assert_eq!(verify["proves_tag"], false);
+    // So does `ferry images`: the VERIFIED cell, and `proves_tag` with --json.
+    let cosign_id = s.key_id("cosign/cosign.pub");
+    let table = run_ok(fy(root.path(), Some(&repository)).arg("images"));
+    assert!(
+        table.contains(&format!("signed:{cosign_id} (repository only)")),
+        "{table}"
+    );
+    let rows = json(&run_ok(
+        fy(root.path(), Some(&repository)).args(["images", "--json"]),
+    ));
+    assert_eq!(rows[0]["verified"], format!("signed:{cosign_id}").as_str());
+    assert_eq!(rows[0]["proves_tag"], false);
     // The stored signature is refused again when the policy goes back to exact.
     let out = output(fy(root.path(), Some(&exact)).args(["verify", &s.image()]));
     assert_eq!(out.status.code(), Some(1));
