@@ -731,3 +731,130 @@ fn flatten_names_the_layer_and_the_limit_that_stopped_it() {
         "{err}"
     );
 }
+
+/// The policy's acceptance of a test image, as a pull hands it to the one-pass extraction.
+fn accepted(image: &Image) -> ferry_signing::TrustedImage {
+    let reference =
+        Reference::with_name(&image.record.name, image.record.tag.as_deref(), None).unwrap();
+    ferry_signing::Policy::accept_all()
+        .check(&reference, &image.record.digest, &[])
+        .unwrap()
+}
+
+/// Entries under the snapshot directory of `chain_id`'s algorithm: published or `.tmp-*`.
+fn snapshot_leftovers(store: &Store) -> Vec<String> {
+    fs::read_dir(store.root().join("snapshots/sha256"))
+        .map(|d| {
+            d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|n| !n.ends_with(".lock"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A layer's bytes that stop with an error halfway, as a broken download does.
+struct BrokenOff(std::io::Cursor<Vec<u8>>);
+
+impl std::io::Read for BrokenOff {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.0.position() >= self.0.get_ref().len() as u64 / 2 {
+            return Err(std::io::Error::other("connection reset"));
+        }
+        let half = self.0.get_ref().len() / 2 - self.0.position() as usize;
+        let n = buf.len().min(half);
+        std::io::Read::read(&mut self.0, &mut buf[..n])
+    }
+}
+
+/// RUN-20, RUN-21: a layer extracted from its streamed bytes becomes its snapshot only when
+/// published (after the blob's commit), with the same files `prepare` makes.
+#[test]
+fn streamed_layer_is_a_snapshot_only_once_published() {
+    if !is_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let base = base_layer();
+    let image = add_image(&store, "one/pass:1", &[base.clone()], &["/bin/true"]);
+    let streamed = ferry_runtime::one_pass::StreamedSnapshots::new(
+        &store,
+        &accepted(&image),
+        &image.manifest,
+        &image.config,
+        Limits::default(),
+    )
+    .unwrap();
+    let chain = chain_ids(&[Digest::sha256(&base)]);
+    let extraction = streamed
+        .layer(0, std::io::Cursor::new(base))
+        .unwrap()
+        .expect("nothing extracts it yet");
+    let extracted = extraction.finish().unwrap();
+    assert!(
+        !snapshot_dir(&store, &chain[0]).exists(),
+        "not before publish"
+    );
+    extracted.publish().unwrap();
+    let fs_dir = snapshot_dir(&store, &chain[0]).join("fs");
+    assert_eq!(fs::read(fs_dir.join("etc/a")).unwrap(), b"from base\n");
+    // Present now: no second extraction, and prepare reuses it.
+    assert!(streamed.layer(0, std::io::empty()).unwrap().is_none());
+    drop(streamed);
+    assert_eq!(prepared(&store, &image), vec![fs_dir]);
+}
+
+/// RUN-21, RUN-22, RUN-23: a wrong diff_id or bytes that break off leave no snapshot and no
+/// temporary directory; while one extraction of a layer runs, a second gets none.
+#[test]
+fn streamed_layer_that_fails_leaves_nothing_and_extracts_once() {
+    if !is_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let base = base_layer();
+    let liar = add_image_with(
+        &store,
+        "one/liar:1",
+        &[base.clone()],
+        &["/bin/true"],
+        Some(vec![Digest::sha256(b"another layer").to_string()]),
+    );
+    let streamed = ferry_runtime::one_pass::StreamedSnapshots::new(
+        &store,
+        &accepted(&liar),
+        &liar.manifest,
+        &liar.config,
+        Limits::default(),
+    )
+    .unwrap();
+    let first = streamed
+        .layer(0, std::io::Cursor::new(base.clone()))
+        .unwrap()
+        .expect("nothing extracts it yet");
+    assert!(
+        streamed.layer(0, std::io::empty()).unwrap().is_none(),
+        "one extraction per snapshot at a time"
+    );
+    let err = first.finish().err().expect("a wrong diff_id fails");
+    assert!(matches!(err, Error::DiffIdMismatch { .. }), "{err}");
+    assert_eq!(snapshot_leftovers(&store), Vec::<String>::new());
+
+    let image = add_image(&store, "one/pass:1", &[base.clone()], &["/bin/true"]);
+    let streamed = ferry_runtime::one_pass::StreamedSnapshots::new(
+        &store,
+        &accepted(&image),
+        &image.manifest,
+        &image.config,
+        Limits::default(),
+    )
+    .unwrap();
+    let broken = streamed
+        .layer(0, BrokenOff(std::io::Cursor::new(base)))
+        .unwrap()
+        .expect("nothing extracts it yet");
+    let err = broken.finish().err().expect("bytes that break off fail");
+    assert!(err.to_string().contains("connection reset"), "{err}");
+    assert_eq!(snapshot_leftovers(&store), Vec::<String>::new());
+}
