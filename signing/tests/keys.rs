@@ -413,9 +413,8 @@ fn keys_cross_with_openssl_both_ways_sig_1() {
 #[test]
 fn cosign_key_files_export_and_import_sig_19() {
     let dir = tempfile::tempdir().unwrap();
-    let secret = p256::SecretKey::random(&mut rand::rngs::OsRng);
-    let pem = p256::pkcs8::EncodePrivateKey::to_pkcs8_pem(&secret, Default::default()).unwrap();
-    let original = PrivateKey::load(&common::write_private(dir.path(), "orig.key", &pem)).unwrap();
+    let (original, _) = p256_key(dir.path(), "orig.key");
+    let pem = std::fs::read_to_string(dir.path().join("orig.key")).unwrap();
     let sealed = original.to_cosign_pem(b"s3cret").unwrap();
     assert!(sealed.starts_with("-----BEGIN ENCRYPTED SIGSTORE PRIVATE KEY-----\n"));
     assert!(!sealed.contains(pem.lines().nth(1).unwrap()));

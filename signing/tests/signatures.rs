@@ -430,9 +430,7 @@ fn a_repository_only_signature_counts_only_under_repository_match_sig_10() {
 #[test]
 fn ecdsa_p256_signatures_verify_with_their_key_only_sig_10() {
     let dir = tempfile::tempdir().unwrap();
-    let secret = p256::SecretKey::random(&mut rand::rngs::OsRng);
-    let pem = p256::pkcs8::EncodePrivateKey::to_pkcs8_pem(&secret, Default::default()).unwrap();
-    let key = PrivateKey::load(&write_private(dir.path(), "p256.key", &pem)).unwrap();
+    let (key, signing) = p256_key(dir.path(), "p256.key");
     let public_path = dir.path().join("p256.pub");
     std::fs::write(&public_path, key.public_key().to_pem()).unwrap();
     let public = PublicKey::load(&public_path).unwrap();
@@ -448,7 +446,6 @@ fn ecdsa_p256_signatures_verify_with_their_key_only_sig_10() {
         .verify(std::slice::from_ref(&public), &reference(APP1), &d, Exact)
         .is_ok());
     // A raw (r || s) signature of the same bytes is not DER and is refused.
-    let signing = p256::ecdsa::SigningKey::from(&secret);
     let raw: p256::ecdsa::Signature = p256::ecdsa::signature::Signer::sign(&signing, &p);
     let r = envelope(&p, &raw.to_bytes()).verify(
         std::slice::from_ref(&public),
@@ -531,14 +528,6 @@ fn signing_is_deterministic_for_the_same_inputs_sig_11() {
     assert_eq!(String::from_utf8(payload).unwrap(), want);
 }
 
-/// A P-256 key pair written as files, and the signing half for hand-made signatures.
-fn p256_key(dir: &std::path::Path) -> (PrivateKey, p256::ecdsa::SigningKey) {
-    let secret = p256::SecretKey::random(&mut rand::rngs::OsRng);
-    let pem = p256::pkcs8::EncodePrivateKey::to_pkcs8_pem(&secret, Default::default()).unwrap();
-    let key = PrivateKey::load(&write_private(dir, "p256.key", &pem)).unwrap();
-    (key, p256::ecdsa::SigningKey::from(&secret))
-}
-
 /// The DER SEQUENCE of two INTEGERs with content `r` and `s` (already minimal or not), with
 /// the given length encoding of the SEQUENCE.
 fn der_sequence(r: &[u8], s: &[u8], long_length: bool) -> Vec<u8> {
@@ -570,7 +559,7 @@ fn der_integers(der: &[u8]) -> (Vec<u8>, Vec<u8>) {
 #[test]
 fn p256_signatures_verify_in_strict_der_with_either_s_sig_8_sig_10() {
     let dir = tempfile::tempdir().unwrap();
-    let (key, signing) = p256_key(dir.path());
+    let (key, signing) = p256_key(dir.path(), "p256.key");
     let trusted = [key.public_key().clone()];
     let d = digest("m1");
     let p = sign(&key, &reference(APP1), &d, None)

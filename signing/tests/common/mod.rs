@@ -44,6 +44,15 @@ pub fn write_private(dir: &Path, name: &str, pem: &str) -> PathBuf {
     path
 }
 
+/// A new ECDSA P-256 key written as `dir/name` (PKCS#8 PEM, 0600) and loaded, with its
+/// signing half for signatures `ferry_signing::sign` would never make.
+pub fn p256_key(dir: &Path, name: &str) -> (PrivateKey, p256::ecdsa::SigningKey) {
+    let secret = p256::SecretKey::random(&mut rand::rngs::OsRng);
+    let pem = p256::pkcs8::EncodePrivateKey::to_pkcs8_pem(&secret, Default::default()).unwrap();
+    let key = PrivateKey::load(&write_private(dir, name, &pem)).unwrap();
+    (key, p256::ecdsa::SigningKey::from(&secret))
+}
+
 pub fn reference(s: &str) -> Reference {
     Reference::parse(s).unwrap()
 }
