@@ -776,7 +776,12 @@ fn streamed_layer_is_a_snapshot_only_once_published() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
     let base = base_layer();
-    let image = add_image(&store, "one/pass:1", &[base.clone()], &["/bin/true"]);
+    let image = add_image(
+        &store,
+        "one/pass:1",
+        std::slice::from_ref(&base),
+        &["/bin/true"],
+    );
     let streamed = ferry_runtime::one_pass::StreamedSnapshots::new(
         &store,
         &accepted(&image),
@@ -817,7 +822,7 @@ fn streamed_layer_that_fails_leaves_nothing_and_extracts_once() {
     let liar = add_image_with(
         &store,
         "one/liar:1",
-        &[base.clone()],
+        std::slice::from_ref(&base),
         &["/bin/true"],
         Some(vec![Digest::sha256(b"another layer").to_string()]),
     );
@@ -841,7 +846,12 @@ fn streamed_layer_that_fails_leaves_nothing_and_extracts_once() {
     assert!(matches!(err, Error::DiffIdMismatch { .. }), "{err}");
     assert_eq!(snapshot_leftovers(&store), Vec::<String>::new());
 
-    let image = add_image(&store, "one/pass:1", &[base.clone()], &["/bin/true"]);
+    let image = add_image(
+        &store,
+        "one/pass:1",
+        std::slice::from_ref(&base),
+        &["/bin/true"],
+    );
     let streamed = ferry_runtime::one_pass::StreamedSnapshots::new(
         &store,
         &accepted(&image),
