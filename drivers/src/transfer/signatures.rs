@@ -84,13 +84,7 @@ pub fn envelope_of_layer(
     layer: &Descriptor,
     payload: Vec<u8>,
 ) -> std::result::Result<SignatureEnvelope, String> {
-    let media_type = layer.media_type().to_string();
-    if media_type != PAYLOAD_MEDIA_TYPE {
-        return Err(format!(
-            "media type {media_type:?}, not {PAYLOAD_MEDIA_TYPE:?}"
-        ));
-    }
-    check_layer_size(layer)?;
+    check_layer(layer)?;
     let digest = descriptor_digest(layer).map_err(|e| e.to_string())?;
     let actual = Digest::of(digest.algorithm(), &payload);
     if payload.len() as u64 != layer.size() || actual != digest {
@@ -107,8 +101,15 @@ pub fn envelope_of_layer(
     SignatureEnvelope::from_layer(payload, signature).map_err(|e| e.to_string())
 }
 
-/// Fails when a layer is larger than a payload may be (SIG-8), before any byte is fetched.
-fn check_layer_size(layer: &Descriptor) -> std::result::Result<(), String> {
+/// Fails when a layer is not a signature layer or is larger than a payload may be (SIG-8),
+/// before any byte is fetched.
+fn check_layer(layer: &Descriptor) -> std::result::Result<(), String> {
+    let media_type = layer.media_type().to_string();
+    if media_type != PAYLOAD_MEDIA_TYPE {
+        return Err(format!(
+            "media type {media_type:?}, not {PAYLOAD_MEDIA_TYPE:?}"
+        ));
+    }
     if layer.size() > MAX_PAYLOAD_SIZE as u64 {
         return Err(format!(
             "{} bytes, more than a signature payload may have ({MAX_PAYLOAD_SIZE})",
@@ -252,13 +253,7 @@ async fn fetch_envelope(
     let source = driver.source_name();
     let what = format!("signature {} of {name}@{digest}", layer.digest());
     let invalid = |why: String| Error::new(ErrorKind::Invalid, source, format!("{what}: {why}"));
-    let media_type = layer.media_type().to_string();
-    if media_type != PAYLOAD_MEDIA_TYPE {
-        return Err(invalid(format!(
-            "media type {media_type:?}, not {PAYLOAD_MEDIA_TYPE:?}"
-        )));
-    }
-    check_layer_size(layer).map_err(invalid)?;
+    check_layer(layer).map_err(invalid)?;
     let size = layer.size();
     let payload_digest = descriptor_digest(layer).map_err(|e| Error::from_core(source, e))?;
     let mut body = driver
@@ -1085,6 +1080,65 @@ mod tests {
                 .unwrap()
                 .len(),
             MAX_SIGNATURES
+        );
+    }
+
+    #[tokio::test]
+    async fn a_set_of_thousands_of_layers_is_read_only_up_to_max_signatures_sig_14() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = keys();
+        let driver = layout(dir.path(), "usb");
+        let subject = put_image(driver.as_ref(), "1", "a").await;
+        let digest = descriptor_digest(&subject).unwrap();
+        let good = signature(&keys.team, &format!("{NAME}:1"), &subject);
+        push_signature(driver.as_ref(), NAME, &subject, &good)
+            .await
+            .unwrap();
+        // 64 layers whose blobs the source lacks, then the good one, then 5000 more.
+        let missing = |i: usize| {
+            let mut layer = signature_layer(&good);
+            let d = Digest::sha256(format!("missing {i}").as_bytes());
+            layer.set_digest(ferry_core::oci_spec::image::Digest::from(&d));
+            serde_json::to_value(layer).unwrap()
+        };
+        let good_layer = serde_json::to_value(signature_layer(&good)).unwrap();
+        let layers: Vec<serde_json::Value> = (0..MAX_SIGNATURES)
+            .map(missing)
+            .chain([good_layer.clone()])
+            .chain((0..5000).map(|i| missing(MAX_SIGNATURES + i)))
+            .collect();
+        let Found::Set(set) = read_set(driver.as_ref(), NAME, &digest).await.unwrap() else {
+            panic!("no signature set")
+        };
+        let mut manifest: serde_json::Value = serde_json::from_slice(&set.bytes).unwrap();
+        let tag = signature_tag(&digest);
+        let put = |layers: Vec<serde_json::Value>, mut manifest: serde_json::Value| {
+            manifest["layers"] = layers.into();
+            let bytes = serde_json::to_vec(&manifest).unwrap();
+            let (driver, tag) = (driver.clone(), tag.clone());
+            async move {
+                driver
+                    .put_manifest(NAME, Some(&tag), media::OCI_MANIFEST, &bytes)
+                    .await
+                    .unwrap();
+            }
+        };
+        put(layers, manifest.clone()).await;
+        // The good signature is the 65th layer: never fetched.
+        assert!(fetch_signatures(driver.as_ref(), NAME, &digest)
+            .await
+            .unwrap()
+            .is_empty());
+        // One place earlier it is read, and the 5000 after it are not.
+        let mut layers: Vec<serde_json::Value> = (0..MAX_SIGNATURES - 1).map(missing).collect();
+        layers.push(good_layer);
+        layers.extend((0..5000).map(|i| missing(MAX_SIGNATURES + i)));
+        put(layers, manifest).await;
+        assert_eq!(
+            fetch_signatures(driver.as_ref(), NAME, &digest)
+                .await
+                .unwrap(),
+            vec![good]
         );
     }
 
