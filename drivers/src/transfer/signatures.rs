@@ -1110,7 +1110,7 @@ mod tests {
         let Found::Set(set) = read_set(driver.as_ref(), NAME, &digest).await.unwrap() else {
             panic!("no signature set")
         };
-        let mut manifest: serde_json::Value = serde_json::from_slice(&set.bytes).unwrap();
+        let manifest: serde_json::Value = serde_json::from_slice(&set.bytes).unwrap();
         let tag = signature_tag(&digest);
         let put = |layers: Vec<serde_json::Value>, mut manifest: serde_json::Value| {
             manifest["layers"] = layers.into();
