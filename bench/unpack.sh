@@ -15,7 +15,7 @@ images=("${@:-busybox deb4 large}")
 build_images
 # One tmpfs for everything, so disk noise does not set the times.
 mount -t tmpfs -o size=12g tmpfs "$WORK"
-trap 'cleanup 2>/dev/null; umount "$WORK" 2>/dev/null; rmdir "$WORK" 2>/dev/null' EXIT
+trap 'cleanup 2>/dev/null || true; umount "$WORK"; rmdir "$WORK"' EXIT
 start_registry
 for t in ${images[*]}; do push "$t"; done
 mkdir -p "$WORK/t"
