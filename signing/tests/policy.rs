@@ -629,3 +629,34 @@ fn the_default_match_is_exact_and_refuses_repository_signatures_pol_11() {
     );
     assert!(e.contains("line 4") && e.contains("unknown variant"), "{e}");
 }
+
+/// POL-6, SIG-8: the second form of a P-256 signature (`n - s`, made without the key) is a
+/// valid signature, but by the same key: it does not count towards a threshold twice.
+#[test]
+fn a_malleated_p256_signature_does_not_count_its_key_twice_pol_6() {
+    let s = site();
+    let (key, _) = p256_key(&s.dir.path().join("keys"), "ec.key");
+    std::fs::write(s.dir.path().join("keys/ec.pub"), key.public_key().to_pem()).unwrap();
+    let p = s.policy(
+        "[default]\naction = \"signed-by\"\nkeys = [\"keys/ec.pub\", \"keys/a.pub\"]\nthreshold = 2\n",
+    );
+    let genuine = sign(&key, &reference("reg.io/team/app:1"), &digest("m1"), None).unwrap();
+    let (payload, der) = parts(&genuine);
+    let twin = envelope(&payload, &flip_s(&der));
+    assert_ne!(twin, genuine);
+    let reason = rejected(verdict(
+        &p,
+        "reg.io/team/app:1",
+        "m1",
+        &[genuine.clone(), twin],
+    ));
+    assert!(reason.contains("1 valid of 2 found"), "{reason}");
+    // The second key's signature is what reaches the threshold.
+    let by_a = s.sig(&s.a, "reg.io/team/app:1", "m1");
+    assert_eq!(
+        verdict(&p, "reg.io/team/app:1", "m1", &[genuine, by_a]),
+        Verdict::Accepted {
+            how: Acceptance::SignedBy(vec![key.id().clone(), s.a.public.id().clone()])
+        }
+    );
+}

@@ -572,15 +572,18 @@ fn p256_signatures_verify_in_strict_der_with_either_s_sig_8_sig_10() {
             .is_ok()
     };
     let sig: p256::ecdsa::Signature = p256::ecdsa::signature::Signer::sign(&signing, &p);
-    let low = sig.normalize_s().unwrap_or(sig);
-    let (r, s) = low.split_scalars();
-    let high = p256::ecdsa::Signature::from_scalars(r.to_bytes(), (-*s).to_bytes()).unwrap();
+    let low_der = sig
+        .normalize_s()
+        .unwrap_or(sig)
+        .to_der()
+        .as_bytes()
+        .to_vec();
+    let high_der = flip_s(&low_der);
+    let high = p256::ecdsa::Signature::from_der(&high_der).unwrap();
     assert!(
         high.normalize_s().is_some(),
         "the flipped signature is high-S"
     );
-    let low_der = low.to_der().as_bytes().to_vec();
-    let high_der = high.to_der().as_bytes().to_vec();
     assert!(verifies(&low_der), "low-S DER");
     assert!(verifies(&high_der), "high-S DER");
 

@@ -53,6 +53,16 @@ pub fn p256_key(dir: &Path, name: &str) -> (PrivateKey, p256::ecdsa::SigningKey)
     (key, p256::ecdsa::SigningKey::from(&secret))
 }
 
+/// The other valid form of a DER ECDSA P-256 signature: `s` replaced by `n - s`, made without
+/// the key (ECDSA's malleability).
+pub fn flip_s(der: &[u8]) -> Vec<u8> {
+    let (r, s) = p256::ecdsa::Signature::from_der(der)
+        .unwrap()
+        .split_scalars();
+    let flipped = p256::ecdsa::Signature::from_scalars(r.to_bytes(), (-*s).to_bytes()).unwrap();
+    flipped.to_der().as_bytes().to_vec()
+}
+
 pub fn reference(s: &str) -> Reference {
     Reference::parse(s).unwrap()
 }
