@@ -74,7 +74,7 @@ pub enum Error {
         /// The manifest digest it was given with.
         manifest: Digest,
     },
-    /// The signing time cannot be written as RFC 3339 (before 1970).
+    /// The signing time is before the Unix epoch, so it has no `optional.timestamp` (SIG-6).
     #[error("signing time is before 1970-01-01")]
     InvalidCreated,
     /// No trusted key verifies a signature (SIG-10 step 3).
