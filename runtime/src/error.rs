@@ -78,7 +78,11 @@ pub enum Error {
         actual: ferry_core::Digest,
     },
     /// Unpacking an image reached one of its [`Limits`](crate::unpack::Limits).
-    #[error("layer {layer}: unpack limit {what} ({}) reached at entry {entry:?}", shown_limit(.what, *.limit))]
+    #[error(
+        "layer {layer}: unpack limit {what} ({}) reached at entry {entry:?}; raise it with \
+         --{what} or [unpack] {what} in the site config",
+        shown_limit(.what, *.limit)
+    )]
     UnpackLimit {
         /// The layer (its expected diff_id when known).
         layer: String,

@@ -707,7 +707,8 @@ fn flatten_names_the_layer_and_the_limit_that_stopped_it() {
     assert_eq!(
         err,
         format!(
-            "layer 2/2 {}: unpack limit max-bytes (32 KiB) reached at entry \"big/zero.bin\"",
+            "layer 2/2 {}: unpack limit max-bytes (32 KiB) reached at entry \"big/zero.bin\"; \
+             raise it with --max-bytes or [unpack] max-bytes in the site config",
             Digest::sha256(&big)
         )
     );
@@ -726,7 +727,8 @@ fn flatten_names_the_layer_and_the_limit_that_stopped_it() {
     assert!(
         err.starts_with("layer 2/2 sha256:")
             && err.ends_with(
-                "unpack limit max-entries (5 entries) reached at entry \"big/zero.bin\""
+                "unpack limit max-entries (5 entries) reached at entry \"big/zero.bin\"; \
+                 raise it with --max-entries or [unpack] max-entries in the site config"
             ),
         "{err}"
     );

@@ -10,6 +10,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use ferry_drivers::transfer::pull::PullOptions;
+use ferry_runtime::one_pass::snapshots_in_one_pass;
 use ferry_runtime::run::cgroup::Resources;
 use ferry_runtime::run::mounts::{Tmpfs, Volume};
 use ferry_runtime::run::seccomp::{Profile, Seccomp};
@@ -17,9 +18,9 @@ use ferry_runtime::run::{run_with_stdio, Bundle, RuntimeKind, Stdio};
 use ferry_runtime::snapshot::prepare;
 use ferry_runtime::spec::{NetMode, RunOptions};
 
-use crate::commands::pull::{pull_into, snapshots_in_one_pass};
+use crate::commands::pull::pull_into;
 use crate::commands::trust::checked_image;
-use crate::commands::unpack::{explain_limit, LimitArgs};
+use crate::commands::unpack::LimitArgs;
 use crate::commands::{open_store, parse_reference};
 use crate::Cli;
 
@@ -130,7 +131,6 @@ async fn run_container(cli: &Cli, args: &Args) -> Result<ExitCode> {
     let rm = args.rm;
     let code = tokio::task::spawn_blocking(move || -> Result<i32> {
         let lowers = prepare(&store_for_run, &image, limits)
-            .map_err(explain_limit)
             .with_context(|| format!("preparing the snapshots of {reference}"))?;
         let bundle = Bundle::create(&store_for_run, &lowers, image.config(), &options)?;
         let code = run_with_stdio(&bundle, kind, stdio);

@@ -4,13 +4,14 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{Context, Result};
 use ferry_drivers::site::config::{parse_size, SiteConfig};
 use ferry_drivers::transfer::pull::PullOptions;
+use ferry_runtime::one_pass::FlattenInOnePass;
 use ferry_runtime::snapshot::flatten;
 use ferry_runtime::unpack::Limits;
 
-use crate::commands::pull::{pull_into, FlattenInOnePass};
+use crate::commands::pull::pull_into;
 use crate::commands::trust::checked_image;
 use crate::commands::{open_store, parse_reference};
 use crate::output::human_size;
@@ -59,16 +60,6 @@ impl LimitArgs {
     }
 }
 
-/// `err`, and when a limit stopped the unpack, how to raise it.
-pub fn explain_limit(err: ferry_runtime::Error) -> anyhow::Error {
-    match &err {
-        ferry_runtime::Error::UnpackLimit { what, .. } => {
-            anyhow!("{err}; raise it with --{what} or [unpack] {what} in the site config")
-        }
-        _ => err.into(),
-    }
-}
-
 /// Applies every layer, in order and verified, into DIR.
 pub async fn run(cli: &Cli, args: &Args) -> Result<ExitCode> {
     let reference = parse_reference(&args.reference)?;
@@ -94,9 +85,7 @@ pub async fn run(cli: &Cli, args: &Args) -> Result<ExitCode> {
         summaries
     } else {
         let image = checked_image(cli, &store, &reference).await?;
-        flatten(&store, &image, &args.dir, limits)
-            .map_err(explain_limit)
-            .with_context(unpacking)?
+        flatten(&store, &image, &args.dir, limits).with_context(unpacking)?
     };
     if cli.json {
         println!(

@@ -9,8 +9,10 @@
 //! Anything else throws the extraction away.
 
 mod flatten;
+mod targets;
 
 pub use flatten::{LayerFeed, StreamedFlatten};
+pub use targets::{snapshots_in_one_pass, FlattenInOnePass};
 
 use std::fs::File;
 use std::io::Read;
