@@ -695,6 +695,28 @@ mod tests {
         }
     }
 
+    /// An OCI layout source `usb` holding the image `NAME:1`, and the keys of [`keys`].
+    struct Scene {
+        dir: tempfile::TempDir,
+        keys: Keys,
+        driver: Arc<dyn Driver>,
+        subject: Descriptor,
+        digest: Digest,
+    }
+
+    async fn scene() -> Scene {
+        let dir = tempfile::tempdir().unwrap();
+        let driver = layout(dir.path(), "usb");
+        let subject = put_image(driver.as_ref(), "1", "a").await;
+        Scene {
+            keys: keys(),
+            digest: descriptor_digest(&subject).unwrap(),
+            dir,
+            driver,
+            subject,
+        }
+    }
+
     fn signature(key: &PrivateKey, image: &str, subject: &Descriptor) -> SignatureEnvelope {
         let reference = Reference::parse(image).unwrap();
         sign(key, &reference, &descriptor_digest(subject).unwrap(), None).unwrap()
@@ -760,11 +782,13 @@ mod tests {
 
     #[tokio::test]
     async fn signatures_accumulate_once_each_in_an_oci_manifest_with_a_subject_sig_13_sig_15() {
-        let dir = tempfile::tempdir().unwrap();
-        let keys = keys();
-        let driver = layout(dir.path(), "usb");
-        let subject = put_image(driver.as_ref(), "1", "a").await;
-        let digest = descriptor_digest(&subject).unwrap();
+        let Scene {
+            dir: _dir,
+            keys,
+            driver,
+            subject,
+            digest,
+        } = scene().await;
         let first = signature(&keys.team, &format!("{NAME}:1"), &subject);
         let second = signature(&keys.other, &format!("{NAME}:1"), &subject);
 
@@ -830,11 +854,13 @@ mod tests {
 
     #[tokio::test]
     async fn signing_adds_a_layer_to_a_set_another_tool_wrote_and_keeps_it_sig_15() {
-        let dir = tempfile::tempdir().unwrap();
-        let keys = keys();
-        let driver = layout(dir.path(), "usb");
-        let subject = put_image(driver.as_ref(), "1", "a").await;
-        let digest = descriptor_digest(&subject).unwrap();
+        let Scene {
+            dir: _dir,
+            keys,
+            driver,
+            subject,
+            digest,
+        } = scene().await;
         // A set as cosign writes it: an OCI config, no subject, a layer with more annotations.
         let theirs = signature(&keys.other, &format!("{NAME}:1"), &subject);
         let config = br#"{"architecture":"","os":"","rootfs":{"type":"layers","diff_ids":[]}}"#;
@@ -906,11 +932,13 @@ mod tests {
 
     #[tokio::test]
     async fn a_corrupt_or_foreign_layer_is_skipped_and_the_rest_still_count_sig_14() {
-        let dir = tempfile::tempdir().unwrap();
-        let keys = keys();
-        let driver = layout(dir.path(), "usb");
-        let subject = put_image(driver.as_ref(), "1", "a").await;
-        let digest = descriptor_digest(&subject).unwrap();
+        let Scene {
+            dir,
+            keys,
+            driver,
+            subject,
+            digest,
+        } = scene().await;
         let good = signature(&keys.team, &format!("{NAME}:1"), &subject);
         // Another payload (a signing time): two signatures of the same payload share its blob.
         let bad = sign(
@@ -1056,11 +1084,13 @@ mod tests {
 
     #[tokio::test]
     async fn a_set_holds_at_most_max_signatures_sig_15() {
-        let dir = tempfile::tempdir().unwrap();
-        let keys = keys();
-        let driver = layout(dir.path(), "usb");
-        let subject = put_image(driver.as_ref(), "1", "a").await;
-        let digest = descriptor_digest(&subject).unwrap();
+        let Scene {
+            dir: _dir,
+            keys,
+            driver,
+            subject,
+            digest,
+        } = scene().await;
         let reference = Reference::parse(&format!("{NAME}:1")).unwrap();
         let at = |s: u64| Some(std::time::UNIX_EPOCH + std::time::Duration::from_secs(s));
         for i in 0..MAX_SIGNATURES as u64 {
@@ -1085,11 +1115,13 @@ mod tests {
 
     #[tokio::test]
     async fn a_set_of_thousands_of_layers_is_read_only_up_to_max_signatures_sig_14() {
-        let dir = tempfile::tempdir().unwrap();
-        let keys = keys();
-        let driver = layout(dir.path(), "usb");
-        let subject = put_image(driver.as_ref(), "1", "a").await;
-        let digest = descriptor_digest(&subject).unwrap();
+        let Scene {
+            dir: _dir,
+            keys,
+            driver,
+            subject,
+            digest,
+        } = scene().await;
         let good = signature(&keys.team, &format!("{NAME}:1"), &subject);
         push_signature(driver.as_ref(), NAME, &subject, &good)
             .await
