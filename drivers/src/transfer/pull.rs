@@ -15,7 +15,9 @@ use futures::{StreamExt, TryStreamExt};
 
 use crate::site::route::Sources;
 use crate::transfer::progress::{BlobKind, Event, Progress};
-use crate::transfer::signatures::{gather_signatures, signing_error, store_signature_leased};
+use crate::transfer::signatures::{
+    gather_signatures, signing_error, store_signature_leased, MAX_SIGNATURES,
+};
 use crate::transfer::sink::{LayerResult, LayerSink, LayerSinks, LayerTarget};
 use crate::{ByteRange, Driver, Error, ErrorKind, Result};
 
@@ -367,11 +369,28 @@ async fn check(
             Err(reason) => return Ok(Err(reason)),
         },
     };
+    let signatures = worth_keeping(signatures, policy.keys_for(reference));
     Ok(Ok(Accepted {
         digest,
         trusted,
         signatures,
     }))
+}
+
+/// The signatures a pull keeps in the store (SIG-17): those made by a key the rule trusts
+/// first, then the others in the order found (the store's own first), at most
+/// [`MAX_SIGNATURES`]. Sources may offer anything; this bounds what they can make the store
+/// hold, pull after pull, while signatures the policy counts are always kept.
+fn worth_keeping(
+    signatures: Vec<SignatureEnvelope>,
+    trusted: &[ferry_signing::PublicKey],
+) -> Vec<SignatureEnvelope> {
+    let (mut kept, others): (Vec<_>, Vec<_>) = signatures
+        .into_iter()
+        .partition(|envelope| envelope.signer(trusted).is_some());
+    let room = MAX_SIGNATURES.saturating_sub(kept.len());
+    kept.extend(others.into_iter().take(room));
+    kept
 }
 
 /// Refuses images whose config or layers ferry could not use, before transferring anything.

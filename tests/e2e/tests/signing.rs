@@ -8,13 +8,17 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
 use ferry_core::manifest::descriptor_digest;
 use ferry_core::oci_spec::image::Descriptor;
 use ferry_core::{media, Digest, Manifest, ManifestBlob};
 use ferry_drivers::sources::oci_layout::OciLayoutDriver;
 use ferry_drivers::sources::registry::{Credentials, RegistryConfig, RegistryDriver};
 use ferry_drivers::sources::s3::{S3Driver, S3Layout};
-use ferry_drivers::transfer::signatures::{fetch_signatures, push_signature, signature_tag};
+use ferry_drivers::transfer::signatures::{
+    fetch_signatures, push_signature, signature_set_manifest, signature_tag,
+};
 use ferry_drivers::{ByteRange, Driver};
 use ferry_signing::SignatureEnvelope;
 use ferry_testkit::fixtures::{Fixtures, APP, BUSYBOX};
@@ -568,6 +572,72 @@ fn a_payload_changed_and_uploaded_as_a_new_layer_fails_verification_sig_10() {
         err.contains("signature 2") && err.contains("verifies with none of the trusted keys"),
         "{err}"
     );
+}
+
+/// A source replacing the set under `sha256-<hex>.sig` with `real` and `garbage` envelopes:
+/// the real signature's payload with signatures no key made (the payload blob is there).
+fn replace_set(
+    driver: &dyn Driver,
+    name: &str,
+    subject: &Descriptor,
+    envelopes: &[SignatureEnvelope],
+) {
+    let digest = descriptor_digest(subject).unwrap();
+    block_on(driver.put_manifest(
+        name,
+        Some(&signature_tag(&digest)),
+        media::OCI_MANIFEST,
+        &signature_set_manifest(subject, envelopes),
+    ))
+    .unwrap();
+}
+
+#[test]
+fn garbage_signatures_from_a_source_cannot_grow_the_store_without_bound_sig_17() {
+    let s = Signed::new();
+    let digest = s.push(BUSYBOX, "app:1");
+    let image = format!("{}:1", s.name("app"));
+    sign_and_push(&s.work, &image, "team", None);
+    let driver = registry_driver(&s.reg);
+    let subject = subject(&s.fx, &digest);
+    let real = block_on(fetch_signatures(
+        &driver,
+        &s.name("app"),
+        &Digest::parse(&digest).unwrap(),
+    ))
+    .unwrap()
+    .remove(0);
+    // Each round the source offers the real signature and 63 signatures no key made, new
+    // ones every time; the store keeps the real one and at most 64 in all.
+    let root = tempfile::tempdir().unwrap();
+    let mut forged = 0u32;
+    for _round in 0..3 {
+        let mut set = vec![real.clone()];
+        for _ in 0..63 {
+            forged += 1;
+            let bogus = STANDARD.encode([forged.to_be_bytes().as_slice(), &[7u8; 60]].concat());
+            set.push(SignatureEnvelope::from_layer(real.payload().to_vec(), &bogus).unwrap());
+        }
+        replace_set(&driver, &s.name("app"), &subject, &set);
+        run_ok(fy(root.path(), Some(&s.policy), None).args(["pull", &image]));
+        let verified = json(&run_ok(
+            fy(root.path(), Some(&s.policy), None).args(["verify", &image, "--json"]),
+        ));
+        assert_eq!(verified["verdict"], "accepted", "{verified}");
+        let kept = verified["signatures"].as_array().unwrap();
+        assert!(
+            kept.len() <= 64,
+            "the store holds {} signatures",
+            kept.len()
+        );
+        assert_eq!(
+            kept.iter()
+                .filter(|k| k["key_id"] == s.team.as_str())
+                .count(),
+            1,
+            "{verified}"
+        );
+    }
 }
 
 #[test]
