@@ -283,7 +283,7 @@ const POLICY_JSON: &str = r#"{
             "private-registry.example.com": [{"type": "insecureAcceptAnything"}],
             "docker.io/library": [{"type": "insecureAcceptAnything"}],
             "registry.example.com/openshift": [{"type": "signedBy", "keyType": "GPGKeys", "keyPath": "/path/to/key.gpg"}],
-            "quay.io/sigstore": [{"type": "sigstoreSigned", "keyPath": "/path/to/key.pub", "signedIdentity": {"type": "matchRepository"}}],
+            "quay.io/sigstore": [{"type": "sigstoreSigned", "fulcio": {"caPath": "/path/to/fulcio_v1.crt.pem", "oidcIssuer": "https://github.com/login/oauth", "subjectEmail": "test-user@example.com"}, "rekorPublicKeyPath": "/path/to/rekor.pub"}],
             "*.example.org": [{"type": "insecureAcceptAnything"}]
         },
         "docker-daemon": {"": [{"type": "insecureAcceptAnything"}]}
@@ -336,6 +336,154 @@ fn policy_json_maps_reject_and_accept_and_names_each_signature_entry_it_cannot()
         );
     }
     ferry_signing::Policy::load(&policy).unwrap();
+}
+
+/// An ECDSA P-256 key pair made by openssl: `NAME.key` (PKCS#8, 0600) and `NAME.pub` (SPKI).
+fn openssl_p256(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    let (key, public) = (
+        dir.join(format!("{name}.key")),
+        dir.join(format!("{name}.pub")),
+    );
+    run_ok(
+        std::process::Command::new("openssl")
+            .args([
+                "genpkey",
+                "-algorithm",
+                "EC",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-out",
+            ])
+            .arg(&key),
+    );
+    run_ok(
+        std::process::Command::new("openssl")
+            .args(["pkey", "-pubout", "-in"])
+            .arg(&key)
+            .arg("-out")
+            .arg(&public),
+    );
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    (key, public)
+}
+
+/// A policy.json in the manual's form: everything rejected but `scope`, which needs a
+/// sigstore signature by the key at `key_path`.
+fn sigstore_policy_json(scope: &str, key_path: &Path) -> String {
+    format!(
+        r#"{{
+    "default": [{{"type": "reject"}}],
+    "transports": {{
+        "docker": {{
+            "{scope}": [
+                {{
+                    "type": "sigstoreSigned",
+                    "keyPath": "{}"
+                }}
+            ]
+        }}
+    }}
+}}"#,
+        key_path.display()
+    )
+}
+
+#[test]
+fn policy_json_sigstore_signed_by_key_becomes_signed_by_and_pulls_accept_only_that_key() {
+    // POL-12, POL-6: an openssl P-256 key, ferry signs with its private half.
+    let fx = Fixtures::get();
+    let reg = Registry::start(RegistryOptions::open()).unwrap();
+    let digest = fx.push(BUSYBOX, &reg.host(), "team/app:1", false, None);
+    let image = format!("{}/team/app:1", reg.host());
+    let dir = tempfile::tempdir().unwrap();
+    let (key, public) = openssl_p256(dir.path(), "release");
+    let (_, other) = openssl_p256(dir.path(), "other");
+    let scope = format!("{}/team", reg.host());
+
+    // Import: a signed-by rule with the key, nothing left over, exit 0.
+    let imported = |name: &str, public: &Path| {
+        let json = write(
+            dir.path(),
+            &format!("{name}.json"),
+            &sigstore_policy_json(&scope, public),
+        );
+        let policy = dir.path().join(format!("{name}.toml"));
+        let out = output(
+            ferry(dir.path())
+                .args(["config", "import"])
+                .arg(&json)
+                .arg("-o")
+                .arg(&policy),
+        );
+        assert!(out.status.success(), "{}", stderr_of(&out));
+        let text = std::fs::read_to_string(&policy).unwrap();
+        assert!(
+            text.contains(&format!(
+                "prefix = \"{scope}\"\naction = \"signed-by\"\nkeys = [\"{}\"]\nthreshold = 1\n",
+                public.display()
+            )),
+            "{text}"
+        );
+        assert!(text.contains("[default]\naction = \"reject\""), "{text}");
+        policy
+    };
+    let policy = imported("release", &public);
+    let other_policy = imported("other", &other);
+
+    // Unsigned: refused.
+    let fresh = tempfile::tempdir().unwrap();
+    let pull = |root: &Path, policy: &Path| {
+        output(
+            ferry(root)
+                .arg("--policy")
+                .arg(policy)
+                .args(["pull", &image]),
+        )
+    };
+    let out = pull(fresh.path(), &policy);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
+
+    // Signed with the openssl key by ferry, pushed beside the image.
+    let signer = tempfile::tempdir().unwrap();
+    run_ok(ferry(signer.path()).args(["pull", &image]));
+    run_ok(
+        ferry(signer.path())
+            .args(["sign", &image, "--key"])
+            .arg(&key)
+            .arg("--push"),
+    );
+    let key_id = ferry_signing::PublicKey::load(&public)
+        .unwrap()
+        .id()
+        .to_string();
+    let root = tempfile::tempdir().unwrap();
+    let out = pull(root.path(), &policy);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert!(
+        stderr_of(&out).contains(&format!("signed by {key_id}")),
+        "{}",
+        stderr_of(&out)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&digest),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    // The policy imported with another key refuses the same signature.
+    let refused = tempfile::tempdir().unwrap();
+    let out = pull(refused.path(), &other_policy);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
+    let other_id = ferry_signing::PublicKey::load(&other)
+        .unwrap()
+        .id()
+        .to_string();
+    assert!(
+        stderr_of(&out).contains(&format!("trusted keys [{other_id}]")),
+        "{}",
+        stderr_of(&out)
+    );
 }
 
 #[test]

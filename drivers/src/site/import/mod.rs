@@ -437,18 +437,44 @@ fn header(what: &str, from: &[PathBuf], notes: &[Note]) -> String {
 }
 
 /// A policy action ferry's `policy.toml` has for imported entries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Action {
     Accept,
     Reject,
+    /// `signed-by`: `threshold` distinct keys of `keys` (absolute paths or paths beside
+    /// the policy), under `match = "repository"` when `repository` (POL-2, POL-11).
+    SignedBy {
+        keys: Vec<String>,
+        threshold: usize,
+        repository: bool,
+    },
 }
 
 impl Action {
-    fn as_str(self) -> &'static str {
+    fn as_str(&self) -> &'static str {
         match self {
             Action::Accept => "accept",
             Action::Reject => "reject",
+            Action::SignedBy { .. } => "signed-by",
         }
+    }
+
+    /// The action's keys of a `[default]` or `[[rule]]` table, one per line.
+    fn toml_lines(&self) -> String {
+        let mut out = format!("action = {}\n", quoted(self.as_str()));
+        if let Action::SignedBy {
+            keys,
+            threshold,
+            repository,
+        } = self
+        {
+            let keys: Vec<String> = keys.iter().map(|k| quoted(k)).collect();
+            let _ = writeln!(out, "keys = [{}]\nthreshold = {threshold}", keys.join(", "));
+            if *repository {
+                out.push_str("match = \"repository\"\n");
+            }
+        }
+        out
     }
 }
 
@@ -515,21 +541,17 @@ impl PolicyDraft {
     /// The `policy.toml` text.
     pub fn render(&self, from: &[PathBuf]) -> String {
         let mut out = header("trust policy", from, &self.notes);
-        let _ = writeln!(
-            out,
-            "\n[default]\naction = {}",
-            quoted(self.default.as_str())
-        );
+        let _ = write!(out, "\n[default]\n{}", self.default.toml_lines());
         for (prefix, action, comment) in &self.rules {
             out.push('\n');
             if let Some(c) = comment {
                 let _ = writeln!(out, "# {}", one_line(c));
             }
-            let _ = writeln!(
+            let _ = write!(
                 out,
-                "[[rule]]\nprefix = {}\naction = {}",
+                "[[rule]]\nprefix = {}\n{}",
                 quoted(prefix),
-                quoted(action.as_str())
+                action.toml_lines()
             );
         }
         out
