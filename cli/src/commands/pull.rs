@@ -88,8 +88,13 @@ pub async fn pull_into(
     let pulled = pulled?;
     if let (Acceptance::SignedBy(keys), false) = (pulled.trusted.how(), cli.json) {
         let keys: Vec<String> = keys.iter().map(ToString::to_string).collect();
+        let scope = if pulled.trusted.proves_tag() {
+            ""
+        } else {
+            " (for the repository: the signatures do not name the tag, POL-11)"
+        };
         eprintln!(
-            "verified {}: signed by {}",
+            "verified {}: signed by {}{scope}",
             pulled.trusted.reference(),
             keys.join(", ")
         );

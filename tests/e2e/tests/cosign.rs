@@ -398,7 +398,13 @@ fn a_repository_only_signature_counts_only_under_match_repository_pol_11() {
         std::fs::read_to_string(&exact).unwrap() + "match = \"repository\"\n",
     )
     .unwrap();
-    run_ok(fy(root.path(), Some(&repository)).args(["pull", &s.image()]));
+    let out = output(fy(root.path(), Some(&repository)).args(["pull", &s.image()]));
+    assert!(
+        out.status.success()
+            && stderr(&out).contains("(for the repository: the signatures do not name the tag"),
+        "{}",
+        stderr(&out)
+    );
     let verify = run_ok(fy(root.path(), Some(&repository)).args(["verify", &s.image()]));
     assert!(
         verify.contains(&format!("names {}", s.name()))
