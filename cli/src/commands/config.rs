@@ -161,7 +161,7 @@ pub fn run(cli: &Cli, args: &Args) -> Result<ExitCode> {
 /// `ferry config import`: writes what `path` converts to; every note goes to stderr (and
 /// is a comment in the output); exit 1 when a note is an error (SITE-9, POL-12).
 fn import(path: &Path, output: Option<&Path>, policy_out: Option<&Path>) -> Result<ExitCode> {
-    let imported = import_path(path)?;
+    let imported = import_path(path, output, policy_out)?;
     let (first, second) = match (imported.site, imported.policy) {
         (Some(site), Some(policy)) => {
             let Some(policy_out) = policy_out else {
@@ -175,6 +175,10 @@ fn import(path: &Path, output: Option<&Path>, policy_out: Option<&Path>) -> Resu
         (Some(text), None) | (None, Some(text)) => ((text, output), None),
         (None, None) => bail!("{}: nothing to import", path.display()),
     };
+    for key in &imported.keys {
+        std::fs::write(&key.path, &key.pem)
+            .with_context(|| format!("writing {}", key.path.display()))?;
+    }
     for (text, to) in [Some((first.0, first.1)), second.map(|(t, p)| (t, Some(p)))]
         .into_iter()
         .flatten()

@@ -487,6 +487,65 @@ fn policy_json_sigstore_signed_by_key_becomes_signed_by_and_pulls_accept_only_th
 }
 
 #[test]
+fn policy_json_inline_key_is_saved_beside_the_policy_file_and_listed_when_printed() {
+    // POL-12
+    let dir = tempfile::tempdir().unwrap();
+    let (_, public) = openssl_p256(dir.path(), "inline");
+    let data = run_ok(
+        std::process::Command::new("openssl")
+            .args(["base64", "-A", "-in"])
+            .arg(&public),
+    );
+    let json = write(
+        dir.path(),
+        "policy.json",
+        &format!(
+            r#"{{"default": [{{"type": "reject"}}], "transports": {{"docker": {{"registry.example.com/team": [{{"type": "sigstoreSigned", "keyData": "{}", "signedIdentity": {{"type": "matchRepository"}}}}]}}}}}}"#,
+            data.trim()
+        ),
+    );
+    let out_dir = dir.path().join("etc");
+    std::fs::create_dir(&out_dir).unwrap();
+    let policy = out_dir.join("policy.toml");
+    let out = output(
+        ferry(dir.path())
+            .args(["config", "import"])
+            .arg(&json)
+            .arg("-o")
+            .arg(&policy),
+    );
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let text = std::fs::read_to_string(&policy).unwrap();
+    assert!(
+        text.contains(
+            "prefix = \"registry.example.com/team\"\naction = \"signed-by\"\nkeys = [\"policy-key-1.pub\"]\nthreshold = 1\nmatch = \"repository\"\n"
+        ),
+        "{text}"
+    );
+    // The saved key is the inline one, and the policy loads with it.
+    let saved = ferry_signing::PublicKey::load(&out_dir.join("policy-key-1.pub")).unwrap();
+    assert_eq!(saved, ferry_signing::PublicKey::load(&public).unwrap());
+    ferry_signing::Policy::load(&policy).unwrap();
+
+    // Printed, the policy has nowhere to keep the key: listed, and the scope rejects.
+    let out = output(ferry(dir.path()).args(["config", "import"]).arg(&json));
+    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
+    assert!(
+        stderr_of(&out).lines().any(|l| l.contains("error")
+            && l.contains(
+                r#"transports.docker["registry.example.com/team"][0]: sigstoreSigned keyData"#
+            )),
+        "{}",
+        stderr_of(&out)
+    );
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        printed.contains("prefix = \"registry.example.com/team\"\naction = \"reject\""),
+        "{printed}"
+    );
+}
+
+#[test]
 fn broken_files_fail_on_one_line_naming_file_line_and_key() {
     // SITE-9
     let dir = tempfile::tempdir().unwrap();

@@ -49,12 +49,31 @@ pub struct Imported {
     pub policy: Option<String>,
     /// What was not carried over, in file order.
     pub notes: Vec<Note>,
+    /// Key files the policy names that a `policy.json` held inline (`keyData`): to be
+    /// written before the policy.
+    pub keys: Vec<InlineKey>,
+}
+
+/// A public key a `policy.json` held inline, as the file the imported policy names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InlineKey {
+    /// Where to write it: beside the policy's file, whose rule names it relatively (POL-2).
+    pub path: PathBuf,
+    /// The key as SPKI PEM, checked to be an Ed25519 or ECDSA P-256 key.
+    pub pem: String,
 }
 
 /// Imports `path`: a `registries.conf` or `hosts.toml` file, a `policy.json`, a
 /// containerd `certs.d` directory, or a containers directory (`/etc/containers`: its
-/// `registries.conf` and `policy.json`) (SITE-9).
-pub fn import_path(path: &Path) -> Result<Imported> {
+/// `registries.conf` and `policy.json`) (SITE-9). `output` and `policy_out` are where
+/// the result will be written (`None`: stdout): the policy's file is `output` for a
+/// `policy.json` alone, else `policy_out`; inline keys go beside it, and are not carried
+/// when the policy has no file (POL-12).
+pub fn import_path(
+    path: &Path,
+    output: Option<&Path>,
+    policy_out: Option<&Path>,
+) -> Result<Imported> {
     let meta = std::fs::metadata(path).map_err(|e| bad_file(path, &e.to_string()))?;
     if meta.is_dir() {
         let registries = path.join("registries.conf");
@@ -69,7 +88,7 @@ pub fn import_path(path: &Path) -> Result<Imported> {
                 blocked = site.blocked;
             }
             let mut policy_draft = if policy.is_file() {
-                import_policy_json(&policy, &read_text(&policy)?)?
+                import_policy_json(&policy, &read_text(&policy)?, policy_out)?
             } else {
                 PolicyDraft::accept_by_default()
             };
@@ -78,16 +97,23 @@ pub fn import_path(path: &Path) -> Result<Imported> {
                 out.policy = Some(policy_draft.render(&policy_sources(&registries, &policy)));
                 out.notes.extend(policy_draft.notes);
             }
+            out.keys = std::mem::take(&mut policy_draft.keys);
             return Ok(out);
         }
         let site = import_certs_d(path)?;
         return Ok(Imported {
             site: Some(site.0),
-            policy: None,
             notes: site.1,
+            ..Imported::default()
         });
     }
-    import_text(Format::of_file(path), path, &read_text(path)?)
+    let format = Format::of_file(path);
+    let policy_file = if format == Format::PolicyJson {
+        output
+    } else {
+        policy_out
+    };
+    import_file(format, path, &read_text(path)?, policy_file)
 }
 
 /// The formats of single files `ferry config import` reads.
@@ -118,31 +144,42 @@ impl Format {
 
 /// Imports `text`, read from `path` (named in messages; for `hosts.toml` its directory
 /// names the registry), as `format` (SITE-9).
+/// The trust policy is printed, so inline keys are not carried.
 pub fn import_text(format: Format, path: &Path, text: &str) -> Result<Imported> {
+    import_file(format, path, text, None)
+}
+
+/// [`import_text`], the policy to be written to `policy_file`.
+fn import_file(
+    format: Format,
+    path: &Path,
+    text: &str,
+    policy_file: Option<&Path>,
+) -> Result<Imported> {
     match format {
         Format::PolicyJson => {
-            let mut draft = import_policy_json(path, text)?;
-            let policy = draft.render(&[path.to_path_buf()]);
+            let draft = import_policy_json(path, text, policy_file)?;
             Ok(Imported {
                 site: None,
-                policy: Some(policy),
-                notes: std::mem::take(&mut draft.notes),
+                policy: Some(draft.render(&[path.to_path_buf()])),
+                notes: draft.notes,
+                keys: draft.keys,
             })
         }
         Format::HostsToml => {
             let (site, notes) = hosts_toml::import_hosts_file(path, text)?;
             Ok(Imported {
                 site: Some(site),
-                policy: None,
                 notes,
+                ..Imported::default()
             })
         }
         Format::RegistriesConf => {
             let site = import_registries_conf(path, text)?;
             let mut out = Imported {
                 site: Some(site.text),
-                policy: None,
                 notes: site.notes,
+                ..Imported::default()
             };
             if !site.blocked.is_empty() {
                 let mut draft = PolicyDraft::accept_by_default();
@@ -486,6 +523,8 @@ pub(crate) struct PolicyDraft {
     pub rules: Vec<(String, Action, Option<String>)>,
     /// What was not carried over.
     pub notes: Vec<Note>,
+    /// Inline keys the rules name.
+    pub keys: Vec<InlineKey>,
 }
 
 impl PolicyDraft {
@@ -495,6 +534,7 @@ impl PolicyDraft {
             default: Action::Accept,
             rules: Vec::new(),
             notes: Vec::new(),
+            keys: Vec::new(),
         }
     }
 

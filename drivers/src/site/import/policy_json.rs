@@ -7,13 +7,18 @@ use std::path::Path;
 use ferry_signing::PublicKey;
 use serde_json::Value;
 
-use super::{bad_file, Action, Note, PolicyDraft};
+use super::{bad_file, Action, InlineKey, Note, PolicyDraft};
 use crate::Result;
 
 /// Converts the `policy.json` `text` read from `path` (POL-12). Requirements ferry cannot
 /// check become `reject` with an error [`Note`] each, so the result never accepts more
 /// than the original.
-pub(crate) fn import_policy_json(path: &Path, text: &str) -> Result<PolicyDraft> {
+/// Inline keys (`keyData`) are saved beside `policy_file`, and not carried without one.
+pub(crate) fn import_policy_json(
+    path: &Path,
+    text: &str,
+    policy_file: Option<&Path>,
+) -> Result<PolicyDraft> {
     let doc: Value = serde_json::from_str(text).map_err(|e| {
         bad_file(
             path,
@@ -24,15 +29,19 @@ pub(crate) fn import_policy_json(path: &Path, text: &str) -> Result<PolicyDraft>
         return Err(bad_file(path, "not a JSON object"));
     };
     let file = path.display().to_string();
-    let mut notes = Vec::new();
+    let mut out = Gathered {
+        notes: Vec::new(),
+        keys: Vec::new(),
+        policy_file,
+    };
     let default = doc
         .get("default")
         .ok_or_else(|| bad_file(path, "default: missing (containers requires it)"))?;
-    let mut default = action(&file, "default", default, &mut notes)
+    let mut default = action(&file, "default", default, &mut out)
         .map_err(|why| bad_file(path, &format!("default: {why}")))?;
     let mut rules = Vec::new();
     for key in doc.keys().filter(|k| *k != "default" && *k != "transports") {
-        notes.push(Note {
+        out.notes.push(Note {
             error: false,
             place: format!("{file}: {key}"),
             text: "not used by ferry".into(),
@@ -44,7 +53,7 @@ pub(crate) fn import_policy_json(path: &Path, text: &str) -> Result<PolicyDraft>
             for (transport, scopes) in transports {
                 let tplace = format!("transports.{transport}");
                 if transport != "docker" {
-                    notes.push(Note {
+                    out.notes.push(Note {
                         error: false,
                         place: format!("{file}: {tplace}"),
                         text:
@@ -61,7 +70,7 @@ pub(crate) fn import_policy_json(path: &Path, text: &str) -> Result<PolicyDraft>
                 };
                 for (scope, reqs) in scopes {
                     let place = format!("{tplace}[{scope:?}]");
-                    let act = action(&file, &place, reqs, &mut notes)
+                    let act = action(&file, &place, reqs, &mut out)
                         .map_err(|why| bad_file(path, &format!("{place}: {why}")))?;
                     if scope.is_empty() {
                         // The docker transport's own default: every name ferry sees.
@@ -72,7 +81,7 @@ pub(crate) fn import_policy_json(path: &Path, text: &str) -> Result<PolicyDraft>
                         Ok(prefix) => {
                             rules.push((prefix, act, Some(format!("from {file}: {place}"))))
                         }
-                        Err(why) => notes.push(Note {
+                        Err(why) => out.notes.push(Note {
                             // A rule that checked now falls to another one.
                             error: act != Action::Accept,
                             place: format!("{file}: {place}"),
@@ -87,8 +96,17 @@ pub(crate) fn import_policy_json(path: &Path, text: &str) -> Result<PolicyDraft>
     Ok(PolicyDraft {
         default,
         rules,
-        notes,
+        notes: out.notes,
+        keys: out.keys,
     })
+}
+
+/// What the conversion gathers besides actions.
+struct Gathered<'a> {
+    notes: Vec<Note>,
+    keys: Vec<InlineKey>,
+    /// The policy's file, beside which inline keys go; `None`: the policy is printed.
+    policy_file: Option<&'a Path>,
 }
 
 /// The action of a requirement list (all must hold): `reject` if any requirement rejects,
@@ -98,7 +116,7 @@ fn action(
     file: &str,
     place: &str,
     reqs: &Value,
-    notes: &mut Vec<Note>,
+    out: &mut Gathered,
 ) -> std::result::Result<Action, String> {
     let Value::Array(reqs) = reqs else {
         return Err("not an array of requirements".into());
@@ -131,7 +149,7 @@ fn action(
         let entry = format!("{file}: {place}[{i}]");
         let carried = match *kind {
             "insecureAcceptAnything" => continue,
-            "sigstoreSigned" => sigstore_signed(req, &entry, notes),
+            "sigstoreSigned" => sigstore_signed(req, &entry, out),
             _ => Err(format!(
                 "{kind} cannot be carried over: ferry checks cosign's key-based signatures (specs/signature.md), not this form"
             )),
@@ -139,7 +157,7 @@ fn action(
         match carried {
             Ok(req) => signed.push(req),
             Err(why) => {
-                notes.push(Note {
+                out.notes.push(Note {
                     error: true,
                     place: entry,
                     text: format!("{why}; the scope is reject until you give it ferry keys"),
@@ -168,7 +186,7 @@ fn action(
             let mut keys: Vec<(String, PublicKey)> = Vec::new();
             for req in &signed {
                 if req.keys.len() != 1 || req.repository != repository {
-                    notes.push(Note {
+                    out.notes.push(Note {
                         error: true,
                         place: format!("{file}: {place}"),
                         text: "requires several signatures, one of them by any of several keys or with another signedIdentity: ferry's threshold cannot say so; the scope is reject".into(),
@@ -216,7 +234,7 @@ const SIGSTORE_FIELDS: [&str; 12] = [
 fn sigstore_signed(
     req: &Value,
     entry: &str,
-    notes: &mut Vec<Note>,
+    out: &mut Gathered,
 ) -> std::result::Result<Signed, String> {
     let fields = req.as_object().ok_or("sigstoreSigned: not an object")?;
     if let Some(unknown) = fields
@@ -235,26 +253,34 @@ fn sigstore_signed(
             "sigstoreSigned with {rekor} cannot be carried over: ferry verifies key-based signatures without a transparency log, so it cannot require a Rekor entry"
         ));
     }
-    if let Some(inline) = ["keyData", "keyDatas"]
-        .iter()
-        .find(|k| fields.contains_key(**k))
-    {
-        return Err(format!(
-            "sigstoreSigned {inline} (an inline key) is not carried over: save the key to a file and name it in keyPath"
-        ));
-    }
-    let paths: Vec<&str> = match (fields.get("keyPath"), fields.get("keyPaths")) {
-        (Some(Value::String(p)), None) => vec![p.as_str()],
-        (None, Some(Value::Array(list))) if !list.is_empty() => list
+    let sources: Vec<&str> = ["keyPath", "keyPaths", "keyData", "keyDatas"]
+        .into_iter()
+        .filter(|k| fields.contains_key(*k))
+        .collect();
+    let [source] = sources[..] else {
+        return Err(
+            "sigstoreSigned: exactly one of keyPath, keyPaths, keyData and keyDatas must be given"
+                .into(),
+        );
+    };
+    let values: Vec<&str> = match &fields[source] {
+        Value::String(v) if !source.ends_with('s') => vec![v.as_str()],
+        Value::Array(list) if source.ends_with('s') && !list.is_empty() => list
             .iter()
-            .map(|p| p.as_str().ok_or("sigstoreSigned: keyPaths holds a non-string"))
+            .map(|v| {
+                v.as_str()
+                    .ok_or(format!("sigstoreSigned: {source} holds a non-string"))
+            })
             .collect::<std::result::Result<_, _>>()?,
-        (None, None) => return Err("sigstoreSigned names no key (keyPath, keyPaths)".into()),
         _ => {
-            return Err(
-                "sigstoreSigned: exactly one of keyPath (a string) and keyPaths (a non-empty array) must be given"
-                    .into(),
-            )
+            return Err(format!(
+                "sigstoreSigned: {source} is not a {}",
+                if source.ends_with('s') {
+                    "non-empty array of strings"
+                } else {
+                    "string"
+                }
+            ))
         }
     };
     let repository = match fields.get("signedIdentity") {
@@ -262,7 +288,7 @@ fn sigstore_signed(
         Some(identity) => match identity.get("type").and_then(Value::as_str) {
             Some("matchRepoDigestOrExact" | "matchExact") => false,
             Some("matchRepository") => {
-                notes.push(Note {
+                out.notes.push(Note {
                     error: false,
                     place: entry.to_string(),
                     text: "signedIdentity matchRepository becomes match = \"repository\": a signature naming the repository alone or this very tag counts, one naming another tag does not (POL-11)".into(),
@@ -278,14 +304,56 @@ fn sigstore_signed(
         },
     };
     let mut keys: Vec<(String, PublicKey)> = Vec::new();
-    for given in paths {
-        let path = key_path(given, entry, notes)?;
-        let key = PublicKey::load(Path::new(&path)).map_err(|e| format!("sigstoreSigned: {e}"))?;
+    for value in values {
+        let (path, key) = if source.starts_with("keyData") {
+            inline_key(value, source, out)?
+        } else {
+            let path = key_path(value, entry, &mut out.notes)?;
+            let key =
+                PublicKey::load(Path::new(&path)).map_err(|e| format!("sigstoreSigned: {e}"))?;
+            (path, key)
+        };
         if !keys.iter().any(|(_, k)| *k == key) {
             keys.push((path, key));
         }
     }
     Ok(Signed { keys, repository })
+}
+
+/// The base64 SPKI PEM key `data` of `source` (`keyData`, `keyDatas`) as a file beside the
+/// policy: the path its rule names (relative, POL-2) and the key.
+fn inline_key(
+    data: &str,
+    source: &str,
+    out: &mut Gathered,
+) -> std::result::Result<(String, PublicKey), String> {
+    use base64::Engine as _;
+    let Some(policy_file) = out.policy_file else {
+        return Err(format!(
+            "sigstoreSigned {source} (an inline key) is carried only when the policy is written to a file, beside which the key is saved"
+        ));
+    };
+    let pem = base64::engine::general_purpose::STANDARD
+        .decode(data.trim())
+        .map_err(|e| format!("sigstoreSigned: {source} is not base64 ({e})"))?;
+    let mut probe = tempfile::NamedTempFile::new().map_err(|e| e.to_string())?;
+    std::io::Write::write_all(&mut probe, &pem).map_err(|e| e.to_string())?;
+    let key = PublicKey::load(probe.path()).map_err(|e| {
+        let text = e.to_string();
+        // The probe file's name says nothing to the user: keep the reason.
+        let why = text.split_once(": ").map_or(text.as_str(), |(_, why)| why);
+        format!("sigstoreSigned: {source}: {why}")
+    })?;
+    let stem = policy_file
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("policy");
+    let name = format!("{stem}-key-{}.pub", out.keys.len() + 1);
+    out.keys.push(InlineKey {
+        path: policy_file.with_file_name(&name),
+        pem: key.to_pem(),
+    });
+    Ok((name, key))
 }
 
 /// The key path a ferry policy holds for `given`: itself if absolute; a relative one is
@@ -337,6 +405,135 @@ fn rule_prefix(scope: &str) -> std::result::Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The action `import_policy_json` gives the scope `a.example.com/team` holding
+    /// `reqs`, with the error notes' lines.
+    fn scope(reqs: &str) -> (Action, Vec<String>) {
+        let text = format!(
+            r#"{{"default": [{{"type": "reject"}}], "transports": {{"docker": {{"a.example.com/team": {reqs}}}}}}}"#
+        );
+        let draft = import_policy_json(Path::new("policy.json"), &text, None).unwrap();
+        let errors = draft
+            .notes
+            .iter()
+            .filter(|n| n.error)
+            .map(|n| n.to_string())
+            .collect();
+        (draft.rules[0].1.clone(), errors)
+    }
+
+    #[test]
+    fn sigstore_signed_by_keys_maps_to_signed_by_and_the_rest_rejects_named() {
+        // POL-12
+        let dir = tempfile::tempdir().unwrap();
+        let key = |name: &str| {
+            ferry_signing::generate_key(dir.path(), name)
+                .unwrap()
+                .public_key
+                .display()
+                .to_string()
+        };
+        let (a, b) = (key("a"), key("b"));
+        let signed = |keys: &[&str], threshold, repository| Action::SignedBy {
+            keys: keys.iter().map(|k| k.to_string()).collect(),
+            threshold,
+            repository,
+        };
+        let req = |fields: &str| format!(r#"{{"type": "sigstoreSigned", {fields}}}"#);
+        let one = req(&format!(r#""keyPath": "{a}""#));
+        // The default identity, matchExact and matchRepoDigestOrExact: exact.
+        assert_eq!(
+            scope(&format!("[{one}]")),
+            (signed(&[&a], 1, false), vec![])
+        );
+        for exact in ["matchExact", "matchRepoDigestOrExact"] {
+            let r = req(&format!(
+                r#""keyPath": "{a}", "signedIdentity": {{"type": "{exact}"}}"#
+            ));
+            assert_eq!(
+                scope(&format!("[{r}]")).0,
+                signed(&[&a], 1, false),
+                "{exact}"
+            );
+        }
+        // keyPaths: any one key; a key named twice counts once.
+        let r = req(&format!(
+            r#""keyPaths": ["{a}", "{b}", "{a}"], "signedIdentity": {{"type": "matchRepository"}}"#
+        ));
+        assert_eq!(scope(&format!("[{r}]")).0, signed(&[&a, &b], 1, true));
+        // All must hold: one key each, so a threshold; insecureAcceptAnything adds nothing.
+        let two = req(&format!(r#""keyPath": "{b}""#));
+        assert_eq!(
+            scope(&format!(
+                r#"[{one}, {{"type": "insecureAcceptAnything"}}, {two}]"#
+            ))
+            .0,
+            signed(&[&a, &b], 2, false)
+        );
+        // A list holding reject is reject, carried exactly.
+        assert_eq!(
+            scope(&format!(r#"[{one}, {{"type": "reject"}}]"#)),
+            (Action::Reject, vec![])
+        );
+        // What ferry cannot check: the scope rejects, the entry named with the reason.
+        let cases = [
+            (
+                req(
+                    r#""fulcio": {"caPath": "/ca.pem", "oidcIssuer": "https://o", "subjectEmail": "u@example.com"}, "rekorPublicKeyPath": "/r.pub""#,
+                ),
+                "fulcio",
+            ),
+            (
+                req(&format!(
+                    r#""keyPath": "{a}", "rekorPublicKeyPath": "/r.pub""#
+                )),
+                "without a transparency log",
+            ),
+            (
+                req(&format!(
+                    r#""keyPath": "{a}", "signedIdentity": {{"type": "exactRepository", "dockerRepository": "b.example.com/x"}}"#
+                )),
+                "\"exactRepository\"",
+            ),
+            (
+                req(&format!(
+                    r#""keyPath": "{a}", "signedIdentity": {{"type": "remapIdentity", "prefix": "a.example.com", "signedPrefix": "b.example.com"}}"#
+                )),
+                "\"remapIdentity\"",
+            ),
+            (req(r#""keyData": "LS0t""#), "written to a file"),
+            (
+                req(r#""keyPath": "/nonexistent/k.pub""#),
+                "/nonexistent/k.pub",
+            ),
+            (
+                req(&format!(r#""keyPath": "{a}", "keyPaths": ["{b}"]"#)),
+                "exactly one",
+            ),
+            (
+                r#"{"type": "signedBy", "keyType": "GPGKeys", "keyPath": "/k.gpg"}"#.to_string(),
+                "signedBy",
+            ),
+        ];
+        for (r, why) in cases {
+            let (action, errors) = scope(&format!("[{one}, {r}]"));
+            assert_eq!(action, Action::Reject, "{r}");
+            assert!(
+                errors.len() == 1
+                    && errors[0].contains(r#"transports.docker["a.example.com/team"][1]: "#)
+                    && errors[0].contains(why),
+                "{r}: {errors:?}"
+            );
+        }
+        // Several signatures, one by any of several keys: no threshold says so.
+        let any = req(&format!(r#""keyPaths": ["{a}", "{b}"]"#));
+        let (action, errors) = scope(&format!("[{any}, {two}]"));
+        assert_eq!(action, Action::Reject);
+        assert!(
+            errors.len() == 1 && errors[0].contains("threshold cannot say so"),
+            "{errors:?}"
+        );
+    }
 
     #[test]
     fn scopes_with_tags_wildcards_or_unnormalized_names_are_not_rules() {
