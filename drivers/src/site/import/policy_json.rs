@@ -246,7 +246,7 @@ fn sigstore_signed(
         ));
     }
     if fields.contains_key("fulcio") || fields.contains_key("pki") {
-        return Err("sigstoreSigned with fulcio or pki (certificate-based, keyless) cannot be carried over: ferry verifies signatures by public keys only".into());
+        return Err("sigstoreSigned with fulcio or pki (certificates, keyless) cannot be carried over: ferry verifies key-based signatures, without certificates or a transparency log".into());
     }
     if let Some(rekor) = fields.keys().find(|k| k.starts_with("rekorPublicKey")) {
         return Err(format!(
@@ -287,14 +287,7 @@ fn sigstore_signed(
         None => false,
         Some(identity) => match identity.get("type").and_then(Value::as_str) {
             Some("matchRepoDigestOrExact" | "matchExact") => false,
-            Some("matchRepository") => {
-                out.notes.push(Note {
-                    error: false,
-                    place: entry.to_string(),
-                    text: "signedIdentity matchRepository becomes match = \"repository\": a signature naming the repository alone or this very tag counts, one naming another tag does not (POL-11)".into(),
-                });
-                true
-            }
+            Some("matchRepository") => true,
             Some(other) => {
                 return Err(format!(
                     "sigstoreSigned signedIdentity {other:?} cannot be carried over: ferry matches a signature to the image's own name only (POL-11)"
@@ -316,6 +309,13 @@ fn sigstore_signed(
         if !keys.iter().any(|(_, k)| *k == key) {
             keys.push((path, key));
         }
+    }
+    if repository {
+        out.notes.push(Note {
+            error: false,
+            place: entry.to_string(),
+            text: "signedIdentity matchRepository becomes match = \"repository\": a signature naming the repository alone or this very tag counts, one naming another tag does not (POL-11)".into(),
+        });
     }
     Ok(Signed { keys, repository })
 }
