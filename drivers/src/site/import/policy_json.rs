@@ -93,6 +93,18 @@ pub(crate) fn import_policy_json(
         }
         Some(_) => return Err(bad_file(path, "transports: not an object")),
     }
+    // Only keys a rule names: an entry or scope not carried leaves its inline keys out.
+    let named = |key: &InlineKey| {
+        std::iter::once(&default)
+            .chain(rules.iter().map(|r| &r.1))
+            .any(|action| match action {
+                Action::SignedBy { keys, .. } => keys
+                    .iter()
+                    .any(|k| key.path.file_name() == Some(std::ffi::OsStr::new(k))),
+                _ => false,
+            })
+    };
+    out.keys.retain(named);
     Ok(PolicyDraft {
         default,
         rules,
@@ -348,10 +360,16 @@ fn inline_key(
         .file_stem()
         .and_then(|s| s.to_str())
         .unwrap_or("policy");
+    let pem = key.to_pem();
+    // The same key inline twice is one file.
+    if let Some(saved) = out.keys.iter().find(|k| k.pem == pem) {
+        let name = saved.path.file_name().map(|n| n.to_string_lossy());
+        return Ok((name.unwrap_or_default().into_owned(), key));
+    }
     let name = format!("{stem}-key-{}.pub", out.keys.len() + 1);
     out.keys.push(InlineKey {
         path: policy_file.with_file_name(&name),
-        pem: key.to_pem(),
+        pem,
     });
     Ok((name, key))
 }
@@ -532,6 +550,64 @@ mod tests {
         assert!(
             errors.len() == 1 && errors[0].contains("threshold cannot say so"),
             "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn inline_keys_are_saved_once_beside_the_policy_and_only_where_a_rule_names_them() {
+        // POL-12
+        use base64::Engine as _;
+        let dir = tempfile::tempdir().unwrap();
+        let public = ferry_signing::generate_key(dir.path(), "a")
+            .unwrap()
+            .public_key;
+        let pem = std::fs::read_to_string(&public).unwrap();
+        let data = base64::engine::general_purpose::STANDARD.encode(&pem);
+        let text = format!(
+            r#"{{"default": [{{"type": "reject"}}], "transports": {{"docker": {{
+                "a.example.com/one": [{{"type": "sigstoreSigned", "keyDatas": ["{data}", "{data}"]}}],
+                "a.example.com/two": [{{"type": "sigstoreSigned", "keyData": "{data}"}}],
+                "a.example.com/gone": [{{"type": "sigstoreSigned", "keyData": "{data}"}}, {{"type": "signedBy", "keyType": "GPGKeys", "keyPath": "/k.gpg"}}]
+            }}}}}}"#
+        );
+        let policy_file = dir.path().join("etc/policy.toml");
+        let draft =
+            import_policy_json(Path::new("policy.json"), &text, Some(&policy_file)).unwrap();
+        let saved = InlineKey {
+            path: dir.path().join("etc/policy-key-1.pub"),
+            pem: pem.clone(),
+        };
+        assert_eq!(draft.keys, vec![saved]);
+        let signed = Action::SignedBy {
+            keys: vec!["policy-key-1.pub".into()],
+            threshold: 1,
+            repository: false,
+        };
+        let action = |prefix: &str| {
+            draft
+                .rules
+                .iter()
+                .find(|r| r.0 == prefix)
+                .unwrap()
+                .1
+                .clone()
+        };
+        assert_eq!(action("a.example.com/one"), signed);
+        assert_eq!(action("a.example.com/two"), signed);
+        assert_eq!(action("a.example.com/gone"), Action::Reject);
+
+        // A scope left out (here with no other inline key) saves nothing.
+        let text = format!(
+            r#"{{"default": [{{"type": "reject"}}], "transports": {{"docker": {{
+                "*.example.com": [{{"type": "sigstoreSigned", "keyData": "{data}"}}]
+            }}}}}}"#
+        );
+        let draft =
+            import_policy_json(Path::new("policy.json"), &text, Some(&policy_file)).unwrap();
+        assert!(
+            draft.keys.is_empty() && draft.rules.is_empty(),
+            "{:?}",
+            draft.keys
         );
     }
 
