@@ -527,6 +527,32 @@ fn policy_json_inline_key_is_saved_beside_the_policy_file_and_listed_when_printe
     assert_eq!(saved, ferry_signing::PublicKey::load(&public).unwrap());
     ferry_signing::Policy::load(&policy).unwrap();
 
+    // Beside a registries.conf, the key goes beside --policy-out's file.
+    let containers = dir.path().join("containers");
+    std::fs::create_dir(&containers).unwrap();
+    std::fs::copy(&json, containers.join("policy.json")).unwrap();
+    write(
+        &containers,
+        "registries.conf",
+        "unqualified-search-registries = []\n",
+    );
+    let trust = out_dir.join("trust.toml");
+    let out = output(
+        ferry(dir.path())
+            .args(["config", "import"])
+            .arg(&containers)
+            .arg("-o")
+            .arg(out_dir.join("sites.toml"))
+            .arg("--policy-out")
+            .arg(&trust),
+    );
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert_eq!(
+        ferry_signing::PublicKey::load(&out_dir.join("trust-key-1.pub")).unwrap(),
+        saved
+    );
+    ferry_signing::Policy::load(&trust).unwrap();
+
     // Printed, the policy has nowhere to keep the key: listed, and the scope rejects.
     let out = output(ferry(dir.path()).args(["config", "import"]).arg(&json));
     assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
