@@ -487,7 +487,8 @@ fn policy_json_sigstore_signed_by_key_becomes_signed_by_and_pulls_accept_only_th
 }
 
 #[test]
-fn policy_json_inline_key_is_saved_beside_the_policy_file_and_listed_when_printed() {
+fn policy_json_inline_keys_are_saved_beside_the_policy_file_relative_paths_resolved_printed_listed()
+{
     // POL-12
     let dir = tempfile::tempdir().unwrap();
     let (_, public) = openssl_p256(dir.path(), "inline");
@@ -552,6 +553,30 @@ fn policy_json_inline_key_is_saved_beside_the_policy_file_and_listed_when_printe
         saved
     );
     ferry_signing::Policy::load(&trust).unwrap();
+
+    // A relative keyPath is read from the working directory, as containers/image reads it.
+    let relative = write(
+        dir.path(),
+        "relative.json",
+        &sigstore_policy_json("registry.example.com/team", Path::new("inline.pub")),
+    );
+    let out = output(
+        ferry(dir.path())
+            .current_dir(dir.path())
+            .args(["config", "import"])
+            .arg(&relative),
+    );
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        printed.contains(&format!("keys = [\"{}\"]", public.display())),
+        "{printed}"
+    );
+    assert!(
+        stderr_of(&out).contains("relative key path \"inline.pub\""),
+        "{}",
+        stderr_of(&out)
+    );
 
     // Printed, the policy has nowhere to keep the key: listed, and the scope rejects.
     let out = output(ferry(dir.path()).args(["config", "import"]).arg(&json));
