@@ -3,7 +3,7 @@
 use std::fmt;
 use std::fs::{File, Permissions};
 use std::io::{Read, Write};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
@@ -401,7 +401,12 @@ fn read_key_file(path: &Path, what: &'static str) -> Result<(u32, Zeroizing<Stri
         path: path.to_path_buf(),
         source,
     };
-    let file = File::open(path).map_err(io)?;
+    // Non-blocking, so a FIFO without a writer is refused below instead of hanging the open.
+    let file = File::options()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(io)?;
     let meta = file.metadata().map_err(io)?;
     if !meta.is_file() {
         return Err(invalid(what, path, "not a regular file".into()));

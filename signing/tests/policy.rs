@@ -464,11 +464,22 @@ fn the_same_key_twice_in_a_rule_is_an_error_pol_3() {
 fn an_unreadable_or_invalid_public_key_is_an_error_never_accept_pol_3() {
     let s = site();
     std::fs::write(s.dir.path().join("keys/junk.pub"), "not a key").unwrap();
+    // A FIFO with no writer: refused, not waited on.
+    let fifo = std::ffi::CString::new(
+        s.dir
+            .path()
+            .join("keys/fifo.pub")
+            .into_os_string()
+            .into_encoded_bytes(),
+    )
+    .unwrap();
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
     for (path, problem) in [
         ("keys/missing.pub", "No such file"),
         ("keys/junk.pub", "SPKI"),
         ("keys/a.key", "SPKI"),
         ("keys", "not a regular file"),
+        ("keys/fifo.pub", "not a regular file"),
     ] {
         let e = s.policy_err(&format!("[default]\naction = \"accept\"\n[[rule]]\nprefix = \"reg.io\"\naction = \"signed-by\"\nkeys = [\n  \"{path}\",\n]\n"));
         assert!(
