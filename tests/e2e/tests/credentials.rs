@@ -10,7 +10,7 @@ use base64::Engine as _;
 use ferry_testkit::fixtures::{Fixtures, BUSYBOX};
 use ferry_testkit::registry::{Registry, RegistryOptions};
 use ferry_testkit::token::TokenPolicy;
-use ferry_testkit::{ferry, output, run_ok};
+use ferry_testkit::{ferry, output, output_with_stdin, run_ok};
 
 const USER: &str = "alice";
 const PASS: &str = "s3cret-pw";
@@ -130,24 +130,6 @@ impl Drop for PassStore {
     }
 }
 
-/// Runs `cmd` with `input` on stdin and returns its output.
-fn with_stdin(cmd: &mut Command, input: &str) -> std::process::Output {
-    use std::io::Write as _;
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
-}
-
 #[test]
 fn login_pull_logout_through_docker_credential_pass() {
     // CRED-2, CRED-3, CRED-6
@@ -170,7 +152,7 @@ fn login_pull_logout_through_docker_credential_pass() {
         cmd
     };
 
-    let out = with_stdin(&mut ferry(&["login", &reg.host(), "-u", USER]), PASS);
+    let out = output_with_stdin(&mut ferry(&["login", &reg.host(), "-u", USER]), PASS);
     assert!(out.status.success(), "{}", stderr_of(&out));
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(said.contains("docker-credential-pass"), "{said}");

@@ -7,7 +7,7 @@
 //! root: CI runs as root; elsewhere they print a notice and return.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 
@@ -15,7 +15,7 @@ use ferry_core::Digest;
 use ferry_testkit::fixtures::{Fixtures, BIG, BIG_FILE_SIZE, BUSYBOX};
 use ferry_testkit::proxy::Proxy;
 use ferry_testkit::registry::{Registry, RegistryOptions};
-use ferry_testkit::{ferry, is_root, output, run_ok, tree};
+use ferry_testkit::{ferry, is_root, output, run_ok, spawn_pull_until_partly_in, tree};
 use serde_json::Value;
 
 fn json(s: &str) -> Value {
@@ -132,29 +132,6 @@ fn layout_with_config(fx: &Fixtures, tag: &str, edit: impl FnOnce(&mut Value)) -
     }
     std::fs::write(&index_path, serde_json::to_vec(&index).unwrap()).unwrap();
     layout
-}
-
-/// `ferry pull --unpack --json` that returns once more than 1 MiB of a layer is in.
-fn start_slow_unpacking_pull(root: &Path, name: &str) -> Child {
-    let mut child = ferry(root)
-        .args(["pull", "--unpack", "--json", name])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    loop {
-        let line = lines
-            .next()
-            .expect("pull ended before a layer was partly in")
-            .unwrap();
-        let e = json(&line);
-        if e["event"] == "blob-progress" && e["done"].as_u64().unwrap() > 1 << 20 {
-            break;
-        }
-    }
-    std::thread::spawn(move || lines.for_each(drop));
-    child
 }
 
 #[test]
@@ -296,7 +273,8 @@ fn killed_one_pass_pull_resumes_and_its_snapshot_counts_only_when_complete() {
     let root = tempfile::tempdir().unwrap();
     let name = format!("{}/big:1", proxy.host());
 
-    let mut child = start_slow_unpacking_pull(root.path(), &name);
+    let mut child =
+        spawn_pull_until_partly_in(ferry(root.path()).args(["pull", "--unpack", "--json", &name]));
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     let (published, leftovers) = snapshot_entries(root.path());

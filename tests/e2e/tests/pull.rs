@@ -1,14 +1,13 @@
 //! `ferry pull` end to end against a real registry (CNCF distribution), with fixture images
 //! pushed by skopeo. Spec: specs/store.md; issue "Verified store and registry pull".
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
 use ferry_testkit::fixtures::{Fixtures, APP, BIG, BUSYBOX, INDEX};
 use ferry_testkit::proxy::Proxy;
 use ferry_testkit::registry::{closed_port, flip_bytes, Registry, RegistryOptions};
-use ferry_testkit::{ferry, output, run_ok};
+use ferry_testkit::{ferry, output, output_with_stdin, run_ok, spawn_pull_until_partly_in};
 
 fn json(s: &str) -> serde_json::Value {
     serde_json::from_str(s).unwrap_or_else(|e| panic!("bad JSON ({e}): {s}"))
@@ -285,7 +284,7 @@ fn auth_required_names_host_and_login_then_login_works() {
     login
         .env("DOCKER_CONFIG", docker.path())
         .args(["login", &reg.host(), "-u", "alice"]);
-    let bad = pipe_stdin(&mut login, "wrong\n");
+    let bad = output_with_stdin(&mut login, "wrong\n");
     assert_eq!(bad.status.code(), Some(1));
     assert!(!docker.path().join("config.json").exists());
 
@@ -293,7 +292,7 @@ fn auth_required_names_host_and_login_then_login_works() {
     login
         .env("DOCKER_CONFIG", docker.path())
         .args(["login", &reg.host(), "-u", "alice"]);
-    let good = pipe_stdin(&mut login, "s3cret\n");
+    let good = output_with_stdin(&mut login, "s3cret\n");
     assert!(good.status.success(), "{}", stderr_of(&good));
     let out = run_ok(
         ferry(root.path())
@@ -301,23 +300,6 @@ fn auth_required_names_host_and_login_then_login_works() {
             .args(["pull", &name]),
     );
     assert!(last_line(&out).starts_with(&reg.host()), "{out}");
-}
-
-fn pipe_stdin(cmd: &mut Command, input: &str) -> std::process::Output {
-    use std::io::Write;
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
 }
 
 #[test]
@@ -338,31 +320,6 @@ fn bad_reference_names_the_bad_part() {
     assert!(stderr_of(&out).contains("UPPER"), "{}", stderr_of(&out));
 }
 
-/// Starts `ferry pull --json` through a throttled proxy and returns once a layer is partly in.
-fn start_slow_pull(root: &Path, name: &str) -> std::process::Child {
-    let mut child = ferry(root)
-        .args(["pull", "--json", name])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = BufReader::new(stdout).lines();
-    loop {
-        let line = lines
-            .next()
-            .expect("pull ended before a layer was partly in")
-            .unwrap();
-        let e = json(&line);
-        if e["event"] == "blob-progress" && e["done"].as_u64().unwrap() > 1 << 20 {
-            break;
-        }
-    }
-    // Keep draining so the child never blocks on a full pipe.
-    std::thread::spawn(move || lines.for_each(drop));
-    child
-}
-
 #[test]
 fn killed_pull_resumes_from_offset() {
     let fx = Fixtures::get();
@@ -371,7 +328,11 @@ fn killed_pull_resumes_from_offset() {
     let proxy = Proxy::start(&reg.host(), Some(2 << 20));
     let root = tempfile::tempdir().unwrap();
 
-    let mut child = start_slow_pull(root.path(), &format!("{}/big:1", proxy.host()));
+    let mut child = spawn_pull_until_partly_in(ferry(root.path()).args([
+        "pull",
+        "--json",
+        &format!("{}/big:1", proxy.host()),
+    ]));
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     assert!(
@@ -410,7 +371,11 @@ fn gc_never_races_a_pull_in_progress() {
     fx.push(BIG, &reg.host(), "big:1", false, None);
     let proxy = Proxy::start(&reg.host(), Some(4 << 20));
     let root = tempfile::tempdir().unwrap();
-    let mut child = start_slow_pull(root.path(), &format!("{}/big:1", proxy.host()));
+    let mut child = spawn_pull_until_partly_in(ferry(root.path()).args([
+        "pull",
+        "--json",
+        &format!("{}/big:1", proxy.host()),
+    ]));
 
     let refused = output(ferry(root.path()).args(["gc", "--no-wait"]));
     assert_eq!(

@@ -13,8 +13,9 @@ pub mod serve;
 pub mod token;
 pub mod tree;
 
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
 
 /// The workspace root (the directory holding the top `Cargo.toml`).
 pub fn workspace_root() -> PathBuf {
@@ -75,6 +76,47 @@ pub fn run_ok(cmd: &mut Command) -> String {
 pub fn output(cmd: &mut Command) -> Output {
     cmd.output()
         .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e} (is it installed? see .ci/run)"))
+}
+
+/// Runs a command with `input` on its stdin and returns its output.
+pub fn output_with_stdin(cmd: &mut Command, input: &str) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    child
+        .stdin
+        .take()
+        .expect("piped stdin")
+        .write_all(input.as_bytes())
+        .expect("writing stdin");
+    child.wait_with_output().expect("waiting for the command")
+}
+
+/// Starts `pull`, a `ferry pull --json …` command (through a throttled proxy), and returns
+/// once more than 1 MiB of a blob is in; its stdout keeps being drained so it never blocks.
+pub fn spawn_pull_until_partly_in(pull: &mut Command) -> Child {
+    let mut child = pull
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {pull:?}: {e}"));
+    let mut lines = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
+    loop {
+        let line = lines
+            .next()
+            .expect("pull ended before a layer was partly in")
+            .expect("reading the pull's events");
+        let event: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad JSON event ({e}): {line}"));
+        if event["event"] == "blob-progress" && event["done"].as_u64().unwrap_or(0) > 1 << 20 {
+            break;
+        }
+    }
+    std::thread::spawn(move || lines.for_each(drop));
+    child
 }
 
 /// A `ferry` command with its own store root and no inherited configuration.
