@@ -9,9 +9,11 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::rc::Rc;
 
 use super::path::{self, Target};
-use super::root::{cstring, cvt, file_type, is, list, lstat_at, open_at, remove_all, Root};
+use super::root::{cstring, cvt, file_type, fstat, is, list, lstat_at, open_at, remove_all, Root};
 use super::tar::{Entry, Kind, TarReader};
 use super::{Fail, Whiteouts};
+
+mod merge;
 
 /// Largest uid or gid accepted: `2^32-1` is `(uid_t)-1`, "no change" to chown (UNPACK-15).
 const MAX_ID: u64 = u32::MAX as u64 - 1;
@@ -70,6 +72,42 @@ pub(super) struct Applier {
     /// Regular files written below `/.wh..wh.plnk/`, which hard links may name; the
     /// store is removed when the layer is done (UNPACK-13).
     link_store: HashSet<Vec<u8>>,
+    /// Staging a layer apart from the layers below it: what it leaves for the merge.
+    deferred: Option<Deferred>,
+}
+
+/// What a layer staged on its own (UNPACK-70) leaves to be done where the layers below it
+/// are: its whiteouts and opaque markers, its hard links to files it does not have, and
+/// which of its directories had entries.
+pub(super) struct Deferred {
+    /// `.wh.NAME` entries, as (parent, name), in stream order.
+    whiteouts: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Directories marked opaque, in stream order.
+    opaques: Vec<Vec<u8>>,
+    /// Hard links to targets below this layer: link path -> (order, target).
+    links: HashMap<Vec<u8>, (usize, Vec<u8>)>,
+    /// How many links were recorded, for their order.
+    recorded: usize,
+    /// The staged directories that had an entry, by (device, inode).
+    explicit: HashSet<(u64, u64)>,
+}
+
+impl Deferred {
+    fn new() -> Self {
+        Deferred {
+            whiteouts: Vec::new(),
+            opaques: Vec::new(),
+            links: HashMap::new(),
+            recorded: 0,
+            explicit: HashSet::new(),
+        }
+    }
+}
+
+/// A staged layer's record and the paths it wrote, handed from staging to the merge.
+pub(super) struct StagedRecord {
+    pub(super) deferred: Deferred,
+    paths: LayerPaths,
 }
 
 fn io_fail(op: impl Into<String>) -> impl FnOnce(io::Error) -> Fail {
@@ -80,10 +118,20 @@ fn io_fail(op: impl Into<String>) -> impl FnOnce(io::Error) -> Fail {
 /// The result of chowning `e`'s file. In a user namespace an owner outside its id map
 /// (EINVAL) leaves the file owned by the namespace's root, with a warning (RUN-47).
 fn owned<T>(chown: io::Result<T>, e: &Entry) -> Result<(), Fail> {
+    owned_ids(chown, &e.path, e.uid, e.gid)
+}
+
+/// [`owned`] for the file at `path` given owner `uid:gid`.
+fn owned_ids<T>(
+    chown: io::Result<T>,
+    path: &[u8],
+    uid: impl Into<u64>,
+    gid: impl Into<u64>,
+) -> Result<(), Fail> {
     match chown {
         Ok(_) => Ok(()),
         Err(err) if is(&err, libc::EINVAL) && crate::userns::in_user_namespace() => {
-            tracing::warn!(entry = %String::from_utf8_lossy(&e.path), uid = e.uid, gid = e.gid, "owner outside the user namespace's id map: the file stays root's");
+            tracing::warn!(entry = %String::from_utf8_lossy(path), uid = uid.into(), gid = gid.into(), "owner outside the user namespace's id map: the file stays root's");
             Ok(())
         }
         Err(err) => Err(io_fail("chown")(err)),
@@ -106,6 +154,17 @@ impl Applier {
             paths: LayerPaths::new(),
             dirs: HashMap::new(),
             link_store: HashSet::new(),
+            deferred: None,
+        }
+    }
+
+    /// An applier staging `layer` into the empty `root`, apart from the layers below it:
+    /// whiteouts, opaque markers and hard links to files the layer lacks are recorded for
+    /// [`Applier::merge`] instead of applied (UNPACK-70).
+    pub fn staging(root: Root, layer: String) -> Self {
+        Applier {
+            deferred: Some(Deferred::new()),
+            ..Applier::new(root, layer, Whiteouts::Apply)
         }
     }
 
@@ -149,6 +208,10 @@ impl Applier {
                 if e.kind != Kind::Dir {
                     self.dirs.remove(full.as_slice());
                 }
+                if let Some(deferred) = &mut self.deferred {
+                    // A later entry replaces a hard link this layer left for the merge.
+                    deferred.links.remove(full.as_slice());
+                }
                 self.paths.insert(&full);
                 let c = cstring(name).map_err(io_fail("name"))?;
                 match e.kind {
@@ -164,8 +227,9 @@ impl Applier {
     }
 
     /// Removes aufs' hard-link store and applies modes and times of this layer's
-    /// directories; call after the last entry.
-    pub fn finish(mut self) -> Result<(), Fail> {
+    /// directories; call after the last entry. A staging applier returns what it left for
+    /// the merge.
+    pub fn finish(mut self) -> Result<Option<StagedRecord>, Fail> {
         if !self.link_store.is_empty() {
             let root = self
                 .root
@@ -206,6 +270,10 @@ impl Applier {
                 }
             };
             let what = || format!("directory {:?}", String::from_utf8_lossy(&full));
+            if let (Some(deferred), Some(_)) = (&mut self.deferred, meta.mode) {
+                let st = fstat(fd.as_fd()).map_err(io_fail(format!("stat {}", what())))?;
+                deferred.explicit.insert((st.st_dev, st.st_ino));
+            }
             if let Some(mode) = meta.mode {
                 cvt(unsafe { libc::fchmod(fd.as_raw_fd(), mode) })
                     .map_err(io_fail(format!("chmod {}", what())))?;
@@ -213,7 +281,10 @@ impl Applier {
             futimens(fd.as_fd(), meta.atime, meta.mtime)
                 .map_err(io_fail(format!("set times of {}", what())))?;
         }
-        Ok(())
+        Ok(self.deferred.map(|deferred| StagedRecord {
+            deferred,
+            paths: self.paths,
+        }))
     }
 
     /// The directory `parent`, to be changed: its times are remembered first, to be put
@@ -229,11 +300,7 @@ impl Applier {
 
     fn remember_times(&mut self, dir: &[u8], fd: BorrowedFd<'_>) -> Result<(), Fail> {
         if !self.dirs.contains_key(dir) {
-            let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
-            cvt(unsafe { libc::fstat(fd.as_raw_fd(), st.as_mut_ptr()) })
-                .map_err(io_fail("stat parent directory"))?;
-            // SAFETY: fstat succeeded and filled the struct.
-            let st = unsafe { st.assume_init() };
+            let st = fstat(fd).map_err(io_fail("stat parent directory"))?;
             let meta = DirMeta {
                 mode: None,
                 atime: (st.st_atime, st.st_atime_nsec as u32),
@@ -366,14 +433,38 @@ impl Applier {
                 String::from_utf8_lossy(&target)
             ));
         }
-        let what = format!("hard link to {:?}", String::from_utf8_lossy(&target));
-        let (tparent, tname) = path::split(&target);
+        self.link(full, parent, name, &target)
+    }
+
+    /// Makes `parent/name` (`full`) a hard link to the normalized `target`; a staging
+    /// applier records a link to a target the layer lacks for the merge (UNPACK-70).
+    fn link(&mut self, full: &[u8], parent: &[u8], name: &CStr, target: &[u8]) -> Result<(), Fail> {
+        let what = format!("hard link to {:?}", String::from_utf8_lossy(target));
+        // A link to a link left for the merge names the same file below.
+        let below = self
+            .deferred
+            .as_ref()
+            .and_then(|d| d.links.get(target))
+            .map(|(_, below)| below.clone());
+        let (tparent, tname) = path::split(target);
         let tname = cstring(tname).map_err(io_fail(what.clone()))?;
-        let tparent_fd = self
-            .root
-            .resolve(tparent, libc::O_PATH | libc::O_DIRECTORY)
-            .map_err(io_fail(what.clone()))?;
+        let tparent_fd = match below {
+            Some(_) => None,
+            None => match self.root.resolve(tparent, libc::O_PATH | libc::O_DIRECTORY) {
+                Ok(fd) => Some(fd),
+                Err(err) if is(&err, libc::ENOENT) && self.deferred.is_some() => None,
+                Err(err) => return Err(io_fail(what)(err)),
+            },
+        };
         let parent_fd = self.parent(parent)?;
+        let Some(tparent_fd) = tparent_fd else {
+            return self.defer_link(
+                full,
+                parent_fd.as_fd(),
+                name,
+                below.unwrap_or_else(|| target.to_vec()),
+            );
+        };
         loop {
             let r = unsafe {
                 libc::linkat(
@@ -397,9 +488,33 @@ impl Applier {
                     }
                     self.replace(parent_fd.as_fd(), name)?;
                 }
+                Err(err) if is(&err, libc::ENOENT) && self.deferred.is_some() => {
+                    return self.defer_link(full, parent_fd.as_fd(), name, target.to_vec());
+                }
                 Err(err) => return Err(io_fail(what)(err)),
             }
         }
+    }
+
+    /// Records the hard link `full` to `target` below this staged layer, clearing what the
+    /// layer put at `full` before (the link replaces it, UNPACK-23).
+    fn defer_link(
+        &mut self,
+        full: &[u8],
+        parent: BorrowedFd<'_>,
+        name: &CStr,
+        target: Vec<u8>,
+    ) -> Result<(), Fail> {
+        self.replace(parent, name)?;
+        let deferred = self
+            .deferred
+            .as_mut()
+            .expect("only a staging applier defers");
+        deferred.recorded += 1;
+        deferred
+            .links
+            .insert(full.to_vec(), (deferred.recorded, target));
+        Ok(())
     }
 
     fn node(&mut self, parent: &[u8], name: &CStr, e: &Entry) -> Result<(), Fail> {
@@ -484,6 +599,10 @@ impl Applier {
 
     fn whiteout(&mut self, parent: &[u8], name: &[u8]) -> Result<(), Fail> {
         let c = cstring(name).map_err(io_fail("name"))?;
+        if let Some(deferred) = &mut self.deferred {
+            deferred.whiteouts.push((parent.to_vec(), name.to_vec()));
+            return Ok(());
+        }
         match self.whiteouts {
             Whiteouts::Apply => {
                 let hidden = path::join(parent, name);
@@ -526,6 +645,10 @@ impl Applier {
 
     fn opaque(&mut self, parent: &[u8]) -> Result<(), Fail> {
         self.paths.insert(parent);
+        if let Some(deferred) = &mut self.deferred {
+            deferred.opaques.push(parent.to_vec());
+            return Ok(());
+        }
         match self.whiteouts {
             Whiteouts::Apply => {
                 let fd = match self

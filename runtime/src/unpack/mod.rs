@@ -20,13 +20,14 @@ pub mod stream;
 mod tar;
 
 use std::io::{self, BufReader, Read};
-use std::path::Path;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
 
 use ferry_core::media::Compression;
 use ferry_core::{Algorithm, Digest, Hasher};
 
 use crate::{Error, Result};
-use apply::Applier;
+use apply::{Applier, StagedRecord};
 use root::Root;
 use stream::{DecompressError, DiffReader};
 use tar::{TarError, TarReader};
@@ -156,8 +157,104 @@ pub fn apply_layer<R: Read>(
     whiteouts: Whiteouts,
     budget: &mut Budget,
 ) -> Result<LayerSummary> {
-    let label =
-        expected_diff_id.map_or_else(|| "(diff_id not given)".to_string(), Digest::to_string);
+    let label = label(expected_diff_id);
+    let root = open_root(dir)?;
+    let applier = Applier::new(root, label.clone(), whiteouts);
+    extract(applier, label, layer, compression, expected_diff_id, budget)
+        .map(|(summary, _)| summary)
+}
+
+/// A layer extracted on its own into a staging directory, to be merged onto the layers
+/// below it later ([`StagedLayer::merge_into`]), so an image's layers can be extracted at
+/// once and still give one flattened tree (UNPACK-70).
+pub struct StagedLayer {
+    dir: PathBuf,
+    label: String,
+    record: StagedRecord,
+    summary: LayerSummary,
+}
+
+/// Extracts `layer` into `dir` (existing and empty, on the file system of the tree it will
+/// be merged into), checking it as [`apply_layer`] does; its whiteouts, opaque markers and
+/// hard links to files it does not have itself are recorded for the merge (UNPACK-70).
+pub fn stage_layer<R: Read>(
+    dir: &Path,
+    layer: R,
+    compression: Compression,
+    expected_diff_id: Option<&Digest>,
+    budget: &mut Budget,
+) -> Result<StagedLayer> {
+    let label = label(expected_diff_id);
+    let root = open_root(dir)?;
+    let applier = Applier::staging(root, label.clone());
+    let (summary, record) = extract(
+        applier,
+        label.clone(),
+        layer,
+        compression,
+        expected_diff_id,
+        budget,
+    )?;
+    Ok(StagedLayer {
+        dir: dir.to_path_buf(),
+        label,
+        record: record.expect("a staging applier leaves a record"),
+        summary,
+    })
+}
+
+impl StagedLayer {
+    /// What extracting the layer did.
+    pub fn summary(&self) -> &LayerSummary {
+        &self.summary
+    }
+
+    /// Moves the layer into `dest`, where the layers below it are, with the result
+    /// [`apply_layer`] with [`Whiteouts::Apply`] gives there (UNPACK-71); the staging
+    /// directory is left with what did not move, for the caller to remove. On an error
+    /// `dest` holds part of the layer.
+    pub fn merge_into(self, dest: &Path) -> Result<LayerSummary> {
+        let staged = std::fs::File::open(&self.dir).map_err(|source| Error::Io {
+            op: "open staged layer",
+            path: self.dir.clone(),
+            source,
+        })?;
+        let applier = Applier::new(open_root(dest)?, self.label.clone(), Whiteouts::Apply);
+        applier.merge(staged.as_fd(), self.record).map_err(|fail| {
+            failed(
+                fail,
+                &self.label,
+                "(merging the staged layer)".into(),
+                "tar",
+                None,
+            )
+        })?;
+        Ok(self.summary)
+    }
+}
+
+fn label(expected_diff_id: Option<&Digest>) -> String {
+    expected_diff_id.map_or_else(|| "(diff_id not given)".to_string(), Digest::to_string)
+}
+
+fn open_root(dir: &Path) -> Result<Root> {
+    Root::open(dir).map_err(|source| Error::Io {
+        op: "open unpack directory",
+        path: dir.to_path_buf(),
+        source,
+    })
+}
+
+/// Reads a layer's stream through `applier`, with the checks and limits of
+/// [`apply_layer`]; returns what it did and, for a staging applier, its record.
+fn extract<R: Read>(
+    mut applier: Applier,
+    label: String,
+    layer: R,
+    compression: Compression,
+    expected_diff_id: Option<&Digest>,
+    budget: &mut Budget,
+) -> Result<(LayerSummary, Option<StagedRecord>)> {
     let what = match compression {
         Compression::None => "tar",
         Compression::Gzip => "gzip",
@@ -175,15 +272,9 @@ pub fn apply_layer<R: Read>(
             source,
         },
     })?;
-    let root = Root::open(dir).map_err(|source| Error::Io {
-        op: "open unpack directory",
-        path: dir.to_path_buf(),
-        source,
-    })?;
     let algorithm = expected_diff_id.map_or(Algorithm::Sha256, Digest::algorithm);
     let diff = DiffReader::new(input, Hasher::new(algorithm), budget.bytes_left);
     let mut tar = TarReader::new(BufReader::with_capacity(TAR_BUFFER, diff));
-    let mut applier = Applier::new(root, label.clone(), whiteouts);
 
     let mut entries = 0u64;
     let mut current: Option<Vec<u8>> = None;
@@ -202,7 +293,9 @@ pub fn apply_layer<R: Read>(
     let offset = tar.offset();
     let mut rest = tar.into_inner();
     if outcome.is_ok() {
-        outcome = stream::drain(&mut rest).map_err(|e| Fail::Tar(TarError::Io(e)));
+        if let Err(e) = stream::drain(&mut rest) {
+            outcome = Err(Fail::Tar(TarError::Io(e)));
+        }
     }
     let diff = rest.into_inner();
     budget.bytes_left -= diff.consumed();
@@ -219,30 +312,8 @@ pub fn apply_layer<R: Read>(
             entry,
         });
     }
-    outcome.map_err(|fail| match fail {
-        Fail::Io { op, source } => Error::UnpackIo {
-            layer: label.clone(),
-            entry: entry.clone(),
-            op,
-            source,
-        },
-        Fail::Reject(reason) | Fail::Tar(TarError::Format(reason)) => Error::UnpackRejected {
-            layer: label.clone(),
-            entry: entry.clone(),
-            reason,
-        },
-        Fail::Tar(TarError::Io(source)) => Error::LayerStream {
-            layer: label.clone(),
-            what,
-            source,
-        },
-        Fail::TooManyEntries => Error::UnpackLimit {
-            layer: label.clone(),
-            what: "max-entries",
-            limit: budget.limits.max_entries,
-            entry: entry.clone(),
-        },
-    })?;
+    let record = outcome
+        .map_err(|fail| failed(fail, &label, entry, what, Some(budget.limits.max_entries)))?;
     let bytes = diff.consumed();
     let diff_id = diff.finish();
     if let Some(expected) = expected_diff_id {
@@ -254,11 +325,50 @@ pub fn apply_layer<R: Read>(
             });
         }
     }
-    Ok(LayerSummary {
-        diff_id,
-        entries,
-        bytes,
-    })
+    Ok((
+        LayerSummary {
+            diff_id,
+            entries,
+            bytes,
+        },
+        record,
+    ))
+}
+
+/// The error for `fail` at `entry` of `layer` (a `what` stream; `max_entries` is the
+/// entry limit it ran into).
+fn failed(
+    fail: Fail,
+    layer: &str,
+    entry: String,
+    what: &'static str,
+    max_entries: Option<u64>,
+) -> Error {
+    let layer = layer.to_string();
+    match fail {
+        Fail::Io { op, source } => Error::UnpackIo {
+            layer,
+            entry,
+            op,
+            source,
+        },
+        Fail::Reject(reason) | Fail::Tar(TarError::Format(reason)) => Error::UnpackRejected {
+            layer,
+            entry,
+            reason,
+        },
+        Fail::Tar(TarError::Io(source)) => Error::LayerStream {
+            layer,
+            what,
+            source,
+        },
+        Fail::TooManyEntries => Error::UnpackLimit {
+            layer,
+            what: "max-entries",
+            limit: max_entries.unwrap_or_default(),
+            entry,
+        },
+    }
 }
 
 /// An entry name for messages: lossy UTF-8, at most 200 characters.

@@ -80,6 +80,14 @@ pub(super) fn lstat_at(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<Option<li
     }
 }
 
+/// `fstat(2)` of an open file or directory.
+pub(super) fn fstat(fd: BorrowedFd<'_>) -> io::Result<libc::stat> {
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    cvt(unsafe { libc::fstat(fd.as_raw_fd(), st.as_mut_ptr()) })?;
+    // SAFETY: fstat succeeded and filled the struct.
+    Ok(unsafe { st.assume_init() })
+}
+
 /// The file-type bits of a `stat`.
 pub(super) fn file_type(st: &libc::stat) -> libc::mode_t {
     st.st_mode & libc::S_IFMT
