@@ -563,7 +563,8 @@ fn whiteouts_remove_files_and_directories_and_nothing_missing() {
 }
 
 /// UNPACK-31: a whiteout spares what its own layer writes at its path, before or after
-/// it in the stream.
+/// it in the stream; a whiteout before a directory entry of its layer still removes the
+/// lower directory's content (`e`).
 #[test]
 fn a_whiteout_spares_what_its_own_layer_writes_before_or_after_it() {
     let lower = Tar::new()
@@ -572,6 +573,8 @@ fn a_whiteout_spares_what_its_own_layer_writes_before_or_after_it() {
         .file("c", b"lower c")
         .entry(dir("d/", 1000), b"")
         .file("d/x", b"lower x")
+        .entry(dir("e/", 1100), b"")
+        .file("e/old", b"old")
         .finish();
     let upper = Tar::new()
         .file(".wh.a", b"")
@@ -583,6 +586,9 @@ fn a_whiteout_spares_what_its_own_layer_writes_before_or_after_it() {
         .file("c/y", b"y")
         .entry(dir("d/", 2100), b"")
         .file(".wh.d", b"")
+        .file(".wh.e", b"")
+        .entry(dir("e/", 2200), b"")
+        .file("e/new", b"new")
         .finish();
     let Some(s) = assert_same_as_sequential(&[lower, upper]) else {
         return;
@@ -590,6 +596,7 @@ fn a_whiteout_spares_what_its_own_layer_writes_before_or_after_it() {
     assert_eq!(read(&s.applied, "a"), b"upper a");
     assert_eq!(read(&s.applied, "b"), b"upper b");
     assert_eq!(read(&s.applied, "c/y"), b"y");
+    assert!(!exists(&s.applied, "e/old") && exists(&s.applied, "e/new"));
 }
 
 /// UNPACK-30, UNPACK-31: a whiteout of a directory in whose place the same layer writes a
@@ -1431,5 +1438,29 @@ fn a_hard_link_to_a_missing_file_fails_on_merge_as_it_fails_applied() {
     };
     for err in [applied, merged] {
         assert!(err.to_string().contains("missing"), "{err}");
+    }
+}
+
+/// UNPACK-12, UNPACK-30: a hard link to a lower file that its layer whited out (or hid by
+/// an opaque marker) earlier in the stream has no target: both ways fail.
+#[test]
+fn a_hard_link_to_a_file_its_layer_removed_before_fails_on_merge_as_it_fails_applied() {
+    let lower = Tar::new()
+        .file("f", b"f")
+        .entry(dir("d/", 1000), b"")
+        .file("d/g", b"g")
+        .finish();
+    let whiteout = Tar::new().file(".wh.f", b"").hardlink("l", "f").finish();
+    let opaque = Tar::new()
+        .file("d/.wh..wh..opq", b"")
+        .hardlink("l", "d/g")
+        .finish();
+    for upper in [whiteout, opaque] {
+        let Some((applied, merged)) = assert_both_fail_on_merge(&[lower.clone(), upper]) else {
+            return;
+        };
+        for err in [applied, merged] {
+            assert!(err.to_string().contains("\"l\""), "{err}");
+        }
     }
 }
