@@ -878,6 +878,53 @@ fn a_layer_writes_through_its_own_symlink() {
     assert_eq!(meta(&s.applied, "usr/lib").mtime(), 1100);
 }
 
+/// UNPACK-20, UNPACK-23: a layer replaces a lower directory by a symlink and writes
+/// through it: the content lands where the symlink points, the lower directory is gone.
+#[test]
+fn a_layer_replaces_a_directory_by_a_symlink_and_writes_through_it() {
+    let lower = Tar::new()
+        .entry(dir("d/", 1000), b"")
+        .file("d/old", b"old")
+        .entry(dir("e/", 1100), b"")
+        .finish();
+    let upper = Tar::new()
+        .symlink("d", "e")
+        .file("d/f", b"f")
+        .symlink("g", "/new/place")
+        .file("g/h", b"h")
+        .finish();
+    let Some(s) = assert_same_as_sequential(&[lower, upper]) else {
+        return;
+    };
+    assert_eq!(read(&s.applied, "e/f"), b"f");
+    assert_eq!(read(&s.applied, "new/place/h"), b"h");
+    assert!(!exists(&s.applied, "e/old"));
+}
+
+/// UNPACK-20, UNPACK-30: a whiteout and an opaque marker below a symlink their own layer
+/// made act on the lower directory it points to.
+#[test]
+fn whiteouts_through_a_symlink_of_the_same_layer() {
+    let lower = Tar::new()
+        .entry(dir("d/", 1000), b"")
+        .file("d/x", b"x")
+        .file("d/y", b"y")
+        .entry(dir("o/", 1100), b"")
+        .file("o/z", b"z")
+        .finish();
+    let upper = Tar::new()
+        .symlink("s", "d")
+        .file("s/.wh.x", b"")
+        .symlink("t", "/o")
+        .file("t/.wh..wh..opq", b"")
+        .finish();
+    let Some(s) = assert_same_as_sequential(&[lower, upper]) else {
+        return;
+    };
+    assert!(!exists(&s.applied, "d/x") && exists(&s.applied, "d/y"));
+    assert!(!exists(&s.applied, "o/z"));
+}
+
 // ---------------------------------------------------------------- hard links
 
 /// UNPACK-12: hard links within one layer, by relative and absolute names, share an inode.
@@ -1033,6 +1080,43 @@ fn a_hard_link_to_a_lower_file_the_layer_then_whites_out() {
     };
     assert_eq!(read(&s.applied, "l"), b"lower");
     assert!(!exists(&s.applied, "f"));
+}
+
+/// UNPACK-12, UNPACK-20: a hard link to a lower file named through a symlink its own
+/// layer made just before.
+#[test]
+fn a_hard_link_through_a_symlink_of_the_same_layer() {
+    let lower = Tar::new()
+        .entry(dir("usr/", 1000), b"")
+        .entry(dir("usr/lib/", 1100), b"")
+        .file("usr/lib/libc.so", b"libc")
+        .finish();
+    let upper = Tar::new()
+        .symlink("lib", "usr/lib")
+        .hardlink("libc-link", "lib/libc.so")
+        .finish();
+    let Some(s) = assert_same_as_sequential(&[lower, upper]) else {
+        return;
+    };
+    assert_eq!(meta(&s.applied, "usr/lib/libc.so").nlink(), 2);
+}
+
+/// UNPACK-12, UNPACK-23, UNPACK-30: one name of a lower hard-link group replaced by a new
+/// file, another whited out: the group shrinks, the rest keep the old inode.
+#[test]
+fn a_layer_replaces_or_removes_names_of_a_lower_hard_link_group() {
+    let lower = Tar::new()
+        .file("f", b"old")
+        .hardlink("g", "f")
+        .hardlink("h", "f")
+        .hardlink("i", "f")
+        .finish();
+    let upper = Tar::new().file("g", b"new").file(".wh.h", b"").finish();
+    let Some(s) = assert_same_as_sequential(&[lower, upper]) else {
+        return;
+    };
+    assert_eq!(read(&s.applied, "g"), b"new");
+    assert_eq!(meta(&s.applied, "f").nlink(), 2);
 }
 
 /// UNPACK-13: a layer as Docker exported it from aufs over a lower layer: bookkeeping is
@@ -1240,7 +1324,8 @@ fn fifos_and_devices() {
 }
 
 /// UNPACK-40, UNPACK-33: xattrs of files and directories (`user.*`, `trusted.*`,
-/// `security.capability`); a rewritten file has only its own; overlay xattrs are dropped.
+/// `security.capability`); a rewritten file has only its own, a directory entry changes a
+/// lower value; overlay xattrs are dropped.
 #[test]
 fn xattrs_of_files_and_directories() {
     // vfs_cap_data revision 2, effective, permitted = CAP_NET_BIND_SERVICE.
@@ -1289,6 +1374,13 @@ fn xattrs_of_files_and_directories() {
             Hdr {
                 pax: vec![xattr("user.new", b"n")],
                 ..dir("e/", 2000)
+            },
+            b"",
+        )
+        .entry(
+            Hdr {
+                pax: vec![xattr("user.dir", b"changed")],
+                ..dir("d/", 2100)
             },
             b"",
         )
