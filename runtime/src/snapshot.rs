@@ -142,7 +142,7 @@ pub fn gc(store: &Store) -> Result<usize> {
 }
 
 /// Extracts an image's layers on top of each other into `dest`, applying whiteouts, for
-/// `ferry unpack` (RUN-11).
+/// `ferry unpack` (RUN-11): staged at once and merged in order (RUN-25).
 ///
 /// `dest` is created if missing. Each layer is checked against the config's diff_ids;
 /// `limits` bounds the whole image.
@@ -152,29 +152,7 @@ pub fn flatten(
     dest: &Path,
     limits: Limits,
 ) -> Result<Vec<LayerSummary>> {
-    let manifest = image.manifest();
-    let diff_ids = diff_ids(manifest, image.config())?;
-    fs::create_dir_all(dest).map_err(|e| io_error("create directory", dest, e))?;
-    let mut budget = Budget::new(limits);
-    let layers = manifest.layers();
-    layers
-        .iter()
-        .zip(&diff_ids)
-        .enumerate()
-        .map(|(i, (layer, diff_id))| {
-            let blob = ferry_core::manifest::descriptor_digest(layer)?;
-            let compression = Compression::of_layer(layer.media_type().as_ref())?;
-            apply_layer(
-                dest,
-                store.open_blob(&blob)?,
-                compression,
-                Some(diff_id),
-                Whiteouts::Apply,
-                &mut budget,
-            )
-            .map_err(|e| e.in_layer(i + 1, layers.len()))
-        })
-        .collect()
+    crate::one_pass::flatten_stored(store, image.manifest(), image.config(), dest, limits)
 }
 
 /// The directory holding every snapshot of `store`.

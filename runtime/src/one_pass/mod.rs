@@ -11,6 +11,7 @@
 mod flatten;
 mod targets;
 
+pub(crate) use flatten::flatten_stored;
 pub use flatten::{LayerFeed, StreamedFlatten};
 pub use targets::{snapshots_in_one_pass, FlattenInOnePass};
 
