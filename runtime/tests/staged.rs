@@ -213,6 +213,11 @@ fn assert_layers_agree(
         eprintln!("skipped: staged unpack cases need root (owners, devices); CI runs as root");
         return None;
     }
+    Some(differential(layers, after_layer))
+}
+
+/// The comparison of [`assert_layers_agree`], as whoever runs it.
+fn differential(layers: &[Layer], after_layer: &mut dyn FnMut(usize, &Path)) -> Sandbox {
     let s = Sandbox::new();
     let applied = s
         .apply_all(layers, after_layer)
@@ -232,7 +237,7 @@ fn assert_layers_agree(
          from the clock):\n{}",
         diffs.join("\n")
     );
-    Some(s)
+    s
 }
 
 fn hdr(name: &str) -> Hdr {
@@ -1440,6 +1445,92 @@ fn gzip_layers() {
         .file("etc/.wh.a", b"")
         .finish();
     assert_layers_agree(&[Layer::gzip(&lower), Layer::gzip(&upper)], &mut |_, _| {});
+}
+
+/// UNPACK-40: as an ordinary user (owners not applied, devices skipped, `user.*` xattrs
+/// only) staging and merging give the tree applying in order gives. As root the case runs
+/// this test binary again as `nobody`.
+#[test]
+fn an_ordinary_users_staged_tree_is_the_applied_tree() {
+    if is_root() {
+        use std::os::unix::process::CommandExt;
+        let status = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "an_ordinary_users_staged_tree_is_the_applied_tree",
+                "--exact",
+                "--nocapture",
+            ])
+            .env("TMPDIR", "/tmp")
+            .uid(65534)
+            .gid(65534)
+            .status()
+            .unwrap();
+        assert!(status.success(), "the case as nobody: {status}");
+        return;
+    }
+    let lower = Tar::new()
+        .entry(dir("usr/", 1000), b"")
+        .entry(dir("usr/bin/", 1100), b"")
+        .entry(
+            Hdr {
+                mode: 0o4755,
+                uid: 0,
+                ..hdr("usr/bin/su")
+            },
+            b"su",
+        )
+        .hardlink("usr/bin/su2", "usr/bin/su")
+        .symlink("bin", "usr/bin")
+        .entry(
+            Hdr {
+                mode: 0o700,
+                uid: 1000,
+                pax: vec![xattr("user.home", b"h")],
+                ..dir("home/", 1200)
+            },
+            b"",
+        )
+        .file("home/gone", b"gone")
+        .entry(dir("var/", 1300), b"")
+        .file("var/old", b"old")
+        .finish();
+    let upper = Tar::new()
+        .file("bin/new", b"new")
+        .hardlink("usr/bin/su3", "usr/bin/su")
+        .file("home/.wh.gone", b"")
+        .file("var/.wh..wh..opq", b"")
+        .file("var/fresh", b"fresh")
+        .entry(
+            Hdr {
+                kind: b'6',
+                mode: 0o600,
+                ..hdr("run/fifo")
+            },
+            b"",
+        )
+        .entry(
+            Hdr {
+                kind: b'3',
+                dev: (1, 3),
+                ..hdr("dev/null")
+            },
+            b"",
+        )
+        .entry(
+            Hdr {
+                mode: 0o555,
+                ..dir("ro/", 2000)
+            },
+            b"",
+        )
+        .file("ro/f", b"f")
+        .finish();
+    let s = differential(
+        &[Layer::plain(&lower), Layer::plain(&upper)],
+        &mut |_, _| {},
+    );
+    assert_eq!(meta(&s.applied, "usr/bin/su").nlink(), 3);
+    assert!(!exists(&s.applied, "dev/null"), "devices need root");
 }
 
 // ---------------------------------------------------------------- failures
