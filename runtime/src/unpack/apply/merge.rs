@@ -31,8 +31,9 @@ impl Applier {
         for parent in &deferred.opaques {
             self.opaque(parent)?;
         }
-        self.move_children(staged, &mut Vec::new(), &deferred.explicit)?;
+        // Before its children move out, which changes its times.
         let root = fstat(staged).map_err(io_fail("stat the staged layer"))?;
+        self.move_children(staged, &mut Vec::new(), &deferred.explicit)?;
         if deferred.explicit.contains(&(root.st_dev, root.st_ino)) {
             self.take_dir_meta(staged, &root, b"")?;
         }
