@@ -1,7 +1,8 @@
 //! Staged layers against layers applied in order, differentially: staging each layer of a
 //! sequence in its own directory with `stage_layer` (all of them before any merge) and
 //! merging them in order with `StagedLayer::merge_into` must give the very tree that
-//! `apply_layer` gives applying them in order (specs/unpack.md), compared with everything
+//! `apply_layer` gives applying them in order (UNPACK-70, UNPACK-71 of specs/unpack.md;
+//! each case also cites the rules of applying it exercises), compared with everything
 //! `tree` records: type, mode with setuid/setgid/sticky, owner, content, symlink target,
 //! hard-link groups, xattrs, mtimes of files and directories, and the root's own metadata.
 //!
