@@ -7,7 +7,8 @@
 //! hard-link groups, xattrs, mtimes of files and directories, and the root's own metadata.
 //!
 //! The cases need root (owners, devices, `trusted.*` xattrs); CI runs as root. Without it
-//! each case says it is skipped.
+//! each case says it is skipped, but for the ordinary user's case, which root runs again
+//! as `nobody`.
 
 // Shared with unpack.rs; this suite uses only part of it.
 #[allow(dead_code)]
