@@ -367,8 +367,8 @@ fn files_and_directories_across_layers() {
 }
 
 /// UNPACK-23: a directory replaces a file or a symlink; a file or a symlink replaces a
-/// directory with its content; what a layer writes below a directory that replaced a
-/// symlink lands in that directory.
+/// directory with its content; a file replaces a symlink (not what it points to); what a
+/// layer writes below a directory that replaced a symlink lands in that directory.
 #[test]
 fn a_layer_replaces_files_by_directories_and_directories_by_files_or_symlinks() {
     let lower = Tar::new()
@@ -380,6 +380,7 @@ fn a_layer_replaces_files_by_directories_and_directories_by_files_or_symlinks() 
         .file("d2/c", b"c")
         .file("f", b"file")
         .symlink("s", "d1")
+        .symlink("u", "/d2")
         .finish();
     let upper = Tar::new()
         .entry(
@@ -394,6 +395,7 @@ fn a_layer_replaces_files_by_directories_and_directories_by_files_or_symlinks() 
         .file("f/child", b"child")
         .entry(dir("s/", 2200), b"")
         .file("s/x", b"x")
+        .file("u", b"file over a symlink")
         .finish();
     let Some(s) = assert_same_as_sequential(&[lower, upper]) else {
         return;
@@ -401,6 +403,7 @@ fn a_layer_replaces_files_by_directories_and_directories_by_files_or_symlinks() 
     assert_eq!(read(&s.applied, "d1"), b"now a file");
     assert!(meta(&s.applied, "d2").file_type().is_symlink());
     assert!(meta(&s.applied, "s").is_dir() && exists(&s.applied, "s/x"));
+    assert_eq!(read(&s.applied, "u"), b"file over a symlink");
 }
 
 /// UNPACK-23, UNPACK-40, UNPACK-41: a directory entry over an existing directory changes
@@ -778,8 +781,9 @@ fn an_opaque_root_clears_everything_lower() {
 
 // ---------------------------------------------------------------- symlinks
 
-/// UNPACK-20: merged-`/usr`: `bin/x` of an upper layer without a `bin/` entry lands in
-/// `usr/bin/x` through the lower layer's `bin -> usr/bin`.
+/// UNPACK-20, UNPACK-12: merged-`/usr`: `bin/x` of an upper layer without a `bin/` entry
+/// lands in `usr/bin/x` through the lower layer's `bin -> usr/bin`, and a hard link of the
+/// layer to `bin/x` shares its inode.
 #[test]
 fn merged_usr_writes_land_through_the_lower_symlink() {
     let lower = Tar::new()
@@ -788,11 +792,15 @@ fn merged_usr_writes_land_through_the_lower_symlink() {
         .file("usr/bin/ls", b"ls")
         .symlink("bin", "usr/bin")
         .finish();
-    let upper = Tar::new().file("bin/x", b"x").finish();
+    let upper = Tar::new()
+        .file("bin/x", b"x")
+        .hardlink("y", "bin/x")
+        .finish();
     let Some(s) = assert_same_as_sequential(&[lower, upper]) else {
         return;
     };
     assert_eq!(read(&s.applied, "usr/bin/x"), b"x");
+    assert_eq!(meta(&s.applied, "usr/bin/x").nlink(), 2);
     assert!(meta(&s.applied, "bin").file_type().is_symlink());
     assert_eq!(meta(&s.applied, "usr/bin").mtime(), 1100);
 }
