@@ -90,12 +90,13 @@ impl StreamedFlatten {
     ) -> Result<StreamedFlatten> {
         tracing::debug!("one-pass unpack of {}", trusted.reference());
         let layers = planned(manifest, config, dest)?;
-        let shared = Arc::new(Shared::new(layers.len(), false));
+        let staging = Staging::beside(dest)?;
+        let shared = Arc::new(Shared::new(layers.len(), false, staging.is_some()));
         let dest = dest.to_path_buf();
         let worker = shared.clone();
         let thread = std::thread::Builder::new()
             .name("unpack".to_string())
-            .spawn(move || apply_all(&worker, &store, &layers, &dest, limits))
+            .spawn(move || apply_all(&worker, &store, &layers, &dest, staging, limits))
             .map_err(|source| Error::Io {
                 op: "start unpack thread for",
                 path: PathBuf::new(),
@@ -112,7 +113,10 @@ impl StreamedFlatten {
     /// broke off while it was being applied, or when applying stopped.
     pub fn follow(&self, index: usize, partial: File) -> Result<LayerFeed> {
         let mut state = self.shared.lock();
-        if let Some(Some(Err(failure))) = state.applied.get(index) {
+        if state.restartable {
+            // A staged layer is extracted again from this feed.
+            state.applied[index] = None;
+        } else if let Some(Some(Err(failure))) = state.applied.get(index) {
             return Err(one_pass(failure));
         }
         if matches!(state.layers[index], Source::Broken) {
@@ -229,13 +233,9 @@ pub(crate) fn flatten_stored(
     limits: Limits,
 ) -> Result<Vec<LayerSummary>> {
     let layers = planned(manifest, config, dest)?;
-    apply_all(
-        &Shared::new(layers.len(), true),
-        store,
-        &layers,
-        dest,
-        limits,
-    )
+    let staging = Staging::beside(dest)?;
+    let shared = Shared::new(layers.len(), true, staging.is_some());
+    apply_all(&shared, store, &layers, dest, staging, limits)
 }
 
 /// Each layer's blob, compression and diff_id, bottom first; creates `dest`.
@@ -266,8 +266,9 @@ fn planned(
 }
 
 impl Shared {
-    /// The state of `count` layers, none fed yet; `pull_done` when no feed will come.
-    fn new(count: usize, pull_done: bool) -> Shared {
+    /// The state of `count` layers, none fed yet; `pull_done` when no feed will come;
+    /// `restartable` when the layers are staged.
+    fn new(count: usize, pull_done: bool, restartable: bool) -> Shared {
         Shared {
             state: Mutex::new(State {
                 layers: (0..count).map(|_| Source::Waiting).collect(),
@@ -275,7 +276,7 @@ impl Shared {
                 stopped: false,
                 applied: vec![None; count],
                 feeds: vec![0; count],
-                restartable: false,
+                restartable,
             }),
             changed: Condvar::new(),
         }
@@ -310,19 +311,35 @@ impl Shared {
         let state = self.lock();
         state.feeds[i] != feed || matches!(state.layers[i], Source::Waiting)
     }
+
+    /// After layer `i` failed from feed number `feed`: waits until its download starts over
+    /// (`true`) or the pull ends without that (`false`).
+    fn fed_again(&self, i: usize, feed: u64) -> bool {
+        let mut state = self.lock();
+        loop {
+            if state.feeds[i] != feed || matches!(state.layers[i], Source::Waiting) {
+                return true;
+            }
+            if state.pull_done || state.stopped {
+                return false;
+            }
+            state = self.wait(state);
+        }
+    }
 }
 
-/// The applying thread: every layer, from its feed or from the store, staged at once
-/// beside `dest` and merged in order (RUN-25), or, where no staging directory can be made
-/// on `dest`'s file system, applied in order into `dest`.
+/// The applying thread: every layer, from its feed or from the store, staged at once in
+/// `staging` and merged in order (RUN-25), or, without one (none could be made on `dest`'s
+/// file system), applied in order into `dest`.
 fn apply_all(
     shared: &Shared,
     store: &Store,
     layers: &[(Digest, Compression, Digest)],
     dest: &Path,
+    staging: Option<Staging>,
     limits: Limits,
 ) -> Result<Vec<LayerSummary>> {
-    match Staging::beside(dest)? {
+    match staging {
         Some(staging) => apply_staged(shared, store, layers, dest, &staging, limits),
         None => apply_in_order(shared, store, layers, dest, limits),
     }
@@ -366,7 +383,6 @@ fn apply_staged(
     staging: &Staging,
     limits: Limits,
 ) -> Result<Vec<LayerSummary>> {
-    shared.lock().restartable = true;
     let next = AtomicUsize::new(0);
     let (done, results) = mpsc::channel();
     let threads = layers.len().min(STAGING_THREADS);
@@ -445,16 +461,23 @@ fn stage(
         let mut alone = Budget::new(limits);
         let outcome = stage_layer(&dir, bytes, *compression, Some(diff_id), &mut alone)
             .map_err(|e| e.in_layer(i + 1, layers.len()));
-        if outcome.is_err() && feed.is_some_and(|feed| shared.started_over(i, feed)) {
-            tracing::debug!(
-                "layer {}/{}: its download started over",
-                i + 1,
-                layers.len()
-            );
-            continue;
+        let Some(feed) = feed.filter(|_| outcome.is_err()) else {
+            shared.applied(i, &outcome);
+            return outcome;
+        };
+        if !shared.started_over(i, feed) {
+            // The pull hears of the failure; when the bytes were the source's fault it
+            // fetches the blob again, from the next source (STORE-3), and this layer with it.
+            shared.applied(i, &outcome);
+            if !shared.fed_again(i, feed) {
+                return outcome;
+            }
         }
-        shared.applied(i, &outcome);
-        return outcome;
+        tracing::debug!(
+            "layer {}/{}: its download started over",
+            i + 1,
+            layers.len()
+        );
     }
 }
 

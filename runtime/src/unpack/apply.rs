@@ -26,20 +26,23 @@ struct DirMeta {
     mode: Option<u32>,
     atime: (i64, u32),
     mtime: (i64, u32),
+    /// The entry (its position in the layer) that set or remembered these.
+    at: usize,
 }
 
-/// Paths this layer wrote, with their ancestors, as 128-bit keyed hashes: whiteouts and
-/// opaque markers must spare them (UNPACK-31).
+/// Paths this layer wrote, with their ancestors, as 128-bit keyed hashes, each with the
+/// position of the first entry that wrote it: whiteouts and opaque markers must spare them
+/// (UNPACK-31).
 struct LayerPaths {
     keys: (RandomState, RandomState),
-    set: HashSet<u128>,
+    first: HashMap<u128, usize>,
 }
 
 impl LayerPaths {
     fn new() -> Self {
         LayerPaths {
             keys: (RandomState::new(), RandomState::new()),
-            set: HashSet::new(),
+            first: HashMap::new(),
         }
     }
 
@@ -47,17 +50,31 @@ impl LayerPaths {
         u128::from(self.keys.0.hash_one(path)) << 64 | u128::from(self.keys.1.hash_one(path))
     }
 
-    fn contains(&self, path: &[u8]) -> bool {
-        path.is_empty() || self.set.contains(&self.key(path))
+    /// Whether an entry before position `before` wrote `path` or something below it.
+    fn written_before(&self, path: &[u8], before: usize) -> bool {
+        path.is_empty()
+            || self
+                .first
+                .get(&self.key(path))
+                .is_some_and(|&at| at < before)
     }
 
-    /// Records `path` and its ancestors (stopping at the first ancestor already known).
-    fn insert(&mut self, mut path: &[u8]) {
-        while !path.is_empty() && self.set.insert(self.key(path)) {
+    /// Records `path` and its ancestors as written by the entry at position `at` (stopping
+    /// at the first ancestor already known).
+    fn insert(&mut self, mut path: &[u8], at: usize) {
+        while !path.is_empty() {
+            let key = self.key(path);
+            if self.first.contains_key(&key) {
+                break;
+            }
+            self.first.insert(key, at);
             path = path::split(path).0;
         }
     }
 }
+
+/// Every entry so far: whiteouts of an applied layer see all it wrote before them.
+const NOW: usize = usize::MAX;
 
 /// Applies the entries of one layer.
 pub(super) struct Applier {
@@ -69,6 +86,8 @@ pub(super) struct Applier {
     umask: u32,
     paths: LayerPaths,
     dirs: HashMap<Vec<u8>, DirMeta>,
+    /// The position of the entry being applied in the layer, from 1.
+    position: usize,
     /// Regular files written below `/.wh..wh.plnk/`, which hard links may name; the
     /// store is removed when the layer is done (UNPACK-13).
     link_store: HashSet<Vec<u8>>,
@@ -77,28 +96,42 @@ pub(super) struct Applier {
 }
 
 /// What a layer staged on its own (UNPACK-70) leaves to be done where the layers below it
-/// are: its whiteouts and opaque markers, its hard links to files it does not have, and
-/// which of its directories had entries.
+/// are: its whiteouts, opaque markers and hard links to files it does not have, in stream
+/// order, and which of its directories had entries.
 pub(super) struct Deferred {
-    /// `.wh.NAME` entries, as (parent, name), in stream order.
-    whiteouts: Vec<(Vec<u8>, Vec<u8>)>,
-    /// Directories marked opaque, in stream order.
-    opaques: Vec<Vec<u8>>,
-    /// Hard links to targets below this layer: link path -> (order, target).
-    links: HashMap<Vec<u8>, (usize, Vec<u8>)>,
-    /// How many links were recorded, for their order.
-    recorded: usize,
+    /// The steps in stream order; a link a later entry replaced is `None`.
+    steps: Vec<Option<Step>>,
+    /// The links among `steps`, by the path the layer names them with.
+    links: HashMap<Vec<u8>, usize>,
     /// The staged directories that had an entry, by (device, inode).
     explicit: HashSet<(u64, u64)>,
+}
+
+/// One thing a staged layer leaves for the merge. `at` is the entry's position in the
+/// layer; `literal` the path as the layer names it (what UNPACK-31 compares); the other
+/// paths are made physical through the layer's own symlinks (UNPACK-72).
+enum Step {
+    /// `.wh.NAME`: hide what lower layers have at `physical`.
+    Whiteout {
+        at: usize,
+        literal: Vec<u8>,
+        physical: Vec<u8>,
+    },
+    /// `.wh..wh..opq`: hide what lower layers have below `physical`.
+    Opaque {
+        at: usize,
+        literal: Vec<u8>,
+        physical: Vec<u8>,
+    },
+    /// A hard link at `path` to `target`, a file of a lower layer.
+    Link { path: Vec<u8>, target: Vec<u8> },
 }
 
 impl Deferred {
     fn new() -> Self {
         Deferred {
-            whiteouts: Vec::new(),
-            opaques: Vec::new(),
+            steps: Vec::new(),
             links: HashMap::new(),
-            recorded: 0,
             explicit: HashSet::new(),
         }
     }
@@ -108,6 +141,32 @@ impl Deferred {
 pub(super) struct StagedRecord {
     pub(super) deferred: Deferred,
     paths: LayerPaths,
+}
+
+/// Remembers the times directory `dir` (open as `fd`) has before the entry at `at`
+/// changes it, unless they are known already.
+fn remember(
+    dirs: &mut HashMap<Vec<u8>, DirMeta>,
+    dir: &[u8],
+    fd: BorrowedFd<'_>,
+    at: usize,
+) -> io::Result<()> {
+    if !dirs.contains_key(dir) {
+        let st = fstat(fd)?;
+        let meta = DirMeta {
+            mode: None,
+            atime: (st.st_atime, st.st_atime_nsec as u32),
+            mtime: (st.st_mtime, st.st_mtime_nsec as u32),
+            at,
+        };
+        dirs.insert(dir.to_vec(), meta);
+    }
+    Ok(())
+}
+
+/// A directory for messages.
+fn shown_dir(path: &[u8]) -> String {
+    format!("directory {:?}", String::from_utf8_lossy(path))
 }
 
 fn io_fail(op: impl Into<String>) -> impl FnOnce(io::Error) -> Fail {
@@ -153,6 +212,7 @@ impl Applier {
             umask: process_umask(),
             paths: LayerPaths::new(),
             dirs: HashMap::new(),
+            position: 0,
             link_store: HashSet::new(),
             deferred: None,
         }
@@ -170,6 +230,7 @@ impl Applier {
 
     /// Applies one entry, reading its data from `tar`.
     pub fn apply<R: BufRead>(&mut self, e: &Entry, tar: &mut TarReader<R>) -> Result<(), Fail> {
+        self.position += 1;
         if e.kind == Kind::GlobalPax {
             tracing::debug!("ignoring a PAX global header");
             return Ok(());
@@ -210,9 +271,11 @@ impl Applier {
                 }
                 if let Some(deferred) = &mut self.deferred {
                     // A later entry replaces a hard link this layer left for the merge.
-                    deferred.links.remove(full.as_slice());
+                    if let Some(i) = deferred.links.remove(full.as_slice()) {
+                        deferred.steps[i] = None;
+                    }
                 }
-                self.paths.insert(&full);
+                self.paths.insert(&full, self.position);
                 let c = cstring(name).map_err(io_fail("name"))?;
                 match e.kind {
                     Kind::Dir => self.dir(&full, parent, &c, e),
@@ -240,36 +303,40 @@ impl Applier {
                 .map_err(io_fail("remove the aufs hard-link store .wh..wh.plnk"))?;
             self.root.forget();
         }
-        let mut dirs: Vec<_> = self.dirs.drain().collect();
+        // One directory can be known by several paths (through symlinks): it gets what its
+        // last entry said, else the times remembered first.
+        let mut chosen: HashMap<(u64, u64), (Vec<u8>, DirMeta)> = HashMap::new();
+        for (full, meta) in std::mem::take(&mut self.dirs) {
+            let Some(fd) = self.open_dir(&full)? else {
+                continue;
+            };
+            let st = fstat(fd.as_fd()).map_err(io_fail(format!("stat {}", shown_dir(&full))))?;
+            let better = |old: &DirMeta| match (meta.mode, old.mode) {
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (Some(_), Some(_)) => meta.at > old.at,
+                (None, None) => meta.at < old.at,
+            };
+            match chosen.entry((st.st_dev, st.st_ino)) {
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert((full, meta));
+                }
+                std::collections::hash_map::Entry::Occupied(mut o) if better(&o.get().1) => {
+                    o.insert((full, meta));
+                }
+                std::collections::hash_map::Entry::Occupied(_) => {}
+            }
+        }
+        let mut dirs: Vec<_> = chosen.into_values().collect();
         // Deepest first, so a restrictive parent mode never blocks reaching a child.
         dirs.sort_by_key(|(p, _)| {
             std::cmp::Reverse(p.iter().filter(|&&b| b == b'/').count() + usize::from(!p.is_empty()))
         });
         for (full, meta) in dirs {
-            let (parent, name) = path::split(&full);
-            let fd = match self.root.resolve(parent, libc::O_PATH | libc::O_DIRECTORY) {
-                Ok(p) => open_at(
-                    p.as_fd(),
-                    &cstring(name).map_err(io_fail("name"))?,
-                    libc::O_RDONLY | libc::O_DIRECTORY,
-                    0,
-                ),
-                Err(e) => Err(e),
+            let Some(fd) = self.open_dir(&full)? else {
+                continue;
             };
-            let fd = match fd {
-                Ok(fd) => fd,
-                // Removed or replaced by a later entry of the layer: nothing to do.
-                Err(e) if is(&e, libc::ENOENT) || is(&e, libc::ENOTDIR) || is(&e, libc::ELOOP) => {
-                    continue
-                }
-                Err(e) => {
-                    return Err(io_fail(format!(
-                        "open directory {:?}",
-                        String::from_utf8_lossy(&full)
-                    ))(e))
-                }
-            };
-            let what = || format!("directory {:?}", String::from_utf8_lossy(&full));
+            let what = || shown_dir(&full);
             if let (Some(deferred), Some(_)) = (&mut self.deferred, meta.mode) {
                 let st = fstat(fd.as_fd()).map_err(io_fail(format!("stat {}", what())))?;
                 deferred.explicit.insert((st.st_dev, st.st_ino));
@@ -287,28 +354,33 @@ impl Applier {
         }))
     }
 
-    /// The directory `parent`, to be changed: its times are remembered first, to be put
-    /// back if the layer has no entry for it (as umoci does).
+    /// The directory at root-relative `full` (symlinks followed inside the root), for its
+    /// pending metadata; `None` when a later entry removed it or put something else there.
+    fn open_dir(&self, full: &[u8]) -> Result<Option<OwnedFd>, Fail> {
+        match self.root.resolve(full, libc::O_RDONLY | libc::O_DIRECTORY) {
+            Ok(fd) => Ok(Some(fd)),
+            Err(e) if is(&e, libc::ENOENT) || is(&e, libc::ENOTDIR) || is(&e, libc::ELOOP) => {
+                Ok(None)
+            }
+            Err(e) => Err(io_fail(format!("open {}", shown_dir(full)))(e)),
+        }
+    }
+
+    /// The directory `parent`, to be changed: its times, and those of the directories its
+    /// missing parents are made in, are remembered first, to be put back if the layer has
+    /// no entry for them (as umoci does).
     fn parent(&mut self, parent: &[u8]) -> Result<Rc<OwnedFd>, Fail> {
+        let (dirs, at) = (&mut self.dirs, self.position);
         let fd = self
             .root
-            .dir(parent)
+            .dir(parent, &mut |dir, fd| remember(dirs, dir, fd, at))
             .map_err(io_fail("open parent directory"))?;
         self.remember_times(parent, fd.as_fd())?;
         Ok(fd)
     }
 
     fn remember_times(&mut self, dir: &[u8], fd: BorrowedFd<'_>) -> Result<(), Fail> {
-        if !self.dirs.contains_key(dir) {
-            let st = fstat(fd).map_err(io_fail("stat parent directory"))?;
-            let meta = DirMeta {
-                mode: None,
-                atime: (st.st_atime, st.st_atime_nsec as u32),
-                mtime: (st.st_mtime, st.st_mtime_nsec as u32),
-            };
-            self.dirs.insert(dir.to_vec(), meta);
-        }
-        Ok(())
+        remember(&mut self.dirs, dir, fd, self.position).map_err(io_fail("stat parent directory"))
     }
 
     fn dir(&mut self, full: &[u8], parent: &[u8], name: &CStr, e: &Entry) -> Result<(), Fail> {
@@ -350,6 +422,7 @@ impl Applier {
                 mode: Some(e.mode),
                 atime: e.mtime,
                 mtime: e.mtime,
+                at: self.position,
             },
         );
         Ok(())
@@ -441,11 +514,12 @@ impl Applier {
     fn link(&mut self, full: &[u8], parent: &[u8], name: &CStr, target: &[u8]) -> Result<(), Fail> {
         let what = format!("hard link to {:?}", String::from_utf8_lossy(target));
         // A link to a link left for the merge names the same file below.
-        let below = self
-            .deferred
-            .as_ref()
-            .and_then(|d| d.links.get(target))
-            .map(|(_, below)| below.clone());
+        let below = self.deferred.as_ref().and_then(|d| {
+            d.links.get(target).and_then(|&i| match &d.steps[i] {
+                Some(Step::Link { target, .. }) => Some(target.clone()),
+                _ => None,
+            })
+        });
         let (tparent, tname) = path::split(target);
         let tname = cstring(tname).map_err(io_fail(what.clone()))?;
         let tparent_fd = match below {
@@ -458,12 +532,11 @@ impl Applier {
         };
         let parent_fd = self.parent(parent)?;
         let Some(tparent_fd) = tparent_fd else {
-            return self.defer_link(
-                full,
-                parent_fd.as_fd(),
-                name,
-                below.unwrap_or_else(|| target.to_vec()),
-            );
+            let below = match below {
+                Some(below) => below,
+                None => self.physical(target)?,
+            };
+            return self.defer_link(full, parent, parent_fd.as_fd(), name, below);
         };
         loop {
             let r = unsafe {
@@ -489,32 +562,42 @@ impl Applier {
                     self.replace(parent_fd.as_fd(), name)?;
                 }
                 Err(err) if is(&err, libc::ENOENT) && self.deferred.is_some() => {
-                    return self.defer_link(full, parent_fd.as_fd(), name, target.to_vec());
+                    let below = self.physical(target)?;
+                    return self.defer_link(full, parent, parent_fd.as_fd(), name, below);
                 }
                 Err(err) => return Err(io_fail(what)(err)),
             }
         }
     }
 
-    /// Records the hard link `full` to `target` below this staged layer, clearing what the
-    /// layer put at `full` before (the link replaces it, UNPACK-23).
+    /// Records the hard link `full` (in directory `parent`, open as `parent_fd`) to
+    /// `target` below this staged layer, clearing what the layer put at `full` before (the
+    /// link replaces it, UNPACK-23).
     fn defer_link(
         &mut self,
         full: &[u8],
-        parent: BorrowedFd<'_>,
+        parent: &[u8],
+        parent_fd: BorrowedFd<'_>,
         name: &CStr,
         target: Vec<u8>,
     ) -> Result<(), Fail> {
-        self.replace(parent, name)?;
+        self.replace(parent_fd, name)?;
+        let path = path::join(&self.physical(parent)?, name.to_bytes());
         let deferred = self
             .deferred
             .as_mut()
             .expect("only a staging applier defers");
-        deferred.recorded += 1;
-        deferred
-            .links
-            .insert(full.to_vec(), (deferred.recorded, target));
+        deferred.links.insert(full.to_vec(), deferred.steps.len());
+        deferred.steps.push(Some(Step::Link { path, target }));
         Ok(())
+    }
+
+    /// `path` made physical in this (staged) layer (UNPACK-72).
+    fn physical(&self, path: &[u8]) -> Result<Vec<u8>, Fail> {
+        self.root.physical(path).map_err(io_fail(format!(
+            "follow {:?} through the layer's symlinks",
+            String::from_utf8_lossy(path)
+        )))
     }
 
     fn node(&mut self, parent: &[u8], name: &CStr, e: &Entry) -> Result<(), Fail> {
@@ -599,29 +682,21 @@ impl Applier {
 
     fn whiteout(&mut self, parent: &[u8], name: &[u8]) -> Result<(), Fail> {
         let c = cstring(name).map_err(io_fail("name"))?;
-        if let Some(deferred) = &mut self.deferred {
-            deferred.whiteouts.push((parent.to_vec(), name.to_vec()));
+        let literal = path::join(parent, name);
+        if self.deferred.is_some() {
+            let physical = path::join(&self.physical(parent)?, name);
+            let at = self.position;
+            self.defer(Step::Whiteout {
+                at,
+                literal,
+                physical,
+            });
             return Ok(());
         }
         match self.whiteouts {
-            Whiteouts::Apply => {
-                let hidden = path::join(parent, name);
-                if self.paths.contains(&hidden) {
-                    return Ok(()); // whiteouts hide lower layers only
-                }
-                let parent_fd = match self.root.resolve(parent, libc::O_PATH | libc::O_DIRECTORY) {
-                    Ok(fd) => fd,
-                    Err(e) if is(&e, libc::ENOENT) || is(&e, libc::ENOTDIR) => return Ok(()),
-                    Err(e) => return Err(io_fail("open parent directory")(e)),
-                };
-                self.remember_times(parent, parent_fd.as_fd())?;
-                remove_all(parent_fd.as_fd(), &c).map_err(io_fail("remove whited-out file"))?;
-                self.root.forget();
-                self.forget_dirs_under(&hidden);
-                Ok(())
-            }
+            Whiteouts::Apply => self.hide(&literal, &literal, NOW),
             Whiteouts::Overlay => {
-                self.paths.insert(&path::join(parent, name));
+                self.paths.insert(&literal, self.position);
                 let parent_fd = self.parent(parent)?;
                 let dev = libc::makedev(0, 0);
                 loop {
@@ -643,32 +718,72 @@ impl Applier {
         }
     }
 
+    /// Hides what lower layers have at `physical`, which the layer names `literal`
+    /// (UNPACK-30, 31): all of it, or, when an entry before position `before` wrote it or
+    /// something below it, only what lower layers put below it.
+    fn hide(&mut self, literal: &[u8], physical: &[u8], before: usize) -> Result<(), Fail> {
+        if self.paths.written_before(literal, before) {
+            return self.hide_below(literal, physical, before);
+        }
+        let (parent, name) = path::split(physical);
+        let c = cstring(name).map_err(io_fail("name"))?;
+        let parent_fd = match self.root.resolve(parent, libc::O_PATH | libc::O_DIRECTORY) {
+            Ok(fd) => fd,
+            Err(e) if is(&e, libc::ENOENT) || is(&e, libc::ENOTDIR) => return Ok(()),
+            Err(e) => return Err(io_fail("open parent directory")(e)),
+        };
+        self.remember_times(parent, parent_fd.as_fd())?;
+        remove_all(parent_fd.as_fd(), &c).map_err(io_fail("remove whited-out file"))?;
+        self.root.forget();
+        self.forget_dirs_under(literal);
+        self.forget_dirs_under(physical);
+        Ok(())
+    }
+
+    /// Removes what lower layers put below directory `physical` (named `literal` by the
+    /// layer), sparing what entries before position `before` wrote.
+    fn hide_below(&mut self, literal: &[u8], physical: &[u8], before: usize) -> Result<(), Fail> {
+        let fd = match self
+            .root
+            .resolve(physical, libc::O_RDONLY | libc::O_DIRECTORY)
+        {
+            Ok(fd) => fd,
+            Err(e) if is(&e, libc::ENOENT) || is(&e, libc::ENOTDIR) => return Ok(()),
+            Err(e) => return Err(io_fail("open opaque directory")(e)),
+        };
+        // By the path it is at: the layer may name it through a symlink it makes.
+        self.remember_times(physical, fd.as_fd())?;
+        let mut prefix = literal.to_vec();
+        self.clear_lower(fd.as_fd(), &mut prefix, before)?;
+        self.root.forget();
+        Ok(())
+    }
+
+    /// Adds `step` to what a staging applier leaves for the merge.
+    fn defer(&mut self, step: Step) {
+        let deferred = self
+            .deferred
+            .as_mut()
+            .expect("only a staging applier defers");
+        deferred.steps.push(Some(step));
+    }
+
     fn opaque(&mut self, parent: &[u8]) -> Result<(), Fail> {
-        self.paths.insert(parent);
-        if let Some(deferred) = &mut self.deferred {
-            deferred.opaques.push(parent.to_vec());
+        self.paths.insert(parent, self.position);
+        if self.deferred.is_some() {
+            let physical = self.physical(parent)?;
+            let at = self.position;
+            self.defer(Step::Opaque {
+                at,
+                literal: parent.to_vec(),
+                physical,
+            });
             return Ok(());
         }
         match self.whiteouts {
-            Whiteouts::Apply => {
-                let fd = match self
-                    .root
-                    .resolve(parent, libc::O_RDONLY | libc::O_DIRECTORY)
-                {
-                    Ok(fd) => fd,
-                    Err(e) if is(&e, libc::ENOENT) => return Ok(()),
-                    Err(e) => return Err(io_fail("open opaque directory")(e)),
-                };
-                self.remember_times(parent, fd.as_fd())?;
-                let mut prefix = parent.to_vec();
-                self.clear_lower(fd.as_fd(), &mut prefix)?;
-                self.root.forget();
-                Ok(())
-            }
+            Whiteouts::Apply => self.hide_below(parent, parent, NOW),
             Whiteouts::Overlay => {
-                self.root
-                    .dir(parent)
-                    .map_err(io_fail("create opaque directory"))?;
+                self.parent(parent)?;
                 let fd = self
                     .root
                     .resolve(parent, libc::O_RDONLY | libc::O_DIRECTORY)
@@ -684,9 +799,14 @@ impl Applier {
         }
     }
 
-    /// Removes everything under directory `dir` (root-relative path `prefix`) that this
-    /// layer did not write.
-    fn clear_lower(&mut self, dir: BorrowedFd<'_>, prefix: &mut Vec<u8>) -> Result<(), Fail> {
+    /// Removes everything under directory `dir` (root-relative path `prefix`) that no
+    /// entry of this layer before position `before` wrote.
+    fn clear_lower(
+        &mut self,
+        dir: BorrowedFd<'_>,
+        prefix: &mut Vec<u8>,
+        before: usize,
+    ) -> Result<(), Fail> {
         let children = list(dir).map_err(io_fail(format!(
             "list {:?}",
             String::from_utf8_lossy(prefix)
@@ -697,7 +817,7 @@ impl Applier {
                 prefix.push(b'/');
             }
             prefix.extend_from_slice(name.to_bytes());
-            if !self.paths.contains(prefix) {
+            if !self.paths.written_before(prefix, before) {
                 remove_all(dir, &name).map_err(io_fail(format!(
                     "remove {:?}",
                     String::from_utf8_lossy(prefix)
@@ -706,7 +826,8 @@ impl Applier {
             } else if is_dir {
                 let sub = open_at(dir, &name, libc::O_RDONLY | libc::O_DIRECTORY, 0)
                     .map_err(io_fail("open directory"))?;
-                self.clear_lower(sub.as_fd(), prefix)?;
+                self.remember_times(prefix, sub.as_fd())?;
+                self.clear_lower(sub.as_fd(), prefix, before)?;
             }
             prefix.truncate(len);
         }

@@ -220,15 +220,23 @@ impl StagedLayer {
             source,
         })?;
         let applier = Applier::new(open_root(dest)?, self.label.clone(), Whiteouts::Apply);
-        applier.merge(staged.as_fd(), self.record).map_err(|fail| {
-            failed(
-                fail,
-                &self.label,
-                "(merging the staged layer)".into(),
-                "tar",
-                None,
-            )
-        })?;
+        applier
+            .merge(staged.as_fd(), self.record)
+            .map_err(|(at, fail)| {
+                let at = if at.is_empty() {
+                    "/".into()
+                } else {
+                    shown(&at)
+                };
+                let fail = match fail {
+                    Fail::Io { op, source } => Fail::Io {
+                        op: format!("merging the staged layer: {op}"),
+                        source,
+                    },
+                    other => other,
+                };
+                failed(fail, &self.label, at, "tar", None)
+            })?;
         Ok(self.summary)
     }
 }

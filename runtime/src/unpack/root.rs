@@ -222,13 +222,15 @@ impl Root {
 
     /// The directory at root-relative `path` (an `O_PATH` descriptor), creating missing
     /// directories with mode 0755, also behind dangling symlinks (UNPACK-22).
-    pub fn dir(&mut self, path: &[u8]) -> io::Result<Rc<OwnedFd>> {
+    /// `before_mkdir` is told of each directory (root-relative path, descriptor) just
+    /// before a directory is made in it.
+    pub fn dir(&mut self, path: &[u8], before_mkdir: BeforeMkdir<'_>) -> io::Result<Rc<OwnedFd>> {
         if let Some((key, fd)) = &self.cache {
             if key == path {
                 return Ok(fd.clone());
             }
         }
-        let fd = Rc::new(self.ensure(path)?);
+        let fd = Rc::new(self.ensure(path, before_mkdir)?);
         self.cache = Some((path.to_vec(), fd.clone()));
         Ok(fd)
     }
@@ -241,7 +243,7 @@ impl Root {
 
     /// Opens directory `path`, creating what is missing, following at most
     /// [`MAX_SYMLINKS`] dangling symlinks. Iterative: paths can be 2048 components deep.
-    fn ensure(&self, path: &[u8]) -> io::Result<OwnedFd> {
+    fn ensure(&self, path: &[u8], before_mkdir: BeforeMkdir<'_>) -> io::Result<OwnedFd> {
         let flags = libc::O_PATH | libc::O_DIRECTORY;
         let mut symlinks = 0;
         // Directories to make exist, the one needed first last.
@@ -269,6 +271,7 @@ impl Root {
                 Err(e) => return Err(e),
             };
             let c = cstring(name)?;
+            before_mkdir(parent, parent_fd.as_fd())?;
             match cvt(unsafe { libc::mkdirat(parent_fd.as_raw_fd(), c.as_ptr(), 0o755) }) {
                 Ok(_) => {}
                 Err(e) if is(&e, libc::EEXIST) => {
@@ -289,6 +292,57 @@ impl Root {
         }
         Err(io::Error::from_raw_os_error(libc::ELOOP))
     }
+}
+
+impl Root {
+    /// `path` with the symlinks inside this root along it followed (as
+    /// [`Root::resolve`] would) as far as they lead to something that exists: from the first
+    /// missing component on, the rest is kept as it is. Paths a staged layer leaves for the
+    /// merge are made physical with this, so they need not pass through the layer's own
+    /// symlinks in the tree below (UNPACK-72).
+    pub fn physical(&self, path: &[u8]) -> io::Result<Vec<u8>> {
+        let mut done: Vec<u8> = Vec::new();
+        let mut todo: Vec<Vec<u8>> = components(path);
+        let mut symlinks = 0;
+        while let Some(component) = todo.pop() {
+            let dir = self.resolve(&done, libc::O_PATH | libc::O_DIRECTORY)?;
+            let c = cstring(&component)?;
+            match lstat_at(dir.as_fd(), &c)?.map(|st| file_type(&st)) {
+                Some(libc::S_IFLNK) => {
+                    symlinks += 1;
+                    if symlinks > MAX_SYMLINKS {
+                        return Err(io::Error::from_raw_os_error(libc::ELOOP));
+                    }
+                    let target = read_link(dir.as_fd(), &c)?.unwrap_or_default();
+                    let resolved = path::lexical_target(&done, &target);
+                    todo.extend(components(&resolved));
+                    done.clear();
+                }
+                Some(libc::S_IFDIR) => done = path::join(&done, &component),
+                // Missing, or not a directory: the rest is looked up where it is used.
+                _ => {
+                    done = path::join(&done, &component);
+                    while let Some(rest) = todo.pop() {
+                        done = path::join(&done, &rest);
+                    }
+                }
+            }
+        }
+        Ok(done)
+    }
+}
+
+/// Told of a directory (root-relative path, descriptor) before [`Root::dir`] makes a
+/// directory in it.
+pub(super) type BeforeMkdir<'a> = &'a mut dyn FnMut(&[u8], BorrowedFd<'_>) -> io::Result<()>;
+
+/// The components of normalized `path`, last first (a stack).
+fn components(path: &[u8]) -> Vec<Vec<u8>> {
+    path.split(|&b| b == b'/')
+        .filter(|c| !c.is_empty())
+        .rev()
+        .map(<[u8]>::to_vec)
+        .collect()
 }
 
 /// The target of symlink `dir/name`, or `None` if it is not a symlink.

@@ -3,41 +3,58 @@
 
 use std::collections::HashSet;
 use std::ffi::{CStr, CString};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 use super::super::path;
 use super::super::root::{cstring, cvt, file_type, fstat, is, list, lstat_at, open_at};
-use super::{io_fail, owned_ids, Applier, DirMeta, Fail, StagedRecord};
+use super::{io_fail, owned_ids, Applier, DirMeta, Fail, StagedRecord, Step};
 
 impl Applier {
     /// Merges the layer staged in `staged` (a directory on the same file system), which
     /// left `record`, into this applier's root, with the result applying the layer's stream
-    /// there would have had (UNPACK-71). `staged` is emptied of what moved.
-    pub fn merge(mut self, staged: BorrowedFd<'_>, record: StagedRecord) -> Result<(), Fail> {
+    /// there would have had (UNPACK-71). `staged` is emptied of what moved. An error names
+    /// the path it happened at.
+    pub fn merge(
+        mut self,
+        staged: BorrowedFd<'_>,
+        record: StagedRecord,
+    ) -> Result<(), (Vec<u8>, Fail)> {
         let StagedRecord { deferred, paths } = record;
         self.paths = paths;
-        // Links first: they name files below as they were when the layer's entries came,
-        // before this layer's files replace any of them.
-        let mut links: Vec<_> = deferred.links.into_iter().collect();
-        links.sort_by_key(|(_, (order, _))| *order);
-        for (full, (_, target)) in links {
-            let (parent, name) = path::split(&full);
-            let name = cstring(name).map_err(io_fail("name"))?;
-            self.link(&full, parent, &name, &target)?;
-        }
-        for (parent, name) in &deferred.whiteouts {
-            self.whiteout(parent, name)?;
-        }
-        for parent in &deferred.opaques {
-            self.opaque(parent)?;
+        // What the layer's whiteouts, opaque markers and links to lower files do to the
+        // layers below, in stream order, before any of its files replace theirs.
+        for step in deferred.steps.into_iter().flatten() {
+            match step {
+                Step::Whiteout {
+                    at,
+                    literal,
+                    physical,
+                } => self
+                    .hide(&literal, &physical, at)
+                    .map_err(|f| (literal, f))?,
+                Step::Opaque {
+                    at,
+                    literal,
+                    physical,
+                } => self
+                    .hide_below(&literal, &physical, at)
+                    .map_err(|f| (literal, f))?,
+                Step::Link { path, target } => {
+                    let (parent, name) = path::split(&path);
+                    let name = cstring(name).map_err(|e| (path.clone(), io_fail("name")(e)))?;
+                    self.link(&path, parent, &name, &target)
+                        .map_err(|f| (path.clone(), f))?;
+                }
+            }
         }
         // Before its children move out, which changes its times.
-        let root = fstat(staged).map_err(io_fail("stat the staged layer"))?;
+        let root = fstat(staged).map_err(|e| (Vec::new(), io_fail("stat the staged layer")(e)))?;
         self.move_children(staged, &mut Vec::new(), &deferred.explicit)?;
         if deferred.explicit.contains(&(root.st_dev, root.st_ino)) {
-            self.take_dir_meta(staged, &root, b"")?;
+            self.take_dir_meta(staged, &root, b"")
+                .map_err(|f| (Vec::new(), f))?;
         }
-        self.finish().map(drop)
+        self.finish().map(drop).map_err(|f| (Vec::new(), f))
     }
 
     /// Moves the children of staged directory `from` into the root's directory at
@@ -47,19 +64,21 @@ impl Applier {
         from: BorrowedFd<'_>,
         at: &mut Vec<u8>,
         explicit: &HashSet<(u64, u64)>,
-    ) -> Result<(), Fail> {
-        let children = list(from).map_err(io_fail(format!("list staged {}", shown(at))))?;
+    ) -> Result<(), (Vec<u8>, Fail)> {
+        let children = list(from)
+            .map_err(|e| (at.clone(), io_fail(format!("list staged {}", shown(at)))(e)))?;
         for (name, is_dir) in children {
             let len = at.len();
             if !at.is_empty() {
                 at.push(b'/');
             }
             at.extend_from_slice(name.to_bytes());
-            if is_dir {
-                self.move_dir(from, &name, at, explicit)?;
+            let moved = if is_dir {
+                self.move_dir(from, &name, at, explicit)
             } else {
-                self.move_file(from, &name, at)?;
-            }
+                self.move_file(from, &name, at).map_err(|f| (at.clone(), f))
+            };
+            moved?;
             at.truncate(len);
         }
         Ok(())
@@ -72,21 +91,29 @@ impl Applier {
         name: &CStr,
         at: &[u8],
         explicit: &HashSet<(u64, u64)>,
-    ) -> Result<(), Fail> {
+    ) -> Result<(), (Vec<u8>, Fail)> {
+        let here = |f| (at.to_vec(), f);
         let staged = open_at(from, name, libc::O_RDONLY | libc::O_DIRECTORY, 0)
-            .map_err(io_fail(format!("open staged {}", shown(at))))?;
-        let st = fstat(staged.as_fd()).map_err(io_fail(format!("stat staged {}", shown(at))))?;
+            .map_err(|e| here(io_fail(format!("open staged {}", shown(at)))(e)))?;
+        let st = fstat(staged.as_fd())
+            .map_err(|e| here(io_fail(format!("stat staged {}", shown(at)))(e)))?;
         let has_entry = explicit.contains(&(st.st_dev, st.st_ino));
-        let parent = self.parent(path::split(at).0)?;
+        let parent = self.parent(path::split(at).0).map_err(here)?;
         let there = lstat_at(parent.as_fd(), name)
-            .map_err(io_fail(format!("stat {}", shown(at))))?
+            .map_err(|e| here(io_fail(format!("stat {}", shown(at)))(e)))?
             .map(|st| file_type(&st));
         match there {
-            None => return self.rename(from, name, parent.as_fd(), at),
+            None => {
+                return self
+                    .rename_dir(from, name, &staged, &st, parent.as_fd(), at)
+                    .map_err(here)
+            }
             // A directory entry replaces what is not a directory (UNPACK-23).
             Some(kind) if has_entry && kind != libc::S_IFDIR => {
-                self.replace(parent.as_fd(), name)?;
-                return self.rename(from, name, parent.as_fd(), at);
+                self.replace(parent.as_fd(), name).map_err(here)?;
+                return self
+                    .rename_dir(from, name, &staged, &st, parent.as_fd(), at)
+                    .map_err(here);
             }
             // Without an entry the layer only wrote below `at`, through whatever is there:
             // a directory, or a symlink resolved inside the root (UNPACK-20, UNPACK-22).
@@ -95,11 +122,37 @@ impl Applier {
         if !self.privileged {
             // Its children move out: the mode the layer gave it may not let its owner.
             cvt(unsafe { libc::fchmod(staged.as_raw_fd(), 0o700) })
-                .map_err(io_fail(format!("chmod staged {}", shown(at))))?;
+                .map_err(|e| here(io_fail(format!("chmod staged {}", shown(at)))(e)))?;
         }
         self.move_children(staged.as_fd(), &mut at.to_vec(), explicit)?;
         if has_entry {
-            self.take_dir_meta(staged.as_fd(), &st, at)?;
+            self.take_dir_meta(staged.as_fd(), &st, at).map_err(here)?;
+        }
+        Ok(())
+    }
+
+    /// Moves staged directory `from/name` (open as `staged`, with `st`) whole to `at`. A
+    /// directory moves only if its owner may write it, so one the layer made read-only is
+    /// made writable for the move when ferry is not root.
+    fn rename_dir(
+        &mut self,
+        from: BorrowedFd<'_>,
+        name: &CStr,
+        staged: &OwnedFd,
+        st: &libc::stat,
+        to: BorrowedFd<'_>,
+        at: &[u8],
+    ) -> Result<(), Fail> {
+        let mode = st.st_mode & 0o7777;
+        let unlock = !self.privileged && mode & 0o200 == 0;
+        if unlock {
+            cvt(unsafe { libc::fchmod(staged.as_raw_fd(), mode | 0o200) })
+                .map_err(io_fail(format!("chmod staged {}", shown(at))))?;
+        }
+        self.rename(from, name, to, at)?;
+        if unlock {
+            cvt(unsafe { libc::fchmod(staged.as_raw_fd(), mode) })
+                .map_err(io_fail(format!("chmod {}", shown(at))))?;
         }
         Ok(())
     }
@@ -177,6 +230,7 @@ impl Applier {
                 mode: Some(st.st_mode & 0o7777),
                 atime: (st.st_atime, st.st_atime_nsec as u32),
                 mtime: (st.st_mtime, st.st_mtime_nsec as u32),
+                at: self.position,
             },
         );
         Ok(())
