@@ -394,3 +394,140 @@ fn unpack_of_a_missing_image_applies_layers_as_they_arrive() {
         expected.len()
     );
 }
+
+/// `ferry unpack NAME DIR` of a missing image, and `ferry pull` + `ferry unpack` of it into
+/// a fresh store: the two trees, for comparison.
+fn tree_of_two_pass_unpack(name: &str, config: Option<&Path>) -> BTreeMap<String, tree::Node> {
+    let root = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let with_config = |cmd: &mut std::process::Command| {
+        if let Some(config) = config {
+            cmd.arg("--config").arg(config);
+        }
+    };
+    let mut pull = ferry(root.path());
+    with_config(&mut pull);
+    run_ok(pull.args(["pull", name]));
+    let mut unpack = ferry(root.path());
+    with_config(&mut unpack);
+    run_ok(unpack.args(["unpack", name]).arg(dir.path().join("rootfs")));
+    tree::snapshot(&dir.path().join("rootfs"))
+}
+
+fn assert_same_tree(expected: &BTreeMap<String, tree::Node>, dir: &Path) {
+    let actual = tree::snapshot(dir);
+    let diffs = tree::diff(expected, &actual, &tree::Options::exact());
+    assert!(diffs.is_empty(), "{}", diffs.join("\n"));
+    assert!(
+        expected.len() > 20,
+        "the comparison saw {} paths",
+        expected.len()
+    );
+}
+
+/// The staging directories beside `dir` (RUN-25).
+fn staging_beside(dir: &Path) -> Vec<String> {
+    let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+    std::fs::read_dir(dir.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(&format!(".{name}.ferry-unpack-")))
+        .collect()
+}
+
+#[test]
+fn killed_unpack_leaves_its_staging_which_the_next_unpack_removes() {
+    // RUN-25, RUN-22: a killed `ferry unpack` leaves its staging directory beside DIR; the
+    // next unpack into DIR removes it (its process is gone), resumes the blob and gives the
+    // tree a pull and then an unpack give.
+    if !root_only() {
+        return;
+    }
+    let fx = Fixtures::get();
+    let reg = Registry::start(RegistryOptions::open()).unwrap();
+    fx.push(BIG, &reg.host(), "big:1", false, None);
+    let proxy = Proxy::start(&reg.host(), Some(2 << 20));
+    let root = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let rootfs = dir.path().join("rootfs");
+    let name = format!("{}/big:1", proxy.host());
+
+    let mut child = spawn_pull_until_partly_in(
+        ferry(root.path())
+            .args(["unpack", "--json", &name])
+            .arg(&rootfs),
+    );
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let left = staging_beside(&rootfs);
+    assert_eq!(left.len(), 1, "the killed unpack was staging: {left:?}");
+
+    let out = output(
+        ferry(root.path())
+            .env("FERRY_LOG", "ferry_runtime=debug")
+            .args(["unpack", &format!("{}/big:1", reg.host())])
+            .arg(&rootfs),
+    );
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert!(
+        stderr_of(&out).contains("left by an unpack that stopped"),
+        "{}",
+        stderr_of(&out)
+    );
+    assert_eq!(staging_beside(&rootfs), Vec::<String>::new());
+    let expected = tree_of_two_pass_unpack(&format!("{}/big:1", reg.host()), None);
+    assert_same_tree(&expected, &rootfs);
+}
+
+#[test]
+fn unpack_falls_back_past_a_source_with_corrupt_bytes_and_extracts_the_layer_again() {
+    // RUN-24, STORE-3: the first source's bytes of a layer go wrong mid-stream; the layer's
+    // extraction fails, the pull fetches the blob from the next source, and the layer is
+    // extracted again from those bytes: the unpack succeeds with the right tree.
+    if !root_only() {
+        return;
+    }
+    let fx = Fixtures::get();
+    let bad = Registry::start(RegistryOptions::open()).unwrap();
+    let good = Registry::start(RegistryOptions::open()).unwrap();
+    fx.push(BIG, &bad.host(), "team/big:1", false, None);
+    fx.push(BIG, &good.host(), "team/big:1", false, None);
+    let (manifest, _) = manifest_and_config(&fx, BIG);
+    let layer = layers(&manifest).remove(1);
+    corrupt_middle(&bad, &layer);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("sites.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[route]]\nprefix = \"registry.example.com/team\"\nsources = [\"bad\", \"good\"]\n\
+             [source.bad]\ndriver = \"registry\"\nurl = \"{}\"\n\
+             [source.good]\ndriver = \"registry\"\nurl = \"{}\"\n",
+            bad.url(),
+            good.url()
+        ),
+    )
+    .unwrap();
+    let name = "registry.example.com/team/big:1";
+    let root = tempfile::tempdir().unwrap();
+    let rootfs = dir.path().join("rootfs");
+
+    let out = output(
+        ferry(root.path())
+            .env("FERRY_LOG", "warn,ferry_runtime=debug")
+            .arg("--config")
+            .arg(&config)
+            .args(["unpack", name])
+            .arg(&rootfs),
+    );
+    let err = stderr_of(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("digest mismatch"),
+        "the bad source was tried: {err}"
+    );
+    assert!(err.contains("its download started over"), "{err}");
+    assert!(blob_committed(root.path(), &layer));
+    let expected = tree_of_two_pass_unpack(name, Some(&config));
+    assert_same_tree(&expected, &rootfs);
+}
