@@ -183,6 +183,131 @@ fn directories_a_layer_writes_into_without_an_entry_keep_their_times() {
     s.assert_untouched();
 }
 
+/// Atime and mtime of `p` to the nanosecond.
+fn times(p: &Path) -> (i64, i64, i64, i64) {
+    let m = fs::symlink_metadata(p).unwrap();
+    (m.atime(), m.atime_nsec(), m.mtime(), m.mtime_nsec())
+}
+
+/// UNPACK-41, UNPACK-22: making missing parent directories inside an existing directory
+/// (one level below it, or deeper) leaves that directory's atime and mtime as they were.
+#[test]
+fn missing_parents_made_in_a_directory_keep_its_times() {
+    let s = Sandbox::new();
+    s.apply(
+        &Tar::new()
+            .entry(
+                Hdr {
+                    kind: b'5',
+                    mtime: 1000,
+                    ..hdr("d/")
+                },
+                b"",
+            )
+            .finish(),
+    )
+    .unwrap();
+    let before = times(&s.at("d"));
+    assert_eq!(before.2, 1000);
+    s.apply(&Tar::new().file("d/x/y/z", b"z").finish()).unwrap();
+    assert_eq!(fs::read(s.at("d/x/y/z")).unwrap(), b"z");
+    assert_eq!(times(&s.at("d")), before, "d, where the layer made x");
+    s.assert_untouched();
+}
+
+/// UNPACK-41, UNPACK-20: writing through a lower symlink to a directory (merged /usr:
+/// `bin -> usr/bin`) leaves the directory's times as they were, whether the layer
+/// writes into it through the symlink, by its own path, or makes a missing parent in
+/// it through the symlink.
+#[test]
+fn writing_through_a_symlinked_parent_keeps_the_directorys_times() {
+    let s = Sandbox::new();
+    s.apply(
+        &Tar::new()
+            .entry(
+                Hdr {
+                    kind: b'5',
+                    mtime: 1000,
+                    ..hdr("usr/")
+                },
+                b"",
+            )
+            .entry(
+                Hdr {
+                    kind: b'5',
+                    mtime: 2000,
+                    ..hdr("usr/bin/")
+                },
+                b"",
+            )
+            .symlink("bin", "usr/bin")
+            .finish(),
+    )
+    .unwrap();
+    let usr = times(&s.at("usr"));
+    let usr_bin = times(&s.at("usr/bin"));
+    assert_eq!((usr.2, usr_bin.2), (1000, 2000));
+    s.apply(
+        &Tar::new()
+            .file("bin/sh", b"sh")
+            .file("usr/bin/ls", b"ls")
+            .file("bin/sub/x", b"x")
+            .finish(),
+    )
+    .unwrap();
+    for (path, data) in [
+        ("usr/bin/sh", "sh"),
+        ("usr/bin/ls", "ls"),
+        ("usr/bin/sub/x", "x"),
+    ] {
+        assert_eq!(fs::read(s.at(path)).unwrap(), data.as_bytes(), "{path}");
+    }
+    assert_eq!(times(&s.at("usr/bin")), usr_bin, "usr/bin");
+    assert_eq!(times(&s.at("usr")), usr, "usr");
+    s.assert_untouched();
+}
+
+/// UNPACK-41: a directory a layer names by two paths (its own and one through a
+/// symlink) takes the metadata of whichever entry comes last in the stream.
+#[test]
+fn a_directory_reached_by_two_paths_takes_its_last_entrys_metadata() {
+    let dir = |name: &str, mode: u32, mtime: i64| Hdr {
+        kind: b'5',
+        mode,
+        mtime,
+        ..hdr(name)
+    };
+    for (first, last) in [("usr/bin/sub/", "bin/sub/"), ("bin/sub/", "usr/bin/sub/")] {
+        let s = Sandbox::new();
+        s.apply(
+            &Tar::new()
+                .dir("usr/")
+                .dir("usr/bin/")
+                .symlink("bin", "usr/bin")
+                .finish(),
+        )
+        .unwrap();
+        s.apply(
+            &Tar::new()
+                .entry(dir(first, 0o700, 2000), b"")
+                .file("usr/bin/sub/f", b"f")
+                .entry(dir(last, 0o750, 3000), b"")
+                .file("bin/sub/g", b"g")
+                .finish(),
+        )
+        .unwrap();
+        let sub = s.at("usr/bin/sub");
+        assert_eq!(
+            (mode(&sub), times(&sub).2),
+            (0o750, 3000),
+            "{first} then {last}"
+        );
+        assert_eq!(fs::read(sub.join("f")).unwrap(), b"f");
+        assert_eq!(fs::read(sub.join("g")).unwrap(), b"g");
+        s.assert_untouched();
+    }
+}
+
 /// UNPACK-40, UNPACK-33
 #[test]
 fn xattrs_are_applied_by_namespace() {
@@ -487,6 +612,65 @@ fn whiteouts_and_opaque_dirs_in_apply_mode_hide_lower_layers_only() {
             && !exists(&s.at(".wh..wh.plnk"))
             && !exists(&s.at("a/.wh.1"))
     );
+    s.assert_untouched();
+}
+
+/// UNPACK-31: a whiteout of a directory after its layer wrote below it removes only what
+/// lower layers put below it, as an opaque marker would: the directory (with its lower
+/// mode and times) and the layer's entries stay. Before anything of the layer is there
+/// it removes the whole lower directory, and the layer's entries then go in a new one.
+#[test]
+fn a_whiteout_after_its_layer_wrote_below_the_path_clears_only_lower_content() {
+    let lower = Tar::new()
+        .entry(
+            Hdr {
+                kind: b'5',
+                mode: 0o750,
+                mtime: 1000,
+                ..hdr("d/")
+            },
+            b"",
+        )
+        .file("d/old", b"old")
+        .dir("d/keep/")
+        .file("d/keep/lower", b"lower")
+        .finish();
+
+    let s = Sandbox::new();
+    s.apply(&lower).unwrap();
+    let d_times = times(&s.at("d"));
+    s.apply(
+        &Tar::new()
+            .file("d/keep/new", b"new")
+            .file(".wh.d", b"")
+            .finish(),
+    )
+    .unwrap();
+    assert_eq!(fs::read(s.at("d/keep/new")).unwrap(), b"new");
+    assert!(!exists(&s.at("d/old")), "a lower file below d stays");
+    assert!(
+        !exists(&s.at("d/keep/lower")),
+        "a lower file below d/keep stays"
+    );
+    assert!(s.at("d/keep").is_dir());
+    assert_eq!(mode(&s.at("d")), 0o750, "d is not the lower directory");
+    assert_eq!(times(&s.at("d")), d_times, "d is not the lower directory");
+    s.assert_untouched();
+
+    let s = Sandbox::new();
+    s.apply(&lower).unwrap();
+    s.apply(
+        &Tar::new()
+            .file(".wh.d", b"")
+            .file("d/keep/new", b"new")
+            .finish(),
+    )
+    .unwrap();
+    assert_eq!(fs::read(s.at("d/keep/new")).unwrap(), b"new");
+    assert!(!exists(&s.at("d/old")) && !exists(&s.at("d/keep/lower")));
+    // d is a missing parent made afresh (UNPACK-22), not the lower directory.
+    assert_eq!(mode(&s.at("d")), 0o755);
+    assert_ne!(times(&s.at("d")).2, 1000);
     s.assert_untouched();
 }
 
