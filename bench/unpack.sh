@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Cold pull + unpack, everything on one tmpfs (registry, stores, containerd's root):
-#   ferry pull --unpack (one pass into snapshots), cold ferry run IMAGE true, ferry pull then
-#   ferry unpack DIR; beside skopeo copy + umoci unpack and ctr images pull (private
+#   ferry pull --unpack (one pass into snapshots), cold ferry run IMAGE true, ferry unpack
+#   REF DIR of a missing image (one pass, layers staged at once), ferry pull then ferry
+#   unpack DIR; beside skopeo copy + umoci unpack and ctr images pull (private
 #   containerd, overlayfs snapshotter, no pigz); and the machine's limits for the same layers:
 #   the download alone (curl of every layer, 4 at once as ferry) and the decompression alone
 #   (gzip -dc, the layers one after another and all at once).
@@ -36,6 +37,8 @@ for t in ${images[*]}; do
     "$FERRY" --root "$WORK/t/store" pull --unpack "$ref"; one=$LAST_MEDIAN
   measure "ferry run IMAGE true" 'rm -rf $WORK/t/store; cold' \
     "$FERRY" --root "$WORK/t/store" run --rm "$ref" true; run=$LAST_MEDIAN
+  measure "ferry unpack REF DIR (one pass)" 'rm -rf $WORK/t/store $WORK/t/rootfs; cold' \
+    "$FERRY" --root "$WORK/t/store" unpack "$ref" "$WORK/t/rootfs"; u=$LAST_MEDIAN
   measure "ferry pull + unpack DIR" 'rm -rf $WORK/t/store $WORK/t/rootfs; cold' \
     sh -c "'$FERRY' --root '$WORK/t/store' pull '$ref' && '$FERRY' --root '$WORK/t/store' unpack '$ref' '$WORK/t/rootfs'"
   f=$LAST_MEDIAN
@@ -54,7 +57,7 @@ for t in ${images[*]}; do
     ctr --address "$CTR_SOCK" -n bench images pull --plain-http "$ref"
   c=$LAST_MEDIAN
   longer=$(printf '%s\n%s\n' "$dl" "$gzp" | sort -n | tail -1)
-  echo "ratios: pull --unpack/ctr $(ratio "$one" "$c")  run/ctr $(ratio "$run" "$c")  pull+unpack DIR/ctr $(ratio "$f" "$c")  pull --unpack/(skopeo+umoci) $(ratio "$one" "$s")  pull --unpack/max(download, gunzip all at once) $(ratio "$one" "$longer")"
+  echo "ratios: pull --unpack/ctr $(ratio "$one" "$c")  run/ctr $(ratio "$run" "$c")  unpack DIR/ctr $(ratio "$u" "$c")  pull+unpack DIR/ctr $(ratio "$f" "$c")  pull --unpack/(skopeo+umoci) $(ratio "$one" "$s")  pull --unpack/max(download, gunzip all at once) $(ratio "$one" "$longer")"
 done
 
 echo "== run busybox true (warm: image and snapshots present)"

@@ -1,5 +1,6 @@
-//! One pass into one directory: `ferry unpack DIR` applies an image's layers in order while
-//! the pull brings them, so layer N+1 downloads while layer N is applied (RUN-24).
+//! One pass into one directory: `ferry unpack DIR` extracts an image's layers while the
+//! pull brings them (RUN-24), several at once, each staged on its own beside DIR and merged
+//! into DIR in order (RUN-25); [`flatten_stored`] does the same from the store.
 //!
 //! The bytes are not queued in memory: a layer's extraction reads the store's ingest file
 //! of the blob as the pull writes it, and waits where the pull has not written yet.
@@ -29,7 +30,7 @@ use crate::{Error, Result};
 /// How often a layer waiting for its bytes looks whether its blob came into the store.
 const STORE_POLL: Duration = Duration::from_millis(20);
 
-/// An image's layers being applied into one directory, bottom first, as they arrive.
+/// An image's layers being extracted into one directory as they arrive (RUN-24, RUN-25).
 ///
 /// Dropped before [`finish`](StreamedFlatten::finish), the applying stops (the directory
 /// holds part of the image).

@@ -1,6 +1,7 @@
 //! One pass: layers extracted from their bytes while they are being downloaded, instead of
 //! re-read from the store after the pull (specs/runtime.md RUN-20…RUN-24): into snapshots,
-//! each layer on its own thread (here), or in order into one directory ([`StreamedFlatten`]).
+//! each layer on its own thread (here), or into one directory, staged at once and merged
+//! in order ([`StreamedFlatten`]).
 //!
 //! A [`LayerExtraction`] reads the bytes the pull writes into the store's ingest, in order,
 //! from a reader the caller feeds (a small bounded queue);
