@@ -61,6 +61,7 @@ for t in ${images[*]}; do
 done
 
 echo "== run busybox true (warm: image and snapshots present)"
+[[ " ${images[*]} " == *" busybox "* ]] || push busybox
 ref=$REGISTRY/bench/busybox:latest
 rm -rf "$WORK/t/store"
 "$FERRY" --root "$WORK/t/store" pull --unpack "$ref" >/dev/null 2>&1
