@@ -1724,13 +1724,13 @@ fn layer_tar(layer: usize, entries: &[Generated]) -> Vec<u8> {
     tar.finish()
 }
 
-/// Whether `err`, applying generated layer `entries` in order over the tree `below`, is
-/// the failure UNPACK-73 lets staging not have: an entry E failed with ENOTDIR, or as a
-/// hard link with ENOENT (no such file) or EPERM (a directory of `below` at its target),
+/// Whether `err`, applying generated layer `entries` in order, is the failure UNPACK-73
+/// lets staging not have: an entry E failed with ENOTDIR, or as a hard link with ENOENT
+/// (no such file) or EPERM (a directory at its target),
 /// and an entry after E in the same layer writes E's path, an ancestor of it, or E's link
 /// target. E is taken to be the last entry of its name in the tar (the last hard link of
 /// it, for a link that failed), so an entry counted as "after E" is.
-fn is_unpack_73(entries: &[Generated], err: &Error, below: &BTreeMap<String, tree::Node>) -> bool {
+fn is_unpack_73(entries: &[Generated], err: &Error) -> bool {
     let Error::UnpackIo {
         entry, op, source, ..
     } = err
@@ -1740,11 +1740,11 @@ fn is_unpack_73(entries: &[Generated], err: &Error, below: &BTreeMap<String, tre
     let link_target = op
         .strip_prefix("hard link to ")
         .map(|quoted| quoted.trim_matches('"'));
-    let to_lower_dir = link_target.is_some_and(|t| below.get(t).is_some_and(|n| n.kind == 'd'));
     match source.raw_os_error() {
         Some(libc::ENOTDIR) => {}
         Some(libc::ENOENT) if link_target.is_some() => {}
-        Some(libc::EPERM) if to_lower_dir => {}
+        // A hard link to a directory (one below, or one made for the layer's own entries).
+        Some(libc::EPERM) if link_target.is_some() => {}
         _ => return false,
     }
     let hard_link = link_target.is_some();
@@ -1803,11 +1803,7 @@ fn compare(entries: &[Vec<Generated>]) -> Outcome {
                     &tree::Options::exact(),
                 )
                 .is_empty());
-        let below = match k {
-            0 => BTreeMap::new(),
-            _ => applied_trees[k - 1].clone(),
-        };
-        if same_before && is_unpack_73(&entries[*k], err, &below) {
+        if same_before && is_unpack_73(&entries[*k], err) {
             return Outcome::Unpack73;
         }
     }

@@ -26,8 +26,9 @@ struct DirMeta {
     mode: Option<u32>,
     atime: (i64, u32),
     mtime: (i64, u32),
-    /// The entry (its position in the layer) that set or remembered these.
-    at: usize,
+    /// When these were set or remembered, counted up in the layer (the applier's
+    /// `recorded`): the later entry and the earlier memory win.
+    order: usize,
 }
 
 /// Paths this layer wrote, with their ancestors, as 128-bit keyed hashes, each with the
@@ -88,6 +89,8 @@ pub(super) struct Applier {
     dirs: HashMap<Vec<u8>, DirMeta>,
     /// The position of the entry being applied in the layer, from 1.
     position: usize,
+    /// How many directory metadata records were made (their `order`).
+    recorded: usize,
     /// Regular files written below `/.wh..wh.plnk/`, which hard links may name; the
     /// store is removed when the layer is done (UNPACK-13).
     link_store: HashSet<Vec<u8>>,
@@ -105,6 +108,9 @@ pub(super) struct Deferred {
     links: HashMap<Vec<u8>, usize>,
     /// The staged directories that had an entry, by (device, inode).
     explicit: HashSet<(u64, u64)>,
+    /// Where a directory entry replaced a non-directory of the layer: what lower layers
+    /// have there was replaced too, so it is not merged into (UNPACK-23).
+    replaced: HashSet<Vec<u8>>,
 }
 
 /// One thing a staged layer leaves for the merge. `at` is the entry's position in the
@@ -133,6 +139,7 @@ impl Deferred {
             steps: Vec::new(),
             links: HashMap::new(),
             explicit: HashSet::new(),
+            replaced: HashSet::new(),
         }
     }
 }
@@ -143,21 +150,22 @@ pub(super) struct StagedRecord {
     paths: LayerPaths,
 }
 
-/// Remembers the times directory `dir` (open as `fd`) has before the entry at `at`
-/// changes it, unless they are known already.
+/// Remembers the times directory `dir` (open as `fd`) has before it changes, unless they
+/// are known already; `recorded` counts what the layer recorded.
 fn remember(
     dirs: &mut HashMap<Vec<u8>, DirMeta>,
     dir: &[u8],
     fd: BorrowedFd<'_>,
-    at: usize,
+    recorded: &mut usize,
 ) -> io::Result<()> {
     if !dirs.contains_key(dir) {
         let st = fstat(fd)?;
+        *recorded += 1;
         let meta = DirMeta {
             mode: None,
             atime: (st.st_atime, st.st_atime_nsec as u32),
             mtime: (st.st_mtime, st.st_mtime_nsec as u32),
-            at,
+            order: *recorded,
         };
         dirs.insert(dir.to_vec(), meta);
     }
@@ -213,6 +221,7 @@ impl Applier {
             paths: LayerPaths::new(),
             dirs: HashMap::new(),
             position: 0,
+            recorded: 0,
             link_store: HashSet::new(),
             deferred: None,
         }
@@ -266,6 +275,9 @@ impl Applier {
                 if name == b"." && e.kind != Kind::Dir {
                     return reject("only a directory can name the root");
                 }
+                if e.kind == Kind::Hardlink && path::normalize(&e.link).as_deref() == Ok(&full) {
+                    return Ok(()); // a link to itself changes nothing
+                }
                 if e.kind != Kind::Dir {
                     self.dirs.remove(full.as_slice());
                 }
@@ -314,8 +326,8 @@ impl Applier {
             let better = |old: &DirMeta| match (meta.mode, old.mode) {
                 (Some(_), None) => true,
                 (None, Some(_)) => false,
-                (Some(_), Some(_)) => meta.at > old.at,
-                (None, None) => meta.at < old.at,
+                (Some(_), Some(_)) => meta.order > old.order,
+                (None, None) => meta.order < old.order,
             };
             match chosen.entry((st.st_dev, st.st_ino)) {
                 std::collections::hash_map::Entry::Vacant(v) => {
@@ -337,10 +349,6 @@ impl Applier {
                 continue;
             };
             let what = || shown_dir(&full);
-            if let (Some(deferred), Some(_)) = (&mut self.deferred, meta.mode) {
-                let st = fstat(fd.as_fd()).map_err(io_fail(format!("stat {}", what())))?;
-                deferred.explicit.insert((st.st_dev, st.st_ino));
-            }
             if let Some(mode) = meta.mode {
                 cvt(unsafe { libc::fchmod(fd.as_raw_fd(), mode) })
                     .map_err(io_fail(format!("chmod {}", what())))?;
@@ -370,17 +378,18 @@ impl Applier {
     /// missing parents are made in, are remembered first, to be put back if the layer has
     /// no entry for them (as umoci does).
     fn parent(&mut self, parent: &[u8]) -> Result<Rc<OwnedFd>, Fail> {
-        let (dirs, at) = (&mut self.dirs, self.position);
+        let (dirs, recorded) = (&mut self.dirs, &mut self.recorded);
         let fd = self
             .root
-            .dir(parent, &mut |dir, fd| remember(dirs, dir, fd, at))
+            .dir(parent, &mut |dir, fd| remember(dirs, dir, fd, recorded))
             .map_err(io_fail("open parent directory"))?;
         self.remember_times(parent, fd.as_fd())?;
         Ok(fd)
     }
 
     fn remember_times(&mut self, dir: &[u8], fd: BorrowedFd<'_>) -> Result<(), Fail> {
-        remember(&mut self.dirs, dir, fd, self.position).map_err(io_fail("stat parent directory"))
+        remember(&mut self.dirs, dir, fd, &mut self.recorded)
+            .map_err(io_fail("stat parent directory"))
     }
 
     fn dir(&mut self, full: &[u8], parent: &[u8], name: &CStr, e: &Entry) -> Result<(), Fail> {
@@ -395,10 +404,23 @@ impl Applier {
                             break; // merge into the existing directory
                         }
                         self.replace(parent_fd.as_fd(), name)?;
+                        if self.deferred.is_some() {
+                            let at = path::join(&self.physical(parent)?, name.to_bytes());
+                            self.deferred_mut().replaced.insert(at);
+                        }
                     }
                     Err(err) => return Err(io_fail("mkdir")(err)),
                 }
             }
+        }
+        if self.deferred.is_some() {
+            let st = lstat_at(parent_fd.as_fd(), name)
+                .map_err(io_fail("stat"))?
+                .ok_or_else(|| Fail::Io {
+                    op: "stat".into(),
+                    source: io::Error::from_raw_os_error(libc::ENOENT),
+                })?;
+            self.deferred_mut().explicit.insert((st.st_dev, st.st_ino));
         }
         if self.privileged || !e.xattrs.is_empty() {
             let fd = open_at(
@@ -416,13 +438,14 @@ impl Applier {
             }
             self.xattrs(XattrTarget::Fd(fd.as_fd()), e)?;
         }
+        let order = self.record();
         self.dirs.insert(
             full.to_vec(),
             DirMeta {
                 mode: Some(e.mode),
                 atime: e.mtime,
                 mtime: e.mtime,
-                at: self.position,
+                order,
             },
         );
         Ok(())
@@ -561,7 +584,12 @@ impl Applier {
                     }
                     self.replace(parent_fd.as_fd(), name)?;
                 }
-                Err(err) if is(&err, libc::ENOENT) && self.deferred.is_some() => {
+                // Missing here, or a directory made for the layer's entries below it: the
+                // tree below decides what the link names.
+                Err(err)
+                    if (is(&err, libc::ENOENT) || is(&err, libc::EPERM))
+                        && self.deferred.is_some() =>
+                {
                     let below = self.physical(target)?;
                     return self.defer_link(full, parent, parent_fd.as_fd(), name, below);
                 }
@@ -583,10 +611,7 @@ impl Applier {
     ) -> Result<(), Fail> {
         self.replace(parent_fd, name)?;
         let path = path::join(&self.physical(parent)?, name.to_bytes());
-        let deferred = self
-            .deferred
-            .as_mut()
-            .expect("only a staging applier defers");
+        let deferred = self.deferred_mut();
         deferred.links.insert(full.to_vec(), deferred.steps.len());
         deferred.steps.push(Some(Step::Link { path, target }));
         Ok(())
@@ -722,9 +747,6 @@ impl Applier {
     /// (UNPACK-30, 31): all of it, or, when an entry before position `before` wrote it or
     /// something below it, only what lower layers put below it.
     fn hide(&mut self, literal: &[u8], physical: &[u8], before: usize) -> Result<(), Fail> {
-        if self.paths.written_before(literal, before) {
-            return self.hide_below(literal, physical, before);
-        }
         let (parent, name) = path::split(physical);
         let c = cstring(name).map_err(io_fail("name"))?;
         let parent_fd = match self.root.resolve(parent, libc::O_PATH | libc::O_DIRECTORY) {
@@ -732,6 +754,21 @@ impl Applier {
             Err(e) if is(&e, libc::ENOENT) || is(&e, libc::ENOTDIR) => return Ok(()),
             Err(e) => return Err(io_fail("open parent directory")(e)),
         };
+        if self.paths.written_before(literal, before) {
+            // Only a directory has lower content below it; a symlink is not followed.
+            let dir = match open_at(parent_fd.as_fd(), &c, libc::O_RDONLY | libc::O_DIRECTORY, 0) {
+                Ok(fd) => fd,
+                Err(e) if is(&e, libc::ENOENT) || is(&e, libc::ENOTDIR) || is(&e, libc::ELOOP) => {
+                    return Ok(())
+                }
+                Err(e) => return Err(io_fail("open whited-out directory")(e)),
+            };
+            self.remember_times(physical, dir.as_fd())?;
+            let mut prefix = literal.to_vec();
+            self.clear_lower(dir.as_fd(), &mut prefix, before)?;
+            self.root.forget();
+            return Ok(());
+        }
         self.remember_times(parent, parent_fd.as_fd())?;
         remove_all(parent_fd.as_fd(), &c).map_err(io_fail("remove whited-out file"))?;
         self.root.forget();
@@ -761,11 +798,20 @@ impl Applier {
 
     /// Adds `step` to what a staging applier leaves for the merge.
     fn defer(&mut self, step: Step) {
-        let deferred = self
-            .deferred
+        self.deferred_mut().steps.push(Some(step));
+    }
+
+    /// The `order` of a directory metadata record made now.
+    fn record(&mut self) -> usize {
+        self.recorded += 1;
+        self.recorded
+    }
+
+    /// What a staging applier leaves for the merge.
+    fn deferred_mut(&mut self) -> &mut Deferred {
+        self.deferred
             .as_mut()
-            .expect("only a staging applier defers");
-        deferred.steps.push(Some(step));
+            .expect("only a staging applier defers")
     }
 
     fn opaque(&mut self, parent: &[u8]) -> Result<(), Fail> {

@@ -7,7 +7,14 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 use super::super::path;
 use super::super::root::{cstring, cvt, file_type, fstat, is, list, lstat_at, open_at};
-use super::{io_fail, owned_ids, Applier, DirMeta, Fail, StagedRecord, Step};
+use super::{io_fail, owned_ids, Applier, Deferred, DirMeta, Fail, StagedRecord, Step};
+
+/// What the staged layer says about its directories: which had entries (by inode), and
+/// where it replaced what lower layers have (by path).
+struct Marks<'a> {
+    explicit: &'a HashSet<(u64, u64)>,
+    replaced: &'a HashSet<Vec<u8>>,
+}
 
 impl Applier {
     /// Merges the layer staged in `staged` (a directory on the same file system), which
@@ -21,9 +28,19 @@ impl Applier {
     ) -> Result<(), (Vec<u8>, Fail)> {
         let StagedRecord { deferred, paths } = record;
         self.paths = paths;
+        let Deferred {
+            steps,
+            explicit,
+            replaced,
+            ..
+        } = deferred;
+        let marks = Marks {
+            explicit: &explicit,
+            replaced: &replaced,
+        };
         // What the layer's whiteouts, opaque markers and links to lower files do to the
         // layers below, in stream order, before any of its files replace theirs.
-        for step in deferred.steps.into_iter().flatten() {
+        for step in steps.into_iter().flatten() {
             match step {
                 Step::Whiteout {
                     at,
@@ -49,8 +66,8 @@ impl Applier {
         }
         // Before its children move out, which changes its times.
         let root = fstat(staged).map_err(|e| (Vec::new(), io_fail("stat the staged layer")(e)))?;
-        self.move_children(staged, &mut Vec::new(), &deferred.explicit)?;
-        if deferred.explicit.contains(&(root.st_dev, root.st_ino)) {
+        self.move_children(staged, &mut Vec::new(), &marks)?;
+        if explicit.contains(&(root.st_dev, root.st_ino)) {
             self.take_dir_meta(staged, &root, b"")
                 .map_err(|f| (Vec::new(), f))?;
         }
@@ -63,7 +80,7 @@ impl Applier {
         &mut self,
         from: BorrowedFd<'_>,
         at: &mut Vec<u8>,
-        explicit: &HashSet<(u64, u64)>,
+        marks: &Marks<'_>,
     ) -> Result<(), (Vec<u8>, Fail)> {
         let children = list(from)
             .map_err(|e| (at.clone(), io_fail(format!("list staged {}", shown(at)))(e)))?;
@@ -74,7 +91,7 @@ impl Applier {
             }
             at.extend_from_slice(name.to_bytes());
             let moved = if is_dir {
-                self.move_dir(from, &name, at, explicit)
+                self.move_dir(from, &name, at, marks)
             } else {
                 self.move_file(from, &name, at).map_err(|f| (at.clone(), f))
             };
@@ -90,14 +107,14 @@ impl Applier {
         from: BorrowedFd<'_>,
         name: &CStr,
         at: &[u8],
-        explicit: &HashSet<(u64, u64)>,
+        marks: &Marks<'_>,
     ) -> Result<(), (Vec<u8>, Fail)> {
         let here = |f| (at.to_vec(), f);
         let staged = open_at(from, name, libc::O_RDONLY | libc::O_DIRECTORY, 0)
             .map_err(|e| here(io_fail(format!("open staged {}", shown(at)))(e)))?;
         let st = fstat(staged.as_fd())
             .map_err(|e| here(io_fail(format!("stat staged {}", shown(at)))(e)))?;
-        let has_entry = explicit.contains(&(st.st_dev, st.st_ino));
+        let has_entry = marks.explicit.contains(&(st.st_dev, st.st_ino));
         let parent = self.parent(path::split(at).0).map_err(here)?;
         let there = lstat_at(parent.as_fd(), name)
             .map_err(|e| here(io_fail(format!("stat {}", shown(at)))(e)))?
@@ -108,8 +125,9 @@ impl Applier {
                     .rename_dir(from, name, &staged, &st, parent.as_fd(), at)
                     .map_err(here)
             }
-            // A directory entry replaces what is not a directory (UNPACK-23).
-            Some(kind) if has_entry && kind != libc::S_IFDIR => {
+            // A directory entry replaces what is not a directory, and a directory the
+            // layer replaced by something else first (UNPACK-23).
+            Some(kind) if has_entry && (kind != libc::S_IFDIR || marks.replaced.contains(at)) => {
                 self.replace(parent.as_fd(), name).map_err(here)?;
                 return self
                     .rename_dir(from, name, &staged, &st, parent.as_fd(), at)
@@ -124,7 +142,7 @@ impl Applier {
             cvt(unsafe { libc::fchmod(staged.as_raw_fd(), 0o700) })
                 .map_err(|e| here(io_fail(format!("chmod staged {}", shown(at)))(e)))?;
         }
-        self.move_children(staged.as_fd(), &mut at.to_vec(), explicit)?;
+        self.move_children(staged.as_fd(), &mut at.to_vec(), marks)?;
         if has_entry {
             self.take_dir_meta(staged.as_fd(), &st, at).map_err(here)?;
         }
@@ -143,6 +161,8 @@ impl Applier {
         to: BorrowedFd<'_>,
         at: &[u8],
     ) -> Result<(), Fail> {
+        // What was pending for a directory that was here went with it.
+        self.forget_dirs_under(at);
         let mode = st.st_mode & 0o7777;
         let unlock = !self.privileged && mode & 0o200 == 0;
         if unlock {
@@ -160,7 +180,7 @@ impl Applier {
     /// Moves staged non-directory `from/name` to root-relative `at`, replacing what is
     /// there.
     fn move_file(&mut self, from: BorrowedFd<'_>, name: &CStr, at: &[u8]) -> Result<(), Fail> {
-        self.dirs.remove(at);
+        self.forget_dirs_under(at);
         let parent = self.parent(path::split(at).0)?;
         let there = lstat_at(parent.as_fd(), name)
             .map_err(io_fail(format!("stat {}", shown(at))))?
@@ -224,13 +244,14 @@ impl Applier {
             )?;
         }
         copy_xattrs(staged, fd.as_fd()).map_err(io_fail(format!("copy xattrs of {}", what())))?;
+        let order = self.record();
         self.dirs.insert(
             at.to_vec(),
             DirMeta {
                 mode: Some(st.st_mode & 0o7777),
                 atime: (st.st_atime, st.st_atime_nsec as u32),
                 mtime: (st.st_mtime, st.st_mtime_nsec as u32),
-                at: self.position,
+                order,
             },
         );
         Ok(())
