@@ -617,7 +617,8 @@ impl Applier {
         Ok(())
     }
 
-    /// `path` made physical in this (staged) layer (UNPACK-72).
+    /// `path` made physical: the symlinks of this root along it followed as far as they
+    /// lead (UNPACK-72).
     fn physical(&self, path: &[u8]) -> Result<Vec<u8>, Fail> {
         self.root.physical(path).map_err(io_fail(format!(
             "follow {:?} through the layer's symlinks",
@@ -719,7 +720,10 @@ impl Applier {
             return Ok(());
         }
         match self.whiteouts {
-            Whiteouts::Apply => self.hide(&literal, &literal, NOW),
+            Whiteouts::Apply => {
+                let physical = path::join(&self.physical(parent)?, name);
+                self.hide(&literal, &physical, NOW)
+            }
             Whiteouts::Overlay => {
                 self.paths.insert(&literal, self.position);
                 let parent_fd = self.parent(parent)?;
@@ -764,8 +768,12 @@ impl Applier {
                 Err(e) => return Err(io_fail("open whited-out directory")(e)),
             };
             self.remember_times(physical, dir.as_fd())?;
-            let mut prefix = literal.to_vec();
-            self.clear_lower(dir.as_fd(), &mut prefix, before)?;
+            self.clear_lower(
+                dir.as_fd(),
+                &mut literal.to_vec(),
+                &mut physical.to_vec(),
+                before,
+            )?;
             self.root.forget();
             return Ok(());
         }
@@ -790,8 +798,12 @@ impl Applier {
         };
         // By the path it is at: the layer may name it through a symlink it makes.
         self.remember_times(physical, fd.as_fd())?;
-        let mut prefix = literal.to_vec();
-        self.clear_lower(fd.as_fd(), &mut prefix, before)?;
+        self.clear_lower(
+            fd.as_fd(),
+            &mut literal.to_vec(),
+            &mut physical.to_vec(),
+            before,
+        )?;
         self.root.forget();
         Ok(())
     }
@@ -827,7 +839,10 @@ impl Applier {
             return Ok(());
         }
         match self.whiteouts {
-            Whiteouts::Apply => self.hide_below(parent, parent, NOW),
+            Whiteouts::Apply => {
+                let physical = self.physical(parent)?;
+                self.hide_below(parent, &physical, NOW)
+            }
             Whiteouts::Overlay => {
                 self.parent(parent)?;
                 let fd = self
@@ -845,37 +860,45 @@ impl Applier {
         }
     }
 
-    /// Removes everything under directory `dir` (root-relative path `prefix`) that no
-    /// entry of this layer before position `before` wrote.
+    /// Removes everything under directory `dir` that no entry of this layer before position
+    /// `before` wrote. The layer may name `dir` as `literal` or as `physical` (through its
+    /// own symlinks): what it wrote by either name stays.
     fn clear_lower(
         &mut self,
         dir: BorrowedFd<'_>,
-        prefix: &mut Vec<u8>,
+        literal: &mut Vec<u8>,
+        physical: &mut Vec<u8>,
         before: usize,
     ) -> Result<(), Fail> {
         let children = list(dir).map_err(io_fail(format!(
             "list {:?}",
-            String::from_utf8_lossy(prefix)
+            String::from_utf8_lossy(physical)
         )))?;
         for (name, is_dir) in children {
-            let len = prefix.len();
-            if !prefix.is_empty() {
-                prefix.push(b'/');
+            let (len, physical_len) = (literal.len(), physical.len());
+            for prefix in [&mut *literal, &mut *physical] {
+                if !prefix.is_empty() {
+                    prefix.push(b'/');
+                }
+                prefix.extend_from_slice(name.to_bytes());
             }
-            prefix.extend_from_slice(name.to_bytes());
-            if !self.paths.written_before(prefix, before) {
+            let written = self.paths.written_before(literal, before)
+                || self.paths.written_before(physical, before);
+            if !written {
                 remove_all(dir, &name).map_err(io_fail(format!(
                     "remove {:?}",
-                    String::from_utf8_lossy(prefix)
+                    String::from_utf8_lossy(physical)
                 )))?;
-                self.forget_dirs_under(prefix);
+                self.forget_dirs_under(literal);
+                self.forget_dirs_under(physical);
             } else if is_dir {
                 let sub = open_at(dir, &name, libc::O_RDONLY | libc::O_DIRECTORY, 0)
                     .map_err(io_fail("open directory"))?;
-                self.remember_times(prefix, sub.as_fd())?;
-                self.clear_lower(sub.as_fd(), prefix, before)?;
+                self.remember_times(physical, sub.as_fd())?;
+                self.clear_lower(sub.as_fd(), literal, physical, before)?;
             }
-            prefix.truncate(len);
+            literal.truncate(len);
+            physical.truncate(physical_len);
         }
         Ok(())
     }
