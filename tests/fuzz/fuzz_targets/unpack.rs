@@ -1,8 +1,10 @@
-//! The tar reader and the whole layer unpack (`unpack::apply_layer`, UNPACK-*): a plain tar
-//! layer is applied twice (the second time over what the first made, as a later layer
-//! would) into a root directory made inside a scratch parent that holds only that root and
-//! a canary file. After every run the parent must still hold exactly those two, the root
-//! must still be a directory, and the canary must be untouched.
+//! The tar reader and the whole layer unpack (UNPACK-*): a plain tar layer is applied with
+//! `unpack::apply_layer` into a root directory made inside a scratch parent that holds only
+//! that root, a staging directory and a canary file; then the same layer is staged with
+//! `stage_layer` and merged over what the first made with `merge_into` (UNPACK-70, 71), as
+//! a later layer would. After every step the parent must still hold exactly those three,
+//! the root and staging directory must still be directories, and the canary must be
+//! untouched.
 //!
 //! Input: the layer's tar stream.
 #![no_main]
@@ -13,7 +15,7 @@ use std::path::Path;
 
 use ferry_core::media::Compression;
 use ferry_core::Digest;
-use ferry_runtime::unpack::{apply_layer, Budget, Limits, Whiteouts};
+use ferry_runtime::unpack::{apply_layer, stage_layer, Budget, LayerSummary, Limits, Whiteouts};
 use libfuzzer_sys::fuzz_target;
 
 const CANARY: &[u8] = b"nothing may change me\n";
@@ -37,7 +39,10 @@ fn scratch() -> tempfile::TempDir {
 }
 
 /// Everything about the canary an escaping write could change.
-fn canary_state(path: &Path) -> (Vec<u8>, u32, u64, u32, u32, i64, i64) {
+type CanaryState = (Vec<u8>, u32, u64, u32, u32, i64, i64);
+
+/// The canary's [`CanaryState`] now.
+fn canary_state(path: &Path) -> CanaryState {
     let meta = fs::symlink_metadata(path).expect("canary is still there");
     assert!(
         meta.file_type().is_file(),
@@ -55,55 +60,75 @@ fn canary_state(path: &Path) -> (Vec<u8>, u32, u64, u32, u32, i64, i64) {
     )
 }
 
+/// Checks the scratch parent after `step`: only its three entries, both directories still
+/// directories, the canary as it was.
+fn check_parent(parent: &Path, step: &str, canary: &Path, before: &CanaryState) {
+    let mut names: Vec<String> = fs::read_dir(parent)
+        .expect("parent readable")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["canary", "root", "stage"],
+        "{step}: the layer wrote beside its root"
+    );
+    for dir in ["root", "stage"] {
+        assert!(
+            fs::symlink_metadata(parent.join(dir))
+                .expect(dir)
+                .file_type()
+                .is_dir(),
+            "{step}: {dir} is no longer a directory"
+        );
+    }
+    assert_eq!(&canary_state(canary), before, "{step}: the canary changed");
+}
+
+/// What an applied or merged layer reports: the whole stream's size and digest.
+fn check_summary(summary: &LayerSummary, data: &[u8]) {
+    assert_eq!(summary.bytes, data.len() as u64);
+    assert_eq!(summary.diff_id, Digest::sha256(data));
+    assert!(summary.entries <= LIMITS.max_entries);
+}
+
 fuzz_target!(|data: &[u8]| {
     let parent = scratch();
     let root = parent.path().join("root");
+    let stage = parent.path().join("stage");
     let canary = parent.path().join("canary");
     fs::create_dir(&root).expect("root");
+    fs::create_dir(&stage).expect("stage");
     fs::write(&canary, CANARY).expect("canary");
     let before = canary_state(&canary);
 
     let mut budget = Budget::new(LIMITS);
-    for round in 0..2 {
-        let result = apply_layer(
-            &root,
-            data,
-            Compression::None,
-            None,
-            Whiteouts::Apply,
-            &mut budget,
-        );
-        let mut names: Vec<String> = fs::read_dir(parent.path())
-            .expect("parent readable")
-            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
-            .collect();
-        names.sort();
-        assert_eq!(
-            names,
-            ["canary", "root"],
-            "round {round}: the layer wrote beside its root"
-        );
-        assert!(
-            fs::symlink_metadata(&root)
-                .expect("root")
-                .file_type()
-                .is_dir(),
-            "round {round}: the root is no longer a directory"
-        );
-        assert_eq!(
-            canary_state(&canary),
-            before,
-            "round {round}: the canary changed"
-        );
-        match result {
-            Ok(summary) => {
-                // The diff_id covers the whole stream, trailing bytes included.
-                assert_eq!(summary.bytes, data.len() as u64);
-                assert_eq!(summary.diff_id, Digest::sha256(data));
-                assert!(summary.entries <= LIMITS.max_entries);
-            }
-            Err(_) => break,
-        }
-    }
+    let applied = apply_layer(
+        &root,
+        data,
+        Compression::None,
+        None,
+        Whiteouts::Apply,
+        &mut budget,
+    );
+    check_parent(parent.path(), "apply", &canary, &before);
+    let Ok(summary) = applied else { return };
+    check_summary(&summary, data);
     assert!(budget.bytes_left() <= LIMITS.max_bytes);
+
+    let staged = stage_layer(
+        &stage,
+        data,
+        Compression::None,
+        None,
+        &mut Budget::new(LIMITS),
+    );
+    check_parent(parent.path(), "stage", &canary, &before);
+    let Ok(staged) = staged else { return };
+    check_summary(staged.summary(), data);
+    let merged = staged.merge_into(&root);
+    check_parent(parent.path(), "merge", &canary, &before);
+    if let Ok(summary) = merged {
+        check_summary(&summary, data);
+    }
 });
