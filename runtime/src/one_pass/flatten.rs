@@ -8,9 +8,9 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, Read};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -32,26 +32,33 @@ const STORE_POLL: Duration = Duration::from_millis(20);
 
 /// An image's layers being extracted into one directory as they arrive (RUN-24, RUN-25).
 ///
-/// Dropped before [`finish`](StreamedFlatten::finish), the applying stops (the directory
-/// holds part of the image).
+/// Dropped before [`finish`](StreamedFlatten::finish), the extraction stops: every read
+/// fails, the threads end, the staging directory goes, and the directory holds part of
+/// the image.
 pub struct StreamedFlatten {
     shared: Arc<Shared>,
     thread: Option<JoinHandle<Result<Vec<LayerSummary>>>>,
 }
 
-/// Where each layer's bytes are, shared by the pull's feeds and the applying thread.
+/// Where each layer's bytes are, shared by the pull's feeds and the applying threads.
 struct Shared {
     state: Mutex<State>,
     changed: Condvar,
+    /// Set with `State::stopped`, for readers to look at without the lock.
+    halted: AtomicBool,
 }
 
 struct State {
     layers: Vec<Source>,
     /// The pull is over: layers without a feed are read from the store.
     pull_done: bool,
-    /// Nothing more will come (the pull failed or was dropped).
+    /// Nothing more will come or be read (the pull failed or was dropped, or the unpack
+    /// failed).
     stopped: bool,
-    /// Layers the applying thread has finished, with their outcome.
+    /// Why the unpack failed, when it stopped because of that: what feeds answer then.
+    failure: Option<(String, bool)>,
+    /// Layers extracted (staged, or applied in order), with their outcome: a feed's `finish`
+    /// answers with it.
     applied: Vec<Option<Outcome>>,
     /// How many feeds each layer was given: a new one means its download started over.
     feeds: Vec<u64>,
@@ -110,15 +117,19 @@ impl StreamedFlatten {
     }
 
     /// A feed of layer `index` from `partial`, the store's ingest file of its blob, which
-    /// the pull writes from its first byte on. Fails when an earlier feed of the layer
-    /// broke off while it was being applied, or when applying stopped.
+    /// the pull writes from its first byte on. Applied in order, it fails when an earlier
+    /// feed of the layer failed or broke off while it was being applied; staged, a layer
+    /// that failed is staged again from it, and one staged already (its diff_id checked)
+    /// stays as it is.
     pub fn follow(&self, index: usize, partial: File) -> Result<LayerFeed> {
         let mut state = self.shared.lock();
-        if state.restartable {
-            // A staged layer is extracted again from this feed.
-            state.applied[index] = None;
-        } else if let Some(Some(Err(failure))) = state.applied.get(index) {
-            return Err(one_pass(failure));
+        if let Some((reason, corrupt)) = &state.failure {
+            return Err(one_pass(&(reason.clone(), *corrupt)));
+        }
+        match &state.applied[index] {
+            Some(Err(_)) if state.restartable => state.applied[index] = None,
+            Some(Err(failure)) => return Err(one_pass(failure)),
+            _ => {}
         }
         if matches!(state.layers[index], Source::Broken) {
             return Err(broken(index, state.layers.len()));
@@ -197,7 +208,7 @@ impl LayerFeed {
             match &state.applied[self.index] {
                 Some(Ok(())) => return Ok(()),
                 Some(Err(failure)) => return Err(one_pass(failure)),
-                None if state.stopped => return Err(stopped()),
+                None if state.stopped => return Err(stopped(&state)),
                 None => state = self.shared.wait(state),
             }
         }
@@ -275,11 +286,13 @@ impl Shared {
                 layers: (0..count).map(|_| Source::Waiting).collect(),
                 pull_done,
                 stopped: false,
+                failure: None,
                 applied: vec![None; count],
                 feeds: vec![0; count],
                 restartable,
             }),
             changed: Condvar::new(),
+            halted: AtomicBool::new(false),
         }
     }
 
@@ -294,23 +307,41 @@ impl Shared {
     /// Layer `i` is done with `outcome`: its feed's `finish` returns.
     fn applied<T>(&self, i: usize, outcome: &Result<T>) {
         let mut state = self.lock();
-        state.applied[i] = Some(match outcome {
-            Ok(_) => Ok(()),
-            Err(e) => Err((e.to_string(), matches!(e, Error::DiffIdMismatch { .. }))),
-        });
+        state.applied[i] = Some(outcome_of(outcome));
         self.changed.notify_all();
     }
 
-    /// Nothing more is read: the unpack failed or is dropped.
+    /// Layer `i` failed with `outcome` from feed number `feed`: `true` when its download
+    /// started over meanwhile (stage it again), else the failure answers the feed, under
+    /// one lock, so it never answers a newer feed.
+    fn failed_from<T>(&self, i: usize, feed: u64, outcome: &Result<T>) -> bool {
+        let mut state = self.lock();
+        if state.feeds[i] != feed || matches!(state.layers[i], Source::Waiting) {
+            return true;
+        }
+        state.applied[i] = Some(outcome_of(outcome));
+        self.changed.notify_all();
+        false
+    }
+
+    /// Nothing more is read: the pull failed, or the unpack is dropped.
     fn stop(&self) {
         self.lock().stopped = true;
+        self.halted.store(true, Ordering::Relaxed);
         self.changed.notify_all();
     }
 
-    /// Whether layer `i`'s download started over since its feed number `feed` was taken.
-    fn started_over(&self, i: usize, feed: u64) -> bool {
-        let state = self.lock();
-        state.feeds[i] != feed || matches!(state.layers[i], Source::Waiting)
+    /// The unpack failed with `error`: nothing more is read, and feeds answer with it.
+    fn fail(&self, error: &Error) {
+        self.lock()
+            .failure
+            .get_or_insert_with(|| (error.to_string(), is_corrupt(error)));
+        self.stop();
+    }
+
+    /// Whether reading is to stop.
+    fn halted(&self) -> bool {
+        self.halted.load(Ordering::Relaxed)
     }
 
     /// After layer `i` failed from feed number `feed`: waits until its download starts over
@@ -385,6 +416,9 @@ fn apply_staged(
     limits: Limits,
 ) -> Result<Vec<LayerSummary>> {
     let next = AtomicUsize::new(0);
+    // What the layers staged so far used: a layer starts with what is left of the image's
+    // limits and is charged when staged, so staging ahead is bounded too (UNPACK-50).
+    let budget = &Mutex::new(Budget::new(limits));
     let (done, results) = mpsc::channel();
     let threads = layers.len().min(STAGING_THREADS);
     std::thread::scope(|scope| {
@@ -393,10 +427,10 @@ fn apply_staged(
             let next = &next;
             scope.spawn(move || loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= layers.len() {
+                if i >= layers.len() || shared.halted() {
                     return;
                 }
-                let staged = stage(shared, store, layers, i, staging, limits);
+                let staged = stage(shared, store, layers, i, staging, budget);
                 let failed = staged.is_err();
                 if done.send((i, staged)).is_err() || failed {
                     return;
@@ -404,10 +438,10 @@ fn apply_staged(
             });
         }
         drop(done);
-        let merged = merge_in_order(layers.len(), dest, staging, limits, &results);
-        if merged.is_err() {
+        let merged = merge_in_order(layers.len(), dest, staging, &results);
+        if let Err(e) = &merged {
             // Stops the other layers' reading; the scope then waits for their threads.
-            shared.stop();
+            shared.fail(e);
         }
         merged
     })
@@ -419,23 +453,22 @@ fn merge_in_order(
     count: usize,
     dest: &Path,
     staging: &Staging,
-    limits: Limits,
     results: &mpsc::Receiver<(usize, Result<StagedLayer>)>,
 ) -> Result<Vec<LayerSummary>> {
-    let mut budget = Budget::new(limits);
     let mut ready: BTreeMap<usize, StagedLayer> = BTreeMap::new();
     let mut summaries = Vec::with_capacity(count);
     while summaries.len() < count {
         let i = summaries.len();
         let Some(layer) = ready.remove(&i) else {
-            let (j, staged) = results.recv().map_err(|_| stopped())?;
+            let (j, staged) = results.recv().map_err(|_| Error::OnePass {
+                reason: "the layers' extraction stopped".into(),
+                corrupt: false,
+            })?;
             ready.insert(j, staged?);
             continue;
         };
-        let diff_id = layer.summary().diff_id.clone();
-        let summary = budget
-            .charge(&diff_id, layer.summary())
-            .and_then(|()| layer.merge_into(dest))
+        let summary = layer
+            .merge_into(dest)
             .map_err(|e| e.in_layer(i + 1, count))?;
         staging.clear(i)?;
         summaries.push(summary);
@@ -444,35 +477,42 @@ fn merge_in_order(
 }
 
 /// Stages layer `i` into its staging directory from its feed or the store, starting over
-/// when its download does; says the outcome to the layer's feed.
+/// when its download does, within what is left of `budget`, which it is charged; says the
+/// outcome to the layer's feed.
 fn stage(
     shared: &Shared,
     store: &Store,
     layers: &[(Digest, Compression, Digest)],
     i: usize,
     staging: &Staging,
-    limits: Limits,
+    budget: &Mutex<Budget>,
 ) -> Result<StagedLayer> {
     let (blob, compression, diff_id) = &layers[i];
     loop {
-        let dir = staging.fresh(i)?;
-        let (bytes, feed) = open_source(shared, store, blob, i)?;
-        // Bounded by the image's limits alone, so what stops it does not depend on which
-        // layers are in by then; the layers together are charged in order when merged.
-        let mut alone = Budget::new(limits);
-        let outcome = stage_layer(&dir, bytes, *compression, Some(diff_id), &mut alone)
-            .map_err(|e| e.in_layer(i + 1, layers.len()));
+        let outcome = staging.fresh(i).and_then(|dir| {
+            let (bytes, feed) = open_source(shared, store, blob, i)?;
+            let mut left = budget.lock().expect("budget lock").clone();
+            let staged = stage_layer(&dir, bytes, *compression, Some(diff_id), &mut left)
+                .and_then(|staged| {
+                    let mut budget = budget.lock().expect("budget lock");
+                    budget.charge(diff_id, staged.summary())?;
+                    Ok(staged)
+                })
+                .map_err(|e| e.in_layer(i + 1, layers.len()));
+            Ok((staged, feed))
+        });
+        let (outcome, feed) = match outcome {
+            Ok((staged, feed)) => (staged, feed),
+            Err(e) => (Err(e), None),
+        };
         let Some(feed) = feed.filter(|_| outcome.is_err()) else {
             shared.applied(i, &outcome);
             return outcome;
         };
-        if !shared.started_over(i, feed) {
-            // The pull hears of the failure; when the bytes were the source's fault it
-            // fetches the blob again, from the next source (STORE-3), and this layer with it.
-            shared.applied(i, &outcome);
-            if !shared.fed_again(i, feed) {
-                return outcome;
-            }
+        // The pull hears of the failure; when the bytes were the source's fault it fetches
+        // the blob again, from the next source (STORE-3), and this layer with it.
+        if !shared.failed_from(i, feed, &outcome) && !shared.fed_again(i, feed) {
+            return outcome;
         }
         tracing::debug!(
             "layer {}/{}: its download started over",
@@ -500,7 +540,13 @@ fn open_source<'a>(
             }),
             Some(feed),
         ),
-        None => (Box::new(store.open_blob(blob)?), None),
+        None => (
+            Box::new(Halting {
+                shared,
+                inner: store.open_blob(blob)?,
+            }),
+            None,
+        ),
     })
 }
 
@@ -508,14 +554,15 @@ fn open_source<'a>(
 const STAGING_THREADS: usize = 4;
 
 /// The directory beside an unpack's destination where its layers are staged, on the same
-/// file system; removed when dropped (RUN-25).
+/// mount (so layers move into the destination by rename); removed when dropped (RUN-25).
 struct Staging {
     dir: PathBuf,
 }
 
 impl Staging {
     /// Makes `.NAME.ferry-unpack-PID` beside `dest`, after removing those a process that is
-    /// gone left; `None` when it cannot be made there or is on another file system.
+    /// gone left; `None` when it cannot be made there or is on another mount than `dest`
+    /// (another file system, or `dest` is a mount point or bind mount).
     fn beside(dest: &Path) -> Result<Option<Staging>> {
         let (Some(parent), Some(name)) = (dest.parent(), dest.file_name()) else {
             return Ok(None);
@@ -536,16 +583,8 @@ impl Staging {
             return Ok(None);
         }
         let staging = Staging { dir };
-        let device = |p: &Path| {
-            std::fs::metadata(p)
-                .map(|m| m.dev())
-                .map_err(|source| Error::Io {
-                    op: "stat",
-                    path: p.to_path_buf(),
-                    source,
-                })
-        };
-        if device(&staging.dir)? != device(dest)? {
+        // A rename works within one mount, not only within one file system (a bind mount).
+        if mount_id(&staging.dir)? != mount_id(dest)? {
             tracing::debug!("{} is a mount point: unpacking in order", dest.display());
             return Ok(None);
         }
@@ -567,23 +606,81 @@ impl Staging {
     /// Removes what is left of layer `i`'s directory.
     fn clear(&self, i: usize) -> Result<()> {
         let dir = self.dir.join(i.to_string());
-        match std::fs::remove_dir_all(&dir) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(Error::Io {
-                op: "remove staging directory",
-                path: dir,
-                source: e,
-            }),
-            _ => Ok(()),
-        }
+        remove_tree(&dir).map_err(|source| Error::Io {
+            op: "remove staging directory",
+            path: dir,
+            source,
+        })
     }
 }
 
 impl Drop for Staging {
     fn drop(&mut self) {
-        if let Err(e) = std::fs::remove_dir_all(&self.dir) {
+        if let Err(e) = remove_tree(&self.dir) {
             tracing::warn!("could not remove {}: {e}", self.dir.display());
         }
     }
+}
+
+/// Removes the tree at `path` (nothing there is fine); the directories a layer made
+/// read-only are made writable first when that is what stops an ordinary user.
+fn remove_tree(path: &Path) -> io::Result<()> {
+    match std::fs::remove_dir_all(path) {
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+            make_writable(path)?;
+            std::fs::remove_dir_all(path)
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}
+
+/// Gives the owner full access to every directory at and below `path` (symlinks are not
+/// followed).
+fn make_writable(path: &Path) -> io::Result<()> {
+    let mut todo = vec![path.to_path_buf()];
+    while let Some(dir) = todo.pop() {
+        if !std::fs::symlink_metadata(&dir)?.is_dir() {
+            continue;
+        }
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+        for entry in std::fs::read_dir(&dir)? {
+            let entry = entry?;
+            if entry.file_type()?.is_dir() {
+                todo.push(entry.path());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The id of the mount `path` is on (`statx` `STATX_MNT_ID`).
+fn mount_id(path: &Path) -> Result<u64> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| Error::Io {
+        op: "stat",
+        path: path.to_path_buf(),
+        source: io::Error::from(io::ErrorKind::InvalidInput),
+    })?;
+    let mut stx = std::mem::MaybeUninit::<libc::statx>::zeroed();
+    // SAFETY: `c` is NUL-terminated and `stx` is a valid statx buffer.
+    let r = unsafe {
+        libc::statx(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+            libc::STATX_MNT_ID,
+            stx.as_mut_ptr(),
+        )
+    };
+    if r != 0 {
+        return Err(Error::Io {
+            op: "stat",
+            path: path.to_path_buf(),
+            source: io::Error::last_os_error(),
+        });
+    }
+    // SAFETY: statx succeeded and filled the buffer.
+    Ok(unsafe { stx.assume_init() }.stx_mnt_id)
 }
 
 /// Removes the staging directories with `prefix` in `parent` whose process is gone (a
@@ -602,7 +699,7 @@ fn remove_abandoned(parent: &Path, prefix: &str) {
                 "removing {}, left by an unpack that stopped",
                 entry.path().display()
             );
-            if let Err(e) = std::fs::remove_dir_all(entry.path()) {
+            if let Err(e) = remove_tree(&entry.path()) {
                 tracing::warn!("could not remove {}: {e}", entry.path().display());
             }
         }
@@ -626,8 +723,8 @@ fn take_source(
                 return Ok(Some((file.take().expect("a feed is read once"), feed)))
             }
             Source::Broken => return Err(broken(i, count)),
+            Source::Waiting if stopped_now => return Err(stopped(&state)),
             Source::Waiting if pull_done => return Ok(None),
-            Source::Waiting if stopped_now => return Err(stopped()),
             Source::Waiting if store.blob_size(blob)?.is_some() => return Ok(None),
             Source::Waiting => {
                 state = shared
@@ -651,10 +748,45 @@ fn broken(i: usize, count: usize) -> Error {
     }
 }
 
-fn stopped() -> Error {
+/// Why reading stopped: the unpack's failure, or the pull's end.
+fn stopped(state: &State) -> Error {
+    if let Some(failure) = &state.failure {
+        return one_pass(failure);
+    }
     Error::OnePass {
         reason: "unpacking stopped: the pull ended first".to_string(),
         corrupt: false,
+    }
+}
+
+/// What a layer's feed is answered with for `outcome`.
+fn outcome_of<T>(outcome: &Result<T>) -> Outcome {
+    match outcome {
+        Ok(_) => Ok(()),
+        Err(e) => Err((e.to_string(), is_corrupt(e))),
+    }
+}
+
+/// Whether `e` says the bytes are not the layer the image describes.
+fn is_corrupt(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::DiffIdMismatch { .. } | Error::OnePass { corrupt: true, .. }
+    )
+}
+
+/// A layer's blob read from the store, failing once the unpack stops.
+struct Halting<'a, R> {
+    shared: &'a Shared,
+    inner: R,
+}
+
+impl<R: Read> Read for Halting<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.shared.halted() {
+            return Err(io::Error::other("unpacking stopped"));
+        }
+        self.inner.read(buf)
     }
 }
 
@@ -693,7 +825,7 @@ impl Read for Follower<'_> {
                     }
                 }
                 if state.stopped {
-                    return Err(io::Error::other("unpacking stopped"));
+                    return Err(io::Error::other(stopped(&state).to_string()));
                 }
                 state = self.shared.wait(state);
             }

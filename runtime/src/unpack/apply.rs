@@ -339,6 +339,16 @@ impl Applier {
                 std::collections::hash_map::Entry::Occupied(_) => {}
             }
         }
+        if let Some(deferred) = &mut self.deferred {
+            // The directories that have an entry, as they are once the layer is in: an
+            // inode a removed directory had may be another's now.
+            deferred.explicit.extend(
+                chosen
+                    .iter()
+                    .filter(|(_, (_, meta))| meta.mode.is_some())
+                    .map(|(inode, _)| *inode),
+            );
+        }
         let mut dirs: Vec<_> = chosen.into_values().collect();
         // Deepest first, so a restrictive parent mode never blocks reaching a child.
         dirs.sort_by_key(|(p, _)| {
@@ -412,15 +422,6 @@ impl Applier {
                     Err(err) => return Err(io_fail("mkdir")(err)),
                 }
             }
-        }
-        if self.deferred.is_some() {
-            let st = lstat_at(parent_fd.as_fd(), name)
-                .map_err(io_fail("stat"))?
-                .ok_or_else(|| Fail::Io {
-                    op: "stat".into(),
-                    source: io::Error::from_raw_os_error(libc::ENOENT),
-                })?;
-            self.deferred_mut().explicit.insert((st.st_dev, st.st_ino));
         }
         if self.privileged || !e.xattrs.is_empty() {
             let fd = open_at(

@@ -66,6 +66,11 @@ impl Applier {
         }
         // Before its children move out, which changes its times.
         let root = fstat(staged).map_err(|e| (Vec::new(), io_fail("stat the staged layer")(e)))?;
+        if !self.privileged {
+            // Its children move out: the mode the layer gave it may not let its owner.
+            cvt(unsafe { libc::fchmod(staged.as_raw_fd(), 0o700) })
+                .map_err(|e| (Vec::new(), io_fail("chmod the staged layer")(e)))?;
+        }
         self.move_children(staged, &mut Vec::new(), &marks)?;
         if explicit.contains(&(root.st_dev, root.st_ino)) {
             self.take_dir_meta(staged, &root, b"")
@@ -82,8 +87,21 @@ impl Applier {
         at: &mut Vec<u8>,
         marks: &Marks<'_>,
     ) -> Result<(), (Vec<u8>, Fail)> {
-        let children = list(from)
+        let mut children = list(from)
             .map_err(|e| (at.clone(), io_fail(format!("list staged {}", shown(at)))(e)))?;
+        // Stream order is lost: what replaces a path first, then directories with entries,
+        // then those the layer only wrote into, which may reach through what the others
+        // made (a symlink or directory of this layer).
+        let rank = |name: &CStr, is_dir: bool| -> u8 {
+            if !is_dir {
+                return 0;
+            }
+            match lstat_at(from, name) {
+                Ok(Some(st)) if marks.explicit.contains(&(st.st_dev, st.st_ino)) => 1,
+                _ => 2,
+            }
+        };
+        children.sort_by_cached_key(|(name, is_dir)| rank(name, *is_dir));
         for (name, is_dir) in children {
             let len = at.len();
             if !at.is_empty() {
