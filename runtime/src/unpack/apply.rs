@@ -768,15 +768,7 @@ impl Applier {
                 }
                 Err(e) => return Err(io_fail("open whited-out directory")(e)),
             };
-            self.remember_times(physical, dir.as_fd())?;
-            self.clear_lower(
-                dir.as_fd(),
-                &mut literal.to_vec(),
-                &mut physical.to_vec(),
-                before,
-            )?;
-            self.root.forget();
-            return Ok(());
+            return self.clear_dir(dir.as_fd(), literal, physical, before);
         }
         self.remember_times(parent, parent_fd.as_fd())?;
         remove_all(parent_fd.as_fd(), &c).map_err(io_fail("remove whited-out file"))?;
@@ -797,14 +789,21 @@ impl Applier {
             Err(e) if is(&e, libc::ENOENT) || is(&e, libc::ENOTDIR) => return Ok(()),
             Err(e) => return Err(io_fail("open opaque directory")(e)),
         };
+        self.clear_dir(fd.as_fd(), literal, physical, before)
+    }
+
+    /// Empties directory `dir` (at `physical`, named `literal` by the layer) of what lower
+    /// layers put there, keeping its times.
+    fn clear_dir(
+        &mut self,
+        dir: BorrowedFd<'_>,
+        literal: &[u8],
+        physical: &[u8],
+        before: usize,
+    ) -> Result<(), Fail> {
         // By the path it is at: the layer may name it through a symlink it makes.
-        self.remember_times(physical, fd.as_fd())?;
-        self.clear_lower(
-            fd.as_fd(),
-            &mut literal.to_vec(),
-            &mut physical.to_vec(),
-            before,
-        )?;
+        self.remember_times(physical, dir)?;
+        self.clear_lower(dir, &mut literal.to_vec(), &mut physical.to_vec(), before)?;
         self.root.forget();
         Ok(())
     }
