@@ -21,6 +21,17 @@ fn write(dir: &Path, rel: &str, text: &str) -> PathBuf {
     path
 }
 
+/// `ferry config import INPUT -o OUT` with the store at `root`.
+fn import_to(root: &Path, input: &Path, out: &Path) -> std::process::Output {
+    output(
+        ferry(root)
+            .args(["config", "import"])
+            .arg(input)
+            .arg("-o")
+            .arg(out),
+    )
+}
+
 /// containers-registries.conf(5)'s own example, plus a blocked entry.
 const MANUAL_REGISTRIES_CONF: &str = r#"
 unqualified-search-registries = ["example.com"]
@@ -226,13 +237,7 @@ fn certs_d_hosts_keep_their_order_capabilities_and_serve_pulls() {
         ),
     );
     let sites = dir.path().join("sites.toml");
-    let out = output(
-        ferry(root.path())
-            .args(["config", "import"])
-            .arg(&certs)
-            .arg("-o")
-            .arg(&sites),
-    );
+    let out = import_to(root.path(), &certs, &sites);
     assert!(out.status.success(), "{}", stderr_of(&out));
     let err = stderr_of(&out);
     assert!(err.contains("ca: not used by ferry"), "{err}");
@@ -297,13 +302,7 @@ fn policy_json_maps_reject_and_accept_and_names_each_signature_entry_it_cannot()
     let root = tempfile::tempdir().unwrap();
     let json = write(dir.path(), "policy.json", POLICY_JSON);
     let policy = dir.path().join("policy.toml");
-    let out = output(
-        ferry(root.path())
-            .args(["config", "import"])
-            .arg(&json)
-            .arg("-o")
-            .arg(&policy),
-    );
+    let out = import_to(root.path(), &json, &policy);
     assert_eq!(out.status.code(), Some(1), "signature entries are errors");
     let err = stderr_of(&out);
     for entry in [
@@ -409,13 +408,7 @@ fn policy_json_sigstore_signed_by_key_becomes_signed_by_and_pulls_accept_only_th
             &sigstore_policy_json(&scope, public),
         );
         let policy = dir.path().join(format!("{name}.toml"));
-        let out = output(
-            ferry(dir.path())
-                .args(["config", "import"])
-                .arg(&json)
-                .arg("-o")
-                .arg(&policy),
-        );
+        let out = import_to(dir.path(), &json, &policy);
         assert!(out.status.success(), "{}", stderr_of(&out));
         let text = std::fs::read_to_string(&policy).unwrap();
         assert!(
@@ -508,13 +501,7 @@ fn policy_json_inline_keys_are_saved_beside_the_policy_file_relative_paths_resol
     let out_dir = dir.path().join("etc");
     std::fs::create_dir(&out_dir).unwrap();
     let policy = out_dir.join("policy.toml");
-    let out = output(
-        ferry(dir.path())
-            .args(["config", "import"])
-            .arg(&json)
-            .arg("-o")
-            .arg(&policy),
-    );
+    let out = import_to(dir.path(), &json, &policy);
     assert!(out.status.success(), "{}", stderr_of(&out));
     let text = std::fs::read_to_string(&policy).unwrap();
     assert!(
