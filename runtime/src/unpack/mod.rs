@@ -174,8 +174,8 @@ pub struct StagedLayer {
     summary: LayerSummary,
 }
 
-/// Extracts `layer` into `dir` (existing and empty, on the file system of the tree it will
-/// be merged into), checking it as [`apply_layer`] does; its whiteouts, opaque markers and
+/// Extracts `layer` into `dir` (existing and empty, on the mount of the tree it will be
+/// merged into: the merge renames), checking it as [`apply_layer`] does; its whiteouts, opaque markers and
 /// hard links to files it does not have itself are recorded for the merge (UNPACK-70).
 pub fn stage_layer<R: Read>(
     dir: &Path,
